@@ -1,0 +1,88 @@
+//! The three mail protocols postern fronts, and the fixed wire strings of each.
+
+use std::fmt;
+
+/// A mail protocol spoken on a listener and by its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// IMAP4rev1 / IMAP4rev2 (RFC 3501, RFC 9051).
+    Imap,
+    /// POP3 (RFC 1939, RFC 2449).
+    Pop3,
+    /// SMTP message submission (RFC 6409).
+    Smtp,
+}
+
+impl Protocol {
+    /// The config spelling (`imap`, `pop3`, `smtp`), also used as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Smtp => "smtp",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "imap" => Some(Protocol::Imap),
+            "pop3" => Some(Protocol::Pop3),
+            "smtp" => Some(Protocol::Smtp),
+            _ => None,
+        }
+    }
+
+    /// The ALPN protocol identifier (IANA registry: `imap`, `pop3`, `smtp`).
+    pub const fn alpn(self) -> &'static [u8] {
+        self.as_str().as_bytes()
+    }
+
+    /// The goodbye sent when no backend server can be reached (SPEC §3).
+    pub const fn unavailable_goodbye(self) -> &'static [u8] {
+        match self {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] no mail server is available, try again later\r\n",
+            Protocol::Pop3 => b"-ERR [SYS/TEMP] no mail server is available, try again later\r\n",
+            Protocol::Smtp => b"421 4.3.0 no mail server is available, try again later\r\n",
+        }
+    }
+
+    /// The goodbye sent to a session still open when the shutdown grace ends.
+    pub const fn shutdown_goodbye(self) -> &'static [u8] {
+        match self {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] shutting down\r\n",
+            Protocol::Pop3 => b"-ERR [SYS/TEMP] shutting down\r\n",
+            Protocol::Smtp => b"421 4.3.2 shutting down\r\n",
+        }
+    }
+
+    /// The goodbye sent when the gateway refuses a connection over a limit.
+    pub const fn busy_goodbye(self) -> &'static [u8] {
+        match self {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] too many connections, try again later\r\n",
+            Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+            Protocol::Smtp => b"421 4.7.0 too many connections, try again later\r\n",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+            assert_eq!(Protocol::parse(p.as_str()), Some(p));
+            assert!(p.unavailable_goodbye().ends_with(b"\r\n"));
+            assert!(p.shutdown_goodbye().ends_with(b"\r\n"));
+        }
+        assert_eq!(Protocol::parse("submission"), None);
+    }
+}
