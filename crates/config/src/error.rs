@@ -1,0 +1,262 @@
+//! Configuration errors: every one names the file, the dotted key path and, where the
+//! parser knows it, the line; its message says what to fix.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every problem found in one configuration, in the order found.
+///
+/// Semantic problems are collected so an operator can fix a file in one pass; a syntax or
+/// schema (type, unknown key) problem stops parsing and is reported alone.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// The individual errors (never empty).
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+
+    pub(crate) fn one(error: ConfigError) -> Self {
+        ConfigErrors { errors: vec![error] }
+    }
+
+    pub(crate) fn from_vec(errors: Vec<ConfigError>) -> Self {
+        ConfigErrors { errors }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// One configuration problem.
+///
+/// Displays as `FILE:LINE: KEY: MESSAGE`, e.g.
+/// `postern.toml:12: listener[1].backend: backend "imapx" is not defined; ...`.
+/// `LINE` is left out when unknown, `KEY` when the problem concerns the whole file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}{}{kind}", LineDisplay(*line), KeyDisplay(key))]
+pub struct ConfigError {
+    /// The config file as given (or `<embedded default>`).
+    pub file: String,
+    /// Dotted key path such as `listener[0].tls` or `backend[1].health.interval`; empty
+    /// when the problem concerns the whole file.
+    pub key: String,
+    /// 1-based line of the key in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub kind: ConfigErrorKind,
+}
+
+/// What is wrong with a key (or the file).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The file could not be read.
+    #[error("cannot read the configuration file: {error}; check the path given with -c or $POSTERN_CONFIG")]
+    Read {
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("TOML syntax error: {message}")]
+    Syntax {
+        /// The parser's message.
+        message: String,
+    },
+    /// A key the schema does not know (often a typo).
+    #[error("unknown key `{name}`; valid keys here: {expected}")]
+    UnknownKey {
+        /// The unknown key.
+        name: String,
+        /// The keys allowed in this table, comma-separated.
+        expected: String,
+    },
+    /// A required key is absent.
+    #[error("required key `{name}` is missing; add it")]
+    MissingKey {
+        /// The missing key.
+        name: String,
+    },
+    /// A value of the wrong TOML type or shape.
+    #[error("{message}")]
+    InvalidValue {
+        /// What was expected and found.
+        message: String,
+    },
+    /// A value outside a closed set.
+    #[error("{value:?} is not allowed; use one of: {}", allowed.join(", "))]
+    BadEnum {
+        /// The value given.
+        value: String,
+        /// The allowed spellings.
+        allowed: &'static [&'static str],
+    },
+    /// A duration that does not parse.
+    #[error("{value:?} is not a duration ({reason}); expected a duration like \"10s\", \"500ms\" or \"30m\"")]
+    BadDuration {
+        /// The value given.
+        value: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A number or duration out of its sensible range.
+    #[error("{value} is out of range: {reason}")]
+    OutOfRange {
+        /// The value given, as written.
+        value: String,
+        /// The allowed range and why.
+        reason: String,
+    },
+    /// A listen address that is not `ip:port`.
+    #[error("{value:?} is not a socket address ({reason}); use ip:port, e.g. \"0.0.0.0:993\" or \"[::]:993\"")]
+    BadListenAddress {
+        /// The value given.
+        value: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A backend server address that is not `host:port`, `[v6]:port` or `unix:/abs/path`.
+    #[error("{value:?} is not a server address ({reason}); use \"host:port\", \"[v6addr]:port\" or \"unix:/absolute/path\"")]
+    BadServerAddress {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No `[[listener]]` at all.
+    #[error("no [[listener]] is defined; add at least one (`postern config default` prints an example)")]
+    NoListeners,
+    /// Two tables of the same kind share a name.
+    #[error("{what} name {name:?} is already used by {what}[{first}]; names must be unique")]
+    DuplicateName {
+        /// `listener` or `backend`.
+        what: &'static str,
+        /// The repeated name.
+        name: String,
+        /// Index of the first table with that name.
+        first: usize,
+    },
+    /// A listener names a backend that is not defined.
+    #[error("backend {name:?} is not defined; define a [[backend]] with name = {name:?} or fix the name (defined: {defined})")]
+    UnknownBackend {
+        /// The name given.
+        name: String,
+        /// The defined backend names, comma-separated (or `none`).
+        defined: String,
+    },
+    /// One address bound by two listeners (or twice by one).
+    #[error("{addr} is also bound by listener {first:?}; each address may appear once")]
+    DuplicateListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The listener that binds it first.
+        first: String,
+    },
+    /// A backend with neither `servers` nor `exec`.
+    #[error("backend {name:?} has neither `servers` nor `exec`; set one, e.g. servers = [\"127.0.0.1:143\"]")]
+    NoTarget {
+        /// The backend name.
+        name: String,
+    },
+    /// A backend with both `servers` and `exec`.
+    #[error("backend {name:?} sets both `servers` and `exec`; keep exactly one")]
+    BothTargets {
+        /// The backend name.
+        name: String,
+    },
+    /// `servers = []` or `exec = []`.
+    #[error("is empty; list at least one entry")]
+    Empty,
+    /// `exec` whose program is not an absolute path.
+    #[error("program {program:?} is not an absolute path; write the full path, e.g. \"/usr/sbin/imapd\"")]
+    ExecNotAbsolute {
+        /// argv[0] as given.
+        program: String,
+    },
+    /// Listeners with different protocols share one backend.
+    #[error("listener {listener:?} speaks {protocol} but shares backend {backend:?} with listener {first:?}, which speaks {first_protocol}; give each protocol its own [[backend]]")]
+    ProtocolMismatch {
+        /// The backend name.
+        backend: String,
+        /// The listener that disagrees.
+        listener: String,
+        /// Its protocol.
+        protocol: &'static str,
+        /// The first listener using the backend.
+        first: String,
+        /// Its protocol.
+        first_protocol: &'static str,
+    },
+    /// `server.drain_spread` longer than `server.shutdown_grace`.
+    #[error("{} is longer than server.shutdown_grace ({}); make it at most the grace", humantime::format_duration(*spread), humantime::format_duration(*grace))]
+    DrainSpreadTooLong {
+        /// drain_spread.
+        spread: Duration,
+        /// shutdown_grace.
+        grace: Duration,
+    },
+    /// `health.timeout` longer than `health.interval`.
+    #[error("{} is longer than the probe interval ({}); make the timeout at most the interval", humantime::format_duration(*timeout), humantime::format_duration(*interval))]
+    HealthTimeoutTooLong {
+        /// health.timeout.
+        timeout: Duration,
+        /// health.interval.
+        interval: Duration,
+    },
+    /// A file named by the configuration does not exist.
+    #[error("{} does not exist; {hint}", path.display())]
+    FileMissing {
+        /// The path, after resolving a relative one against the config file's directory.
+        path: PathBuf,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A file named by the configuration exists but is unusable.
+    #[error("{}: {problem}", path.display())]
+    FileUnusable {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+struct LineDisplay(Option<usize>);
+
+impl fmt::Display for LineDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(line) => write!(f, ":{line}: "),
+            None => f.write_str(": "),
+        }
+    }
+}
+
+struct KeyDisplay<'a>(&'a str);
+
+impl fmt::Display for KeyDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0)
+        }
+    }
+}
