@@ -1,1 +1,255 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
+use prometheus::proto::MetricType;
+
+use super::*;
+
+/// Touches every handle once, so every family has at least one series in the output.
+fn exercised() -> Metrics {
+    let m = Metrics::new("0.1.0-test");
+    m.set_max_connections(100_000);
+    for name in ["imaps", "pop3s"] {
+        let l = m.listener(name);
+        l.accepted.inc();
+        l.active.inc();
+        l.rejected_limit.inc();
+        l.rejected_shutdown.inc();
+        l.handshake_duration.observe(0.0042);
+        l.session_duration.observe(1234.5);
+        l.bytes_client_to_backend.inc_by(10);
+        l.bytes_backend_to_client.inc_by(20);
+        l.starttls_discarded_bytes.inc_by(3);
+        l.accept_errors.inc();
+        for reason in HandshakeFailure::ALL {
+            l.handshake_failure(reason);
+        }
+        for outcome in SESSION_OUTCOMES {
+            l.session_outcome(outcome);
+        }
+        l.session_outcome("something_new");
+    }
+    let s = m.server("imap", "127.0.0.1:143");
+    s.connect_duration.observe(0.0003);
+    s.connect_failures.inc();
+    s.up.set(1);
+    s.active.inc();
+    let tls = m.tls();
+    tls.set_expiry("mail.example.com", 1_800_000_000);
+    tls.reload_ok();
+    tls.reload_error();
+    m
+}
+
+fn expected_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
+    BTreeMap::from([
+        (names::CONNECTIONS_ACCEPTED_TOTAL, &["listener"][..]),
+        (names::CONNECTIONS_ACTIVE, &["listener"][..]),
+        (
+            names::CONNECTIONS_REJECTED_TOTAL,
+            &["listener", "reason"][..],
+        ),
+        (names::TLS_HANDSHAKE_DURATION_SECONDS, &["listener"][..]),
+        (
+            names::TLS_HANDSHAKE_FAILURES_TOTAL,
+            &["listener", "reason"][..],
+        ),
+        (
+            names::BACKEND_CONNECT_DURATION_SECONDS,
+            &["backend", "server"][..],
+        ),
+        (
+            names::BACKEND_CONNECT_FAILURES_TOTAL,
+            &["backend", "server"][..],
+        ),
+        (names::BACKEND_UP, &["backend", "server"][..]),
+        (names::SESSION_DURATION_SECONDS, &["listener"][..]),
+        (names::BYTES_TOTAL, &["direction", "listener"][..]),
+        (names::CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &["name"][..]),
+        (names::CERTIFICATE_RELOADS_TOTAL, &["result"][..]),
+        (names::BUILD_INFO, &["version"][..]),
+        (names::STARTTLS_DISCARDED_BYTES_TOTAL, &["listener"][..]),
+        (names::ACCEPT_ERRORS_TOTAL, &["listener"][..]),
+        (names::SESSIONS_TOTAL, &["listener", "outcome"][..]),
+        (
+            names::BACKEND_CONNECTIONS_ACTIVE,
+            &["backend", "server"][..],
+        ),
+        (names::CONNECTIONS_MAX, &[][..]),
+    ])
+}
+
+#[test]
+fn every_family_follows_the_naming_conventions() {
+    let families = exercised().registry().gather();
+    let expected = expected_labels();
+    for family in &families {
+        let name = family.name();
+        assert!(
+            name.starts_with("postern_"),
+            "{name}: missing postern_ prefix"
+        );
+        assert!(!family.help().is_empty(), "{name}: no help text");
+        match family.get_field_type() {
+            MetricType::COUNTER => {
+                assert!(name.ends_with("_total"), "{name}: counter without _total")
+            }
+            MetricType::HISTOGRAM => assert!(
+                name.ends_with("_seconds"),
+                "{name}: histogram without _seconds"
+            ),
+            MetricType::GAUGE => assert!(
+                !name.ends_with("_total"),
+                "{name}: gauge named like a counter"
+            ),
+            other => panic!("{name}: unexpected metric type {other:?}"),
+        }
+        let want = expected
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: not in SPEC §4 or the extras"));
+        for metric in family.get_metric() {
+            let got: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
+            assert_eq!(got, *want, "{name}: label set");
+        }
+    }
+    let gathered: BTreeSet<&str> = families.iter().map(|f| f.name()).collect();
+    let catalogue: BTreeSet<&str> = names::SPEC.iter().chain(names::EXTRAS).copied().collect();
+    assert_eq!(
+        gathered, catalogue,
+        "gathered families differ from the names catalogue"
+    );
+    assert_eq!(
+        catalogue,
+        expected.keys().copied().collect(),
+        "catalogue and label table disagree"
+    );
+}
+
+#[test]
+fn every_spec_name_is_present_in_the_text_output() {
+    let text = exercised().encode();
+    for name in names::SPEC {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("postern_build_info{version=\"0.1.0-test\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn fresh_registry_already_exports_the_unlabelled_and_reload_series() {
+    let text = Metrics::new("v").encode();
+    assert!(
+        text.contains("postern_certificate_reloads_total{result=\"error\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postern_certificate_reloads_total{result=\"ok\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("postern_connections_max 0\n"), "{text}");
+}
+
+#[test]
+fn handles_update_the_series_they_name() {
+    let m = exercised();
+    let text = m.encode();
+    for line in [
+        "postern_connections_accepted_total{listener=\"imaps\"} 1",
+        "postern_connections_rejected_total{listener=\"imaps\",reason=\"limit\"} 1",
+        "postern_connections_rejected_total{listener=\"imaps\",reason=\"shutdown\"} 1",
+        "postern_bytes_total{direction=\"client_to_backend\",listener=\"imaps\"} 10",
+        "postern_bytes_total{direction=\"backend_to_client\",listener=\"imaps\"} 20",
+        "postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"no_cert\"} 1",
+        "postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"timeout\"} 1",
+        "postern_sessions_total{listener=\"imaps\",outcome=\"idle_timeout\"} 1",
+        "postern_sessions_total{listener=\"imaps\",outcome=\"other\"} 1",
+        "postern_tls_handshake_duration_seconds_bucket{listener=\"imaps\",le=\"0.005\"} 1",
+        "postern_tls_handshake_duration_seconds_bucket{listener=\"imaps\",le=\"0.0025\"} 0",
+        "postern_session_duration_seconds_bucket{listener=\"imaps\",le=\"1800\"} 1",
+        "postern_backend_connect_duration_seconds_count{backend=\"imap\",server=\"127.0.0.1:143\"} 1",
+        "postern_backend_up{backend=\"imap\",server=\"127.0.0.1:143\"} 1",
+        "postern_certificate_expiry_timestamp_seconds{name=\"mail.example.com\"} 1800000000",
+        "postern_connections_max 100000",
+    ] {
+        assert!(text.contains(&format!("{line}\n")), "missing {line:?} in:\n{text}");
+    }
+    m.tls().remove_expiry("mail.example.com");
+    assert!(!m.encode().contains("mail.example.com"));
+}
+
+#[test]
+fn clones_share_the_same_series() {
+    let m = Metrics::new("v");
+    let a = m.listener("imaps");
+    let b = a.clone();
+    let c = m.listener("imaps");
+    a.accepted.inc();
+    b.accepted.inc();
+    c.handshake_failure(HandshakeFailure::Alpn);
+    b.handshake_failure(HandshakeFailure::Alpn);
+    assert_eq!(c.accepted.get(), 2);
+    let text = m.clone().encode();
+    assert!(text
+        .contains("postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"alpn\"} 2\n"));
+}
+
+#[test]
+fn handshake_failure_table_is_in_discriminant_order() {
+    for (i, reason) in HandshakeFailure::ALL.into_iter().enumerate() {
+        assert_eq!(reason as usize, i, "{reason:?}");
+    }
+    let labels: BTreeSet<&str> = HandshakeFailure::ALL.iter().map(|r| r.as_str()).collect();
+    let want = BTreeSet::from(["timeout", "protocol", "no_cert", "alpn", "eof", "io"]);
+    assert_eq!(labels, want);
+}
+
+#[test]
+fn buckets_cover_the_required_ranges() {
+    assert_eq!(buckets::FAST_SECONDS.first(), Some(&0.0001));
+    assert_eq!(buckets::FAST_SECONDS.last(), Some(&10.0));
+    assert_eq!(buckets::SESSION_SECONDS.first(), Some(&1.0));
+    assert_eq!(buckets::SESSION_SECONDS.last(), Some(&86400.0));
+    for b in [buckets::FAST_SECONDS, buckets::SESSION_SECONDS] {
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?} not increasing");
+    }
+}
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+#[test]
+fn exposition_passes_promtool_check_metrics() {
+    assert!(
+        std::path::Path::new(PROMTOOL).exists(),
+        "{PROMTOOL} not found: install the Debian package `prometheus` (apt-get install prometheus) to run this test"
+    );
+    let text = exercised().encode();
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {PROMTOOL}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap_or_else(|| panic!("promtool stdin not piped"))
+        .write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- input ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
