@@ -22,7 +22,9 @@ impl ConfigErrors {
     }
 
     pub(crate) fn one(error: ConfigError) -> Self {
-        ConfigErrors { errors: vec![error] }
+        ConfigErrors {
+            errors: vec![error],
+        }
     }
 
     pub(crate) fn from_vec(errors: Vec<ConfigError>) -> Self {
@@ -101,12 +103,12 @@ pub enum ConfigErrorKind {
         message: String,
     },
     /// A value outside a closed set.
-    #[error("{value:?} is not allowed; use one of: {}", allowed.join(", "))]
+    #[error("{value:?} is not allowed; use one of: {allowed}")]
     BadEnum {
         /// The value given.
         value: String,
-        /// The allowed spellings.
-        allowed: &'static [&'static str],
+        /// The allowed spellings, quoted and comma-separated.
+        allowed: String,
     },
     /// A duration that does not parse.
     #[error("{value:?} is not a duration ({reason}); expected a duration like \"10s\", \"500ms\" or \"30m\"")]
@@ -141,7 +143,9 @@ pub enum ConfigErrorKind {
         reason: String,
     },
     /// No `[[listener]]` at all.
-    #[error("no [[listener]] is defined; add at least one (`postern config default` prints an example)")]
+    #[error(
+        "no [[listener]] is defined; add at least one (`postern config default` prints an example)"
+    )]
     NoListeners,
     /// Two tables of the same kind share a name.
     #[error("{what} name {name:?} is already used by {what}[{first}]; names must be unique")]

@@ -16,9 +16,11 @@
 //! - Every error names the file, the dotted key path (`listener[0].tls`) and the line when
 //!   the parser knows it, and says what to fix. Semantic errors are all collected.
 
+mod addr;
 mod error;
 mod lines;
 mod model;
+mod names;
 mod raw;
 mod summary;
 mod validate;
@@ -103,8 +105,14 @@ mod tests {
         let system = dir.path().join("postern.toml");
         let cli = Path::new("/x/cli.toml");
         let env = PathBuf::from("/x/env.toml");
-        assert_eq!(resolve_path_with(Some(cli), Some(env.clone()), &system), Some(cli.to_path_buf()));
-        assert_eq!(resolve_path_with(None, Some(env.clone()), &system), Some(env));
+        assert_eq!(
+            resolve_path_with(Some(cli), Some(env.clone()), &system),
+            Some(cli.to_path_buf())
+        );
+        assert_eq!(
+            resolve_path_with(None, Some(env.clone()), &system),
+            Some(env)
+        );
         assert_eq!(resolve_path_with(None, Some(PathBuf::new()), &system), None);
         assert_eq!(resolve_path_with(None, None, &system), None);
         std::fs::write(&system, "").unwrap();

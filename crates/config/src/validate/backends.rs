@@ -1,0 +1,235 @@
+//! `[[backend]]` tables.
+
+use std::collections::HashMap;
+
+use super::{millis, minutes, secs, Validator};
+use crate::error::ConfigErrorKind as Kind;
+use crate::raw::{RawBackend, RawHealth};
+use crate::{BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig};
+
+impl Validator<'_> {
+    pub(super) fn backends(&mut self, raw: Vec<RawBackend>) -> Vec<BackendConfig> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.len());
+        for (i, b) in raw.into_iter().enumerate() {
+            let key = format!("backend[{i}]");
+            if b.name.trim().is_empty() {
+                self.error(
+                    &format!("{key}.name"),
+                    Kind::InvalidValue {
+                        message: "is empty; give the backend a name".to_owned(),
+                    },
+                );
+            } else if let Some(&first) = seen.get(&b.name) {
+                self.error(
+                    &format!("{key}.name"),
+                    Kind::DuplicateName {
+                        what: "backend",
+                        name: b.name.clone(),
+                        first,
+                    },
+                );
+            } else {
+                seen.insert(b.name.clone(), i);
+            }
+            backends.push(self.backend(&key, b));
+        }
+        backends
+    }
+
+    fn backend(&mut self, key: &str, b: RawBackend) -> BackendConfig {
+        let target = self.target(key, &b);
+        let balance = self.choice(
+            &format!("{key}.balance"),
+            b.balance.as_deref(),
+            Balance::LeastConnections,
+            &[
+                ("least-connections", Balance::LeastConnections),
+                ("round-robin", Balance::RoundRobin),
+                ("client-hash", Balance::ClientHash),
+            ],
+        );
+        let forward_client = self.choice(
+            &format!("{key}.forward_client"),
+            b.forward_client.as_deref(),
+            ForwardClient::None,
+            &[
+                ("none", ForwardClient::None),
+                ("proxy-v1", ForwardClient::ProxyV1),
+                ("proxy-v2", ForwardClient::ProxyV2),
+                ("protocol", ForwardClient::Protocol),
+            ],
+        );
+        let connect_timeout = self.duration(
+            &format!("{key}.connect_timeout"),
+            b.connect_timeout.as_deref(),
+            secs(3),
+            millis(10),
+            minutes(5),
+        );
+        let health = self.health(&format!("{key}.health"), b.health);
+        let max_connections_per_server = self.number(
+            &format!("{key}.max_connections_per_server"),
+            b.max_connections_per_server,
+            0,
+            0,
+            10_000_000,
+            "0 (unlimited) to 10000000",
+        );
+        let warm = self.number(&format!("{key}.warm"), b.warm, 0, 0, 10_000, "0 to 10000");
+        if warm > 0 && max_connections_per_server > 0 && warm > max_connections_per_server {
+            self.error(
+                &format!("{key}.warm"),
+                Kind::OutOfRange {
+                    value: warm.to_string(),
+                    reason: format!("more spare connections than max_connections_per_server ({max_connections_per_server}) allows; lower warm"),
+                },
+            );
+        }
+        if warm > 0 && matches!(target, BackendTarget::Exec { .. }) {
+            self.error(
+                &format!("{key}.warm"),
+                Kind::InvalidValue {
+                    message: "applies to `servers` backends only; remove it from this exec backend"
+                        .to_owned(),
+                },
+            );
+        }
+        BackendConfig {
+            name: b.name,
+            protocol: None,
+            target,
+            balance,
+            forward_client,
+            connect_timeout,
+            health,
+            max_connections_per_server,
+            warm,
+        }
+    }
+
+    fn target(&mut self, key: &str, b: &RawBackend) -> BackendTarget {
+        match (&b.servers, &b.exec) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    key,
+                    Kind::BothTargets {
+                        name: b.name.clone(),
+                    },
+                );
+                BackendTarget::Servers(Vec::new())
+            }
+            (None, None) => {
+                self.error(
+                    key,
+                    Kind::NoTarget {
+                        name: b.name.clone(),
+                    },
+                );
+                BackendTarget::Servers(Vec::new())
+            }
+            (Some(servers), None) => {
+                if b.max_children.is_some() {
+                    self.error(
+                        &format!("{key}.max_children"),
+                        Kind::InvalidValue {
+                            message: "applies to `exec` backends only; remove it".to_owned(),
+                        },
+                    );
+                }
+                BackendTarget::Servers(self.servers(key, servers))
+            }
+            (None, Some(argv)) => {
+                let exec_key = format!("{key}.exec");
+                match argv.first() {
+                    None => self.error(&exec_key, Kind::Empty),
+                    Some(program) if !program.starts_with('/') => {
+                        self.error(
+                            &format!("{exec_key}[0]"),
+                            Kind::ExecNotAbsolute {
+                                program: program.clone(),
+                            },
+                        );
+                    }
+                    Some(_) => {}
+                }
+                let max_children = self.number(
+                    &format!("{key}.max_children"),
+                    b.max_children,
+                    1000,
+                    1,
+                    100_000,
+                    "1 to 100000",
+                );
+                BackendTarget::Exec {
+                    argv: argv.clone(),
+                    max_children,
+                }
+            }
+        }
+    }
+
+    fn servers(&mut self, key: &str, servers: &[String]) -> Vec<crate::ServerAddr> {
+        if servers.is_empty() {
+            self.error(&format!("{key}.servers"), Kind::Empty);
+        }
+        let mut parsed: Vec<crate::ServerAddr> = Vec::with_capacity(servers.len());
+        for (j, s) in servers.iter().enumerate() {
+            let skey = format!("{key}.servers[{j}]");
+            match crate::addr::parse_server(s) {
+                Ok(addr) if parsed.contains(&addr) => {
+                    let reason = "listed twice in this backend; remove the duplicate".to_owned();
+                    self.error(
+                        &skey,
+                        Kind::BadServerAddress {
+                            value: s.clone(),
+                            reason,
+                        },
+                    );
+                }
+                Ok(addr) => parsed.push(addr),
+                Err(reason) => self.error(
+                    &skey,
+                    Kind::BadServerAddress {
+                        value: s.clone(),
+                        reason,
+                    },
+                ),
+            }
+        }
+        parsed
+    }
+
+    fn health(&mut self, key: &str, h: RawHealth) -> HealthConfig {
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            h.interval.as_deref(),
+            secs(5),
+            millis(100),
+            minutes(60),
+        );
+        // An unset timeout follows a short explicit interval rather than failing on it.
+        let timeout_default = secs(2).min(interval);
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            h.timeout.as_deref(),
+            timeout_default,
+            millis(10),
+            minutes(5),
+        );
+        if timeout > interval {
+            self.error(
+                &format!("{key}.timeout"),
+                Kind::HealthTimeoutTooLong { timeout, interval },
+            );
+        }
+        let fall = self.number(&format!("{key}.fall"), h.fall, 3, 1, 100, "1 to 100");
+        let rise = self.number(&format!("{key}.rise"), h.rise, 2, 1, 100, "1 to 100");
+        HealthConfig {
+            interval,
+            timeout,
+            fall: u32::try_from(fall).unwrap_or(3),
+            rise: u32::try_from(rise).unwrap_or(2),
+        }
+    }
+}
