@@ -31,6 +31,11 @@ pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// connections) and at most [`MAX_CONNECTIONS`] are served at once; over that, new
 /// connections are closed at once. Returns when `shutdown` is cancelled, after open
 /// connections finished their current request (bounded by [`DRAIN_TIMEOUT`]).
+///
+/// Wiring note: SPEC §3 wants `/readyz` to answer 503 *during* the drain, so pass a token
+/// that is cancelled after the drain (not the one that starts it) and make `ready()` return
+/// `Err("shutting down")` from the first moment of the drain. `/metrics` then stays
+/// scrapeable while sessions finish.
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Metrics,
