@@ -198,3 +198,17 @@ async fn shutdown_returns_even_with_an_idle_connection_open() {
     // The listener was dropped with the task: nothing accepts any more.
     assert!(TcpStream::connect(admin.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_sends_no_complete_request_is_disconnected() {
+    let admin = start().await;
+    let mut stream = TcpStream::connect(admin.addr).await.expect("connect");
+    // Half a request line, then silence (slowloris).
+    stream.write_all(b"GET /metr").await.expect("write");
+    let deadline = postern_metrics::admin::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(deadline, stream.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "connection still open after {deadline:?}");
+    // The endpoint still serves others afterwards.
+    assert_eq!(request(admin.addr, "GET", "/healthz").await.status, 200);
+}
