@@ -1,1 +1,44 @@
-//! postern backend-pool
+//! The backend side of postern: one [`Pool`] per `[[backend]]` (SPEC §2), which picks a
+//! server for each session, connects to it, checks its greeting, tells it the client's
+//! address (`forward_client`) and hands the session a ready [`BackendConn`].
+//!
+//! What it does:
+//! - Balancing over several TCP / unix-socket servers: least-connections (ties broken by
+//!   rotation), round-robin, or client-hash (rendezvous hashing of the client IP: stable
+//!   across restarts and across postern instances; a server leaving moves only its share).
+//! - Health: active probes (connect + greeting within `health.timeout`, every
+//!   `health.interval`) and passive results (every real session connect) feed one
+//!   counter per server; `fall` consecutive failures mark it down, `rise` consecutive
+//!   successes bring it back. A server starts *up* (optimistic) so a fresh start serves at
+//!   once; a dead server is found by the first `fall` probes or sessions.
+//! - Failover: a failed connect, a timeout, or a refusing greeting (`* BYE`, `-ERR`, `421`)
+//!   moves on to the next eligible server; each server is tried at most once per session
+//!   and the whole attempt is bounded by 2 × `connect_timeout`.
+//! - Exec backends: one child per session on stdin/stdout, inetd/ucspi-tcp environment,
+//!   stderr to the log, killed and reaped when the session ends, `max_children` cap.
+//! - Warm connections (`warm`): pre-connected, pre-greeted spares per server, only with
+//!   `forward_client = "none"` (a PROXY header or the ID/XCLIENT exchange needs the client
+//!   address, which is unknown before the session exists).
+//!
+//! Must not depend on: rustls, the session or listener crates. It never sees client
+//! bytes: what the client sends after [`Pool::connect`] returns is the session's business.
+//!
+//! # Invariants
+//! - Every wait has a deadline (connect, greeting, forwarding reply, probe).
+//! - A server's connection count is held by the [`BackendConn`] and released on drop; the
+//!   `postern_backend_connections_active` gauge moves with it.
+//! - `postern_backend_up` always equals the server's current health state.
+//! - An exec child never outlives its session unreaped.
+
+mod balance;
+mod dial;
+mod error;
+mod exec;
+mod pool;
+mod server;
+mod stream;
+mod warm;
+
+pub use error::{PoolError, ServerError};
+pub use pool::{BackendConn, ClientInfo, Pool};
+pub use stream::{BackendStream, ExecStream};

@@ -1,0 +1,207 @@
+//! Opening a backend connection and making it ready: PROXY header, greeting, forwarding.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use postern_config::{ForwardClient, ServerAddr};
+use postern_proto::forward::{forward_command, parse_reply, ForwardReply};
+use postern_proto::greeting::{parse_greeting, Greeting};
+use postern_proto::Protocol;
+use proxy_header::{ProxiedAddress, ProxyHeader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::error::{quote, ServerError};
+use crate::pool::ClientInfo;
+use crate::stream::BackendStream;
+
+/// What to do on a fresh connection before it is handed out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Handshake<'a> {
+    pub(crate) protocol: Protocol,
+    pub(crate) forward: ForwardClient,
+    /// `None` for health probes and warm connections: a PROXY header then says LOCAL and no
+    /// ID/XCLIENT is sent.
+    pub(crate) client: Option<&'a ClientInfo>,
+    pub(crate) label: &'a str,
+}
+
+/// Connects to `addr` and performs `hs`, all within `budget`. Returns the stream and every
+/// byte read that the session should see (the greeting and anything after it).
+pub(crate) async fn dial(
+    addr: &ServerAddr,
+    hs: Handshake<'_>,
+    budget: Duration,
+) -> Result<(BackendStream, Vec<u8>), ServerError> {
+    let mut stage = "connect";
+    let attempt = async {
+        let mut stream = open(addr, hs.label).await?;
+        let greeting = handshake(&mut stream, hs, &mut stage).await?;
+        Ok((stream, greeting))
+    };
+    match tokio::time::timeout(budget, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ServerError::Timeout { server: hs.label.to_owned(), stage, after: budget }),
+    }
+}
+
+/// Performs `hs` on an already open stream (exec children), within `budget`.
+pub(crate) async fn handshake_within<S>(stream: &mut S, hs: Handshake<'_>, budget: Duration) -> Result<Vec<u8>, ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stage = "greeting";
+    match tokio::time::timeout(budget, handshake(stream, hs, &mut stage)).await {
+        Ok(result) => result,
+        Err(_) => Err(ServerError::Timeout { server: hs.label.to_owned(), stage, after: budget }),
+    }
+}
+
+async fn open(addr: &ServerAddr, label: &str) -> Result<BackendStream, ServerError> {
+    let connect_err = |source| ServerError::Connect { server: label.to_owned(), source };
+    match addr {
+        ServerAddr::Unix(path) => Ok(BackendStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)),
+        ServerAddr::Tcp { host, port } => {
+            let mut last = None;
+            for sa in tokio::net::lookup_host((host.as_str(), *port)).await.map_err(connect_err)? {
+                match TcpStream::connect(sa).await {
+                    Ok(stream) => {
+                        // Mail commands are small and interactive: never wait for Nagle.
+                        stream.set_nodelay(true).map_err(connect_err)?;
+                        // Long-idle IMAP sessions must notice a backend host that vanished.
+                        socket2::SockRef::from(&stream).set_keepalive(true).map_err(connect_err)?;
+                        return Ok(BackendStream::Tcp(stream));
+                    }
+                    Err(error) => last = Some(error),
+                }
+            }
+            Err(connect_err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("`{host}` resolved to no address"))
+            })))
+        }
+    }
+}
+
+async fn handshake<S>(stream: &mut S, hs: Handshake<'_>, stage: &mut &'static str) -> Result<Vec<u8>, ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let server = hs.label;
+    let io_err = |stage: &'static str| move |source| ServerError::Io { server: server.to_owned(), stage, source };
+
+    if let Some(header) = proxy_header(hs.forward, hs.client, server)? {
+        *stage = "PROXY header";
+        stream.write_all(&header).await.map_err(io_err("PROXY header"))?;
+    }
+
+    *stage = "greeting";
+    let mut buf = Vec::with_capacity(512);
+    let len = loop {
+        match parse_greeting(hs.protocol, &buf) {
+            Greeting::Ok { len } => break len,
+            Greeting::Refused { .. } => return Err(ServerError::Refused { server: server.to_owned(), line: quote(&buf) }),
+            Greeting::Invalid => {
+                return Err(ServerError::NotAGreeting {
+                    server: server.to_owned(),
+                    protocol: hs.protocol.as_str(),
+                    start: quote(&buf),
+                })
+            }
+            Greeting::Incomplete => read_more(stream, &mut buf, server, "greeting").await?,
+        }
+    };
+
+    let (ForwardClient::Protocol, Some(client)) = (hs.forward, hs.client) else { return Ok(buf) };
+    *stage = "forwarding command";
+    let command = forward_command(hs.protocol, client.peer, client.local);
+    stream.write_all(&command).await.map_err(io_err("forwarding command"))?;
+    stream.flush().await.map_err(io_err("forwarding command"))?;
+
+    *stage = "forwarding reply";
+    let mut reply = buf.split_off(len);
+    let reply_len = loop {
+        match parse_reply(hs.protocol, &reply) {
+            ForwardReply::Accepted { len } => break len,
+            ForwardReply::Refused { .. } | ForwardReply::Invalid => {
+                return Err(ServerError::ForwardRefused { server: server.to_owned(), line: quote(&reply) })
+            }
+            ForwardReply::Incomplete => read_more(stream, &mut reply, server, "forwarding reply").await?,
+        }
+    };
+    // SMTP answers XCLIENT with a fresh greeting, which replaces the first one (the session
+    // relays or swallows exactly one greeting). IMAP and POP3 replies are dropped.
+    if hs.protocol == Protocol::Smtp && reply.starts_with(b"220") {
+        return Ok(reply);
+    }
+    buf.extend_from_slice(&reply[reply_len..]);
+    Ok(buf)
+}
+
+async fn read_more<S>(stream: &mut S, buf: &mut Vec<u8>, server: &str, stage: &'static str) -> Result<(), ServerError>
+where
+    S: AsyncRead + Unpin,
+{
+    buf.reserve(1024);
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(ServerError::Closed { server: server.to_owned(), stage }),
+        Ok(_) => Ok(()),
+        Err(source) => Err(ServerError::Io { server: server.to_owned(), stage, source }),
+    }
+}
+
+/// The PROXY header for this connection, if `forward` asks for one.
+fn proxy_header(forward: ForwardClient, client: Option<&ClientInfo>, server: &str) -> Result<Option<Vec<u8>>, ServerError> {
+    let header = match client {
+        Some(c) => {
+            let (source, destination) = same_family(c.peer, c.local);
+            ProxyHeader::with_address(ProxiedAddress::stream(source, destination))
+        }
+        None => ProxyHeader::with_local(),
+    };
+    let mut out = Vec::with_capacity(64);
+    let encoded = match forward {
+        ForwardClient::ProxyV1 => header.encode_v1(&mut out),
+        ForwardClient::ProxyV2 => header.encode_v2(&mut out),
+        ForwardClient::None | ForwardClient::Protocol => return Ok(None),
+    };
+    encoded.map_err(|source| ServerError::ProxyHeader { server: server.to_owned(), source })?;
+    Ok(Some(out))
+}
+
+/// A PROXY header needs one address family for both ends: IPv4-mapped addresses become IPv4,
+/// and if the families still differ the IPv4 side is written as IPv4-mapped IPv6.
+fn same_family(peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (peer, local) = (canon(peer), canon(local));
+    let to_v6 = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    if peer.is_ipv4() == local.is_ipv4() {
+        (peer, local)
+    } else {
+        (to_v6(peer), to_v6(local))
+    }
+}
+
+/// A polite goodbye after a health probe, so the backend logs a clean logout.
+pub(crate) fn probe_goodbye(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Imap => b"postern-probe LOGOUT\r\n",
+        Protocol::Pop3 | Protocol::Smtp => b"QUIT\r\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_families_become_v6() {
+        let (p, l) = same_family("192.0.2.1:5".parse().unwrap(), "[2001:db8::1]:993".parse().unwrap());
+        assert_eq!(p, "[::ffff:192.0.2.1]:5".parse().unwrap());
+        assert_eq!(l, "[2001:db8::1]:993".parse().unwrap());
+        let (p, l) = same_family("[::ffff:192.0.2.1]:5".parse().unwrap(), "127.0.0.1:993".parse().unwrap());
+        assert_eq!((p, l), ("192.0.2.1:5".parse().unwrap(), "127.0.0.1:993".parse().unwrap()));
+    }
+}

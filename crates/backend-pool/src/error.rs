@@ -1,0 +1,187 @@
+//! Errors of the pool: [`PoolError`] for a session that gets no backend, [`ServerError`]
+//! for one failed attempt on one server (also logged, and the source of `PoolError`).
+
+use std::io;
+use std::time::Duration;
+
+/// Why [`crate::Pool::connect`] could not hand out a backend connection. The session
+/// answers every variant with the protocol's "unavailable" goodbye (SPEC §3).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Every server is marked down by health checks.
+    #[error("backend `{backend}`: all {servers} server(s) are marked down; check that they run and accept connections")]
+    AllDown {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// How many servers the backend lists.
+        servers: usize,
+    },
+    /// Every server that is up already holds `max_connections_per_server` sessions.
+    #[error("backend `{backend}`: every server that is up holds max_connections_per_server = {limit} sessions; raise the limit or add servers")]
+    AllFull {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The configured per-server limit.
+        limit: usize,
+    },
+    /// Servers were tried and none produced a usable connection (see the source for the last
+    /// failure; each failure was also logged with its server).
+    #[error("backend `{backend}`: no server could take the session ({tried} tried)")]
+    NoServerAvailable {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// How many servers were tried.
+        tried: usize,
+        /// The failure of the last server tried.
+        #[source]
+        last_error: ServerError,
+    },
+    /// The failover budget (2 × `connect_timeout`) ran out before any server was tried.
+    #[error("backend `{backend}`: no server answered within {after:?}")]
+    Deadline {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The budget that ran out.
+        after: Duration,
+    },
+    /// An exec backend already runs `max_children` children.
+    #[error("backend `{backend}`: {max} exec children already running (max_children); raise max_children or lower the load")]
+    TooManyChildren {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The configured `max_children`.
+        max: usize,
+    },
+    /// An exec backend's program could not be started.
+    #[error("backend `{backend}`: cannot start `{program}`; check that it exists and is executable")]
+    Spawn {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// argv[0].
+        program: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PoolError {
+    /// A stable label for logs and metrics (closed set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PoolError::AllDown { .. } => "all_down",
+            PoolError::AllFull { .. } => "all_full",
+            PoolError::NoServerAvailable { .. } => "no_server_available",
+            PoolError::Deadline { .. } => "deadline",
+            PoolError::TooManyChildren { .. } => "too_many_children",
+            PoolError::Spawn { .. } => "spawn",
+        }
+    }
+}
+
+/// One failed attempt (session connect or health probe) on one server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TCP or unix-socket connect failed (or the host name did not resolve).
+    #[error("{server}: connect failed")]
+    Connect {
+        /// Server label (config spelling).
+        server: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A stage did not finish in time.
+    #[error("{server}: no {stage} within {after:?}")]
+    Timeout {
+        /// Server label (config spelling).
+        server: String,
+        /// `connect`, `greeting`, `forwarding reply`, ...
+        stage: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// Reading or writing failed.
+    #[error("{server}: I/O error during {stage}")]
+    Io {
+        /// Server label (config spelling).
+        server: String,
+        /// `PROXY header`, `greeting`, `forwarding command`, ...
+        stage: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server closed the connection early.
+    #[error("{server}: connection closed during {stage}")]
+    Closed {
+        /// Server label (config spelling).
+        server: String,
+        /// The stage.
+        stage: &'static str,
+    },
+    /// The server greeted with a refusal (`* BYE`, `-ERR`, `421`, ...).
+    #[error("{server}: refused service: {line:?}")]
+    Refused {
+        /// Server label (config spelling).
+        server: String,
+        /// The refusal line (truncated, lossy UTF-8).
+        line: String,
+    },
+    /// The bytes were not a greeting of the protocol (wrong service on that port?).
+    #[error("{server}: not a {protocol} greeting: {start:?}; is this the right port?")]
+    NotAGreeting {
+        /// Server label (config spelling).
+        server: String,
+        /// The expected protocol.
+        protocol: &'static str,
+        /// The first bytes received (truncated, lossy UTF-8).
+        start: String,
+    },
+    /// The backend refused or did not understand the client-address forwarding command.
+    #[error("{server}: refused the client address forwarding command: {line:?}; add postern's address to the backend's trusted networks (Dovecot: login_trusted_networks)")]
+    ForwardRefused {
+        /// Server label (config spelling).
+        server: String,
+        /// The reply (truncated, lossy UTF-8).
+        line: String,
+    },
+    /// The PROXY header could not be encoded for these addresses.
+    #[error("{server}: cannot encode the PROXY header")]
+    ProxyHeader {
+        /// Server label (config spelling).
+        server: String,
+        /// The encoder's error.
+        #[source]
+        source: proxy_header::Error,
+    },
+}
+
+/// At most this much of a peer's line goes into an error message.
+const MAX_QUOTED: usize = 120;
+
+/// The first line of `bytes`, lossy and truncated, for error messages.
+pub(crate) fn quote(bytes: &[u8]) -> String {
+    let end = memchr_newline(bytes).unwrap_or(bytes.len()).min(MAX_QUOTED);
+    String::from_utf8_lossy(&bytes[..end]).trim_end().to_owned()
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Displays an error with its sources, `outer: inner: innermost`, for one-line logs.
+#[derive(Debug)]
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

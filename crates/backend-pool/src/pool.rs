@@ -1,0 +1,324 @@
+//! [`Pool`]: one `[[backend]]`, its servers (or exec program), and the session connect.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use postern_config::{Balance, BackendConfig, BackendTarget, ForwardClient, HealthConfig};
+use postern_metrics::{Metrics, ServerMetrics};
+use postern_proto::Protocol;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::balance;
+use crate::dial::{self, Handshake};
+use crate::error::{Chain, PoolError};
+use crate::exec::ExecTarget;
+use crate::server::{Server, ServerSlot, Source};
+use crate::stream::BackendStream;
+use crate::warm::Spare;
+
+/// The client side of a session, for balancing (client-hash) and for forwarding the client address.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientInfo {
+    /// The client's address (source of the TCP connection to postern).
+    pub peer: SocketAddr,
+    /// The address the client connected to (postern's listening address).
+    pub local: SocketAddr,
+}
+
+/// One `[[backend]]`: its servers (or exec program), health state, balancing and connection counts.
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    protocol: Protocol,
+    target: Target,
+    balance: Balance,
+    forward: ForwardClient,
+    connect_timeout: Duration,
+    health: HealthConfig,
+    max_per_server: usize,
+    /// Spares per server; 0 unless `forward_client = "none"`.
+    warm: usize,
+    rotation: AtomicUsize,
+}
+
+#[derive(Debug)]
+enum Target {
+    Servers(Vec<Arc<Server>>),
+    Exec { exec: ExecTarget, metrics: ServerMetrics },
+}
+
+/// A ready backend connection; dropping it releases the server's connection count (and kills an exec child).
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The connection, positioned after the greeting (and after the forwarding exchange).
+    pub stream: BackendStream,
+    /// The greeting (all bytes read so far; may include bytes after the greeting, which belong to the session).
+    /// For an implicit-TLS listener the session relays it to the client; after STARTTLS it is swallowed.
+    /// With `forward_client = "protocol"` on SMTP this is the fresh `220` sent in reply to XCLIENT.
+    pub greeting: Vec<u8>,
+    /// The server label (config spelling, e.g. "127.0.0.1:143", "unix:/run/x", or "exec:/usr/sbin/imapd").
+    pub server: String,
+    // Declared after `stream` so the child is killed before its max_children permit returns.
+    _hold: Hold,
+}
+
+#[derive(Debug)]
+enum Hold {
+    Server(#[allow(dead_code)] ServerSlot),
+    Child(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+impl Pool {
+    /// Builds the pool; every server starts up (optimistic) until health checks say otherwise.
+    /// `warm` is ignored (with a warning) unless `forward_client = "none"` and the backend
+    /// has servers, since spares cannot carry a client address they do not know yet.
+    pub fn new(config: &BackendConfig, protocol: Protocol, metrics: &Metrics) -> Arc<Pool> {
+        let target = match &config.target {
+            BackendTarget::Servers(addrs) => Target::Servers(
+                addrs
+                    .iter()
+                    .map(|addr| Arc::new(Server::new(addr.clone(), metrics.server(&config.name, &addr.to_string()))))
+                    .collect(),
+            ),
+            BackendTarget::Exec { argv, max_children } => {
+                let exec = ExecTarget::new(argv.clone(), *max_children);
+                let metrics = metrics.server(&config.name, &exec.label);
+                // A program has no health to probe: each session starts its own child.
+                metrics.up.set(1);
+                Target::Exec { exec, metrics }
+            }
+        };
+        let mut warm = config.warm;
+        if warm > 0 && (config.forward_client != ForwardClient::None || matches!(target, Target::Exec { .. })) {
+            tracing::warn!(
+                backend = %config.name,
+                warm,
+                "`warm` ignored: spare connections need forward_client = \"none\" and network servers \
+                 (a PROXY header or ID/XCLIENT must carry the client address, unknown before the session)"
+            );
+            warm = 0;
+        }
+        Arc::new(Pool {
+            name: config.name.clone(),
+            protocol,
+            target,
+            balance: config.balance,
+            forward: config.forward_client,
+            connect_timeout: config.connect_timeout,
+            health: config.health,
+            max_per_server: config.max_connections_per_server,
+            warm,
+            rotation: AtomicUsize::new(0),
+        })
+    }
+
+    /// The `[[backend]]` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts active health checks (and warm-connection refill, if configured) as tasks on the current
+    /// tokio runtime until `shutdown` is cancelled or the pool is dropped. Exec backends have no
+    /// health checks (always up).
+    pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
+        let Target::Servers(servers) = &self.target else { return };
+        for server in servers {
+            tokio::spawn(health_loop(Arc::downgrade(self), Arc::clone(server), shutdown.clone()));
+            if self.warm > 0 {
+                tokio::spawn(warm_loop(Arc::downgrade(self), Arc::clone(server), shutdown.clone()));
+            }
+        }
+    }
+
+    /// True when at least one server is up (for /readyz). Exec backends are always up.
+    pub fn any_up(&self) -> bool {
+        match &self.target {
+            Target::Servers(servers) => servers.iter().any(|s| s.is_up()),
+            Target::Exec { .. } => true,
+        }
+    }
+
+    /// Picks a healthy server per `balance`, connects within `connect_timeout` (TCP_NODELAY on),
+    /// sends the PROXY header first if configured, reads and checks the greeting (a refusal such
+    /// as `* BYE`, `-ERR`, `421` is a failure), performs `forward_client = "protocol"` (its reply is
+    /// consumed), and on any failure fails over to the next healthy server: each server at most
+    /// once, the whole attempt within 2 × `connect_timeout`. Failures count toward passive health.
+    pub async fn connect(&self, client: ClientInfo) -> Result<BackendConn, PoolError> {
+        match &self.target {
+            Target::Servers(servers) => self.connect_servers(servers, &client).await,
+            Target::Exec { exec, metrics } => self.connect_exec(exec, metrics, &client).await,
+        }
+    }
+
+    async fn connect_servers(&self, servers: &[Arc<Server>], client: &ClientInfo) -> Result<BackendConn, PoolError> {
+        let budget = self.connect_timeout.saturating_mul(2);
+        let deadline = Instant::now() + budget;
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let order = balance::order(self.balance, servers, self.max_per_server, client.peer.ip(), rotation);
+        if order.is_empty() {
+            return Err(self.nothing_eligible(servers));
+        }
+        let mut tried = 0;
+        let mut last_error = None;
+        for server in order {
+            let Some(slot) = server.try_reserve(self.max_per_server) else { continue };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tried += 1;
+            if let Some(spare) = self.warm_spare(&server) {
+                server.metrics.connect_duration.observe(now.elapsed().as_secs_f64());
+                return Ok(self.ready(&server, spare.stream, spare.greeting, slot));
+            }
+            let hs = Handshake { protocol: self.protocol, forward: self.forward, client: Some(client), label: &server.label };
+            let attempt = self.connect_timeout.min(deadline - now);
+            match dial::dial(&server.addr, hs, attempt).await {
+                Ok((stream, greeting)) => {
+                    server.metrics.connect_duration.observe(now.elapsed().as_secs_f64());
+                    server.record_success(&self.name, &self.health, Source::Session);
+                    return Ok(self.ready(&server, stream, greeting, slot));
+                }
+                Err(error) => {
+                    server.metrics.connect_failures.inc();
+                    tracing::warn!(
+                        backend = %self.name,
+                        server = %server.label,
+                        error = %Chain(&error),
+                        "backend connect failed; trying the next server"
+                    );
+                    server.record_failure(&self.name, &self.health, Source::Session, &error);
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(match last_error {
+            Some(last_error) => PoolError::NoServerAvailable { backend: self.name.clone(), tried, last_error },
+            None if Instant::now() >= deadline => PoolError::Deadline { backend: self.name.clone(), after: budget },
+            // Every eligible server filled up between the choice and the reservation.
+            None => self.nothing_eligible(servers),
+        })
+    }
+
+    async fn connect_exec(&self, exec: &ExecTarget, metrics: &ServerMetrics, client: &ClientInfo) -> Result<BackendConn, PoolError> {
+        let start = Instant::now();
+        let (child, permit) = exec.spawn(&self.name, client)?;
+        let mut stream = BackendStream::Exec(Box::new(child));
+        let hs = Handshake { protocol: self.protocol, forward: self.forward, client: Some(client), label: &exec.label };
+        match dial::handshake_within(&mut stream, hs, self.connect_timeout).await {
+            Ok(greeting) => {
+                metrics.connect_duration.observe(start.elapsed().as_secs_f64());
+                Ok(BackendConn {
+                    stream,
+                    greeting,
+                    server: exec.label.clone(),
+                    _hold: Hold::Child(permit),
+                })
+            }
+            Err(error) => {
+                metrics.connect_failures.inc();
+                tracing::warn!(backend = %self.name, server = %exec.label, error = %Chain(&error), "exec backend did not greet");
+                Err(PoolError::NoServerAvailable { backend: self.name.clone(), tried: 1, last_error: error })
+            }
+        }
+    }
+
+    fn ready(&self, server: &Server, stream: BackendStream, greeting: Vec<u8>, slot: ServerSlot) -> BackendConn {
+        BackendConn { stream, greeting, server: server.label.clone(), _hold: Hold::Server(slot) }
+    }
+
+    fn warm_spare(&self, server: &Server) -> Option<Spare> {
+        if self.warm == 0 {
+            return None;
+        }
+        server.warm.take()
+    }
+
+    fn nothing_eligible(&self, servers: &[Arc<Server>]) -> PoolError {
+        if servers.iter().any(|s| s.is_up()) {
+            PoolError::AllFull { backend: self.name.clone(), limit: self.max_per_server }
+        } else {
+            PoolError::AllDown { backend: self.name.clone(), servers: servers.len() }
+        }
+    }
+}
+
+/// Probes one server every `health.interval` (the first probe at once) until shutdown or
+/// until the pool is dropped (a reload replaced it).
+async fn health_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
+    let Some(interval) = pool.upgrade().map(|p| p.health.interval) else { return };
+    let mut tick = tokio::time::interval(interval.max(MIN_INTERVAL));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { return };
+        // Probes send no ID/XCLIENT (there is no client) and a LOCAL PROXY header, which
+        // haproxy-enabled Dovecot listeners accept for exactly this purpose.
+        let hs = Handshake { protocol: pool.protocol, forward: pool.forward, client: None, label: &server.label };
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = dial::dial(&server.addr, hs, pool.health.timeout) => r,
+        };
+        match result {
+            Ok((mut stream, _greeting)) => {
+                server.record_success(&pool.name, &pool.health, Source::Probe);
+                let goodbye = dial::probe_goodbye(pool.protocol);
+                let _ = tokio::time::timeout(GOODBYE_DEADLINE, stream.write_all(goodbye)).await;
+            }
+            Err(error) => {
+                tracing::debug!(backend = %pool.name, server = %server.label, error = %Chain(&error), "health check failed");
+                server.record_failure(&pool.name, &pool.health, Source::Probe, &error);
+                if !server.is_up() {
+                    server.warm.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Keeps up to `pool.warm` fresh spares for one up server.
+async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(WARM_REFILL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { break };
+        if !server.is_up() {
+            server.warm.clear();
+            continue;
+        }
+        while server.warm.prune() < pool.warm {
+            let hs = Handshake { protocol: pool.protocol, forward: ForwardClient::None, client: None, label: &server.label };
+            let result = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = dial::dial(&server.addr, hs, pool.connect_timeout) => r,
+            };
+            match result {
+                Ok((stream, greeting)) => server.warm.push(Spare { stream, greeting, since: Instant::now() }),
+                Err(error) => {
+                    tracing::debug!(backend = %pool.name, server = %server.label, error = %Chain(&error), "warm connect failed");
+                    break;
+                }
+            }
+        }
+    }
+    server.warm.clear();
+}
+
+/// A zero or tiny interval would turn health checks into a busy loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a probe may take to say goodbye before the socket is simply closed.
+const GOODBYE_DEADLINE: Duration = Duration::from_millis(200);
+/// How often spares are topped up.
+const WARM_REFILL: Duration = Duration::from_millis(100);
