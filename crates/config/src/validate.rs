@@ -74,6 +74,7 @@ fn schema_error(
         let expected = tail
             .trim_start_matches(", expected one of ")
             .trim_start_matches(", expected ")
+            .replace("` or `", ", ")
             .replace('`', "");
         let expected = if tail.contains("there are no fields") {
             "none".to_owned()
