@@ -8,8 +8,9 @@ use std::time::Duration;
 
 /// Every problem found in one configuration, in the order found.
 ///
-/// Semantic problems are collected so an operator can fix a file in one pass; a syntax or
-/// schema (type, unknown key) problem stops parsing and is reported alone.
+/// Problems are collected so an operator can fix a file in one pass: every unknown key and
+/// every semantic problem. A TOML syntax error, a value of the wrong type or a missing
+/// required key stops parsing there (with the unknown keys found before it).
 #[derive(Debug)]
 pub struct ConfigErrors {
     errors: Vec<ConfigError>,

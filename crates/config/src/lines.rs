@@ -57,7 +57,7 @@ impl<'i> Lines<'i> {
 }
 
 /// `listen[2]` → (`listen`, [2]); `a[1][0]` → (`a`, [1, 0]).
-fn split_indexes(segment: &str) -> (&str, Vec<usize>) {
+pub(crate) fn split_indexes(segment: &str) -> (&str, Vec<usize>) {
     let Some(open) = segment.find('[') else {
         return (segment, Vec::new());
     };

@@ -4,12 +4,16 @@
 mod backends;
 mod listeners;
 
+use std::borrow::BorrowMut;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ConfigErrorKind as Kind;
-use crate::lines::Lines;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::lines::{split_indexes, Lines};
 use crate::raw::{RawAdmin, RawConfig, RawLog, RawServer, RawTls};
 use crate::{
     AdminConfig, CertificateConfig, Config, ConfigError, ConfigErrors, ConfigSource,
@@ -20,19 +24,7 @@ use crate::{
 pub(crate) fn parse_and_validate(text: &str, source: ConfigSource) -> Result<Config, ConfigErrors> {
     let file = source.to_string();
     let lines = Lines::new(text);
-    let de = toml::Deserializer::parse(text).map_err(|e| {
-        let kind = Kind::Syntax {
-            message: e.message().trim_end().to_owned(),
-        };
-        ConfigErrors::one(ConfigError {
-            file: file.clone(),
-            key: String::new(),
-            line: e.span().map(|s| lines.line_of_offset(s.start)),
-            kind,
-        })
-    })?;
-    let raw: RawConfig = serde_path_to_error::deserialize(de)
-        .map_err(|e| ConfigErrors::one(schema_error(&file, &lines, e)))?;
+    let (raw, schema_errors) = deserialize(text, &file, &lines).map_err(ConfigErrors::from_vec)?;
 
     let base_dir = match &source {
         ConfigSource::File(path) => path
@@ -45,7 +37,7 @@ pub(crate) fn parse_and_validate(text: &str, source: ConfigSource) -> Result<Con
         file,
         lines,
         base_dir,
-        errors: Vec::new(),
+        errors: schema_errors,
     };
     let config = v.config(raw, source);
     if v.errors.is_empty() {
@@ -55,6 +47,74 @@ pub(crate) fn parse_and_validate(text: &str, source: ConfigSource) -> Result<Con
         v.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         Err(ConfigErrors::from_vec(v.errors))
     }
+}
+
+/// Deserializes the raw schema. serde stops at the first unknown key, so each one found
+/// is recorded, removed from the document and deserialization retried: every misspelt
+/// key is reported in one pass, along with the semantic errors of the rest. Any other
+/// schema error (wrong type, missing key) ends parsing.
+fn deserialize(
+    text: &str,
+    file: &str,
+    lines: &Lines<'_>,
+) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
+    let mut doc = DeTable::parse(text).map_err(|e| {
+        let kind = Kind::Syntax {
+            message: e.message().trim_end().to_owned(),
+        };
+        let line = e.span().map(|s| lines.line_of_offset(s.start));
+        vec![ConfigError {
+            file: file.to_owned(),
+            key: String::new(),
+            line,
+            kind,
+        }]
+    })?;
+    let mut unknown = Vec::new();
+    loop {
+        let de = toml::Deserializer::from(doc.clone());
+        let error = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+            Ok(raw) => return Ok((raw, unknown)),
+            Err(e) => schema_error(file, lines, e),
+        };
+        let removed = matches!(error.kind, Kind::UnknownKey { .. })
+            && unknown.len() < MAX_UNKNOWN_KEYS
+            && remove_key(doc.get_mut(), &error.key);
+        unknown.push(error);
+        if !removed {
+            return Err(unknown);
+        }
+    }
+}
+
+/// Removes the key at dotted `path` (`listener[0].foo`); false when it is not there.
+fn remove_key(root: &mut DeTable<'_>, path: &str) -> bool {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut table = root;
+    for segment in segments {
+        let (name, indexes) = split_indexes(segment);
+        let Some(mut value) = table.get_mut(name) else {
+            return false;
+        };
+        for index in indexes {
+            let DeValue::Array(array) = value.get_mut() else {
+                return false;
+            };
+            let items: &mut [Spanned<DeValue<'_>>] = array.borrow_mut();
+            let Some(item) = items.get_mut(index) else {
+                return false;
+            };
+            value = item;
+        }
+        let DeValue::Table(next) = value.get_mut() else {
+            return false;
+        };
+        table = next;
+    }
+    table.remove(last).is_some()
 }
 
 /// Turns a serde error (unknown key, missing key, wrong type) into a [`ConfigError`].
@@ -537,6 +597,8 @@ pub(crate) const fn hours(h: u64) -> Duration {
 }
 
 const MAX_WORKERS: u64 = 1024;
+/// Unknown keys reported before giving up on a file (it is probably not a postern config).
+const MAX_UNKNOWN_KEYS: usize = 20;
 const SYSTEM_STATE_DIR: &str = "/var/lib/postern";
 
 /// Keys whose value is a duration string; a bare number there gets a duration hint.

@@ -85,7 +85,7 @@ fn unknown_key_in_every_table_is_named_with_its_line() {
         (with_table("[admin]\nport = 9190"), "postern.toml:10: admin.port: unknown key `port`; valid keys here: listen"),
         (with_table("[log]\nlevel = \"info\"\nfile = \"/var/log/postern.log\""), "postern.toml:11: log.file: unknown key `file`; valid keys here: format, level"),
         (with_table("[tls]\nciphers = \"HIGH\""), "postern.toml:10: tls.ciphers: unknown key `ciphers`; valid keys here: min_version, handshake_timeout, key_permissions, watch, certificate"),
-        (with_table("[[tls.certificate]]\ncert = \"/x.pem\"\nchain = \"/y.pem\""), "postern.toml:11: tls.certificate[0].chain: unknown key `chain`; valid keys here: cert, key"),
+        (with_table("[[tls.certificate]]\ncert = \"/dev/null\"\nchain = \"/y.pem\""), "postern.toml:11: tls.certificate[0].chain: unknown key `chain`; valid keys here: cert, key"),
         (listener_with("timeout = \"1m\""), "postern.toml:6: listener[0].timeout: unknown key `timeout`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands"),
         (backend_with("server = [\"a:1\"]"), "postern.toml:9: backend[0].server: unknown key `server`; valid keys here: name, servers, exec, max_children, balance, forward_client, connect_timeout, max_connections_per_server, warm, health"),
         (backend_with("[backend.health]\nintervall = \"1s\""), "postern.toml:10: backend[0].health.intervall: unknown key `intervall`; valid keys here: interval, timeout, fall, rise"),
@@ -93,6 +93,20 @@ fn unknown_key_in_every_table_is_named_with_its_line() {
     for (text, expected) in cases {
         assert_eq!(one_error(&text), expected);
     }
+}
+
+#[test]
+fn all_unknown_keys_are_reported_at_once_with_semantic_errors() {
+    let text = format!("[server]\nworkerz = 2\n\n{LISTENER}idle = \"1m\"\n{BACKEND}[backend.health]\nintervall = \"1s\"\nfall = 0\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "postern.toml:2: server.workerz: unknown key `workerz`; valid keys here: workers, max_connections, shutdown_grace, drain_spread, user, group, state_dir",
+            "postern.toml:9: listener[0].idle: unknown key `idle`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands",
+            "postern.toml:14: backend[0].health.intervall: unknown key `intervall`; valid keys here: interval, timeout, fall, rise",
+            "postern.toml:15: backend[0].health.fall: 0 is out of range: use 1 to 100",
+        ]
+    );
 }
 
 #[test]
