@@ -1,1 +1,104 @@
-//! postern tls
+//! TLS certificates for postern: loading and validation, the SNI-resolving store handed to
+//! rustls, one `ServerConfig` per listener, hot reload, and the `postern cert generate` /
+//! `postern cert inspect` commands.
+//!
+//! Must not depend on: the session, listener or backend crates; it never sees application
+//! bytes, only performs handshakes (through the `ServerConfig` it builds).
+//!
+//! # Invariants
+//! - A certificate set becomes visible to handshakes only after every entry parsed, its key
+//!   matched the certificate and its key file passed the permission policy. A failed reload
+//!   never removes a working certificate: the previous set keeps serving.
+//! - Reloads replace the whole set atomically (one `ArcSwap` store); a handshake sees either
+//!   the old set or the new one, never a mix. `ServerConfig`s are built once per listener and
+//!   survive reloads.
+//! - A configured file that is missing is an error; the self-signed certificate in the state
+//!   directory is used only when no `[[tls.certificate]]` is configured.
+//! - No global state: the store, its metrics and the watcher are values owned by the caller.
+
+mod error;
+pub mod generate;
+pub mod inspect;
+mod load;
+mod metrics_shim;
+mod selfsigned;
+mod store;
+mod watch;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::TlsError;
+use metrics_shim::TlsMetrics;
+pub use watch::WatchOptions;
+
+/// The certificate store and everything built on it. Cheap to share (Arc inside).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    inner: Arc<store::Shared>,
+}
+
+impl Tls {
+    /// Loads every `[[tls.certificate]]` (or, when there is none, loads or generates the
+    /// self-signed pair in `<state_dir>/selfsigned/`), validates fully, logs one line per
+    /// certificate and every warning, and sets the expiry metrics.
+    pub fn load(
+        config: &postern_config::TlsConfig,
+        state_dir: &Path,
+        metrics: TlsMetrics,
+    ) -> Result<Tls, TlsError> {
+        store::Shared::load(config, state_dir, metrics).map(|inner| Tls { inner: Arc::new(inner) })
+    }
+
+    /// Same validation as [`Tls::load`] without side effects (no generation, no metrics, no
+    /// log lines): for `postern check-config`. Returns one line per certificate, then one line
+    /// per warning.
+    pub fn check(
+        config: &postern_config::TlsConfig,
+        state_dir: &Path,
+    ) -> Result<Vec<String>, TlsError> {
+        store::check(config, state_dir)
+    }
+
+    /// A rustls `ServerConfig` for one listener: TLS 1.2+1.3 or 1.3 only per
+    /// `tls.min_version`, SNI resolution over the shared store, ALPN = `[alpn]` only (a client
+    /// that offers ALPN without it gets a fatal `no_application_protocol` alert; a client that
+    /// offers none is served). Build once per listener; reloads swap only the store.
+    pub fn server_config(&self, alpn: &'static [u8]) -> Arc<rustls::ServerConfig> {
+        self.inner.server_config(alpn)
+    }
+
+    /// When `tls.watch` is on: watches the certificate files and their directories and
+    /// re-checks every 60 s; on a change (debounced) reloads the whole set and swaps it in, or
+    /// keeps the old one and counts an error. Runs on the current tokio runtime until
+    /// `shutdown` is cancelled. When `tls.watch` is off the returned task ends at once.
+    pub fn spawn_watcher(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, TlsError> {
+        self.spawn_watcher_with(shutdown, WatchOptions::default())
+    }
+
+    /// [`Tls::spawn_watcher`] with explicit timing (tests use a short poll and debounce).
+    pub fn spawn_watcher_with(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+        options: WatchOptions,
+    ) -> Result<tokio::task::JoinHandle<()>, TlsError> {
+        watch::spawn(Arc::clone(&self.inner), shutdown, options)
+    }
+
+    /// Forces one reload now. Returns whether a new set was published (`false`: the files are
+    /// unchanged). On error the previous set keeps serving.
+    pub fn reload_now(&self) -> Result<bool, TlsError> {
+        self.inner.reload()
+    }
+}
+
+/// How long a reload waits for a burst of file events to settle.
+pub(crate) const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// The backstop re-check for file systems whose events are lost.
+pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(60);
+/// A served certificate that expires sooner than this is logged as a warning.
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);

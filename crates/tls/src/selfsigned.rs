@@ -1,0 +1,91 @@
+//! The self-signed pair in the state directory, used when no `[[tls.certificate]]` is
+//! configured: generated on first start, reused afterwards, regenerated when near expiry.
+
+use std::path::{Path, PathBuf};
+
+use tracing::info;
+
+use crate::generate::{self, KeyType};
+use crate::load::{self, Source};
+use crate::TlsError;
+
+/// `<state_dir>/selfsigned`
+pub(crate) fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("selfsigned")
+}
+
+/// The existing pair, `None` when neither file exists. One file without the other is an
+/// error: postern does not overwrite what it cannot explain.
+pub(crate) fn existing(state_dir: &Path) -> Result<Option<Source>, TlsError> {
+    let dir = dir(state_dir);
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(Some(Source { cert, key: Some(key), self_signed: true })),
+        (false, false) => Ok(None),
+        (true, false) | (false, true) => Err(TlsError::SelfSigned {
+            dir: dir.clone(),
+            reason: format!(
+                "only one of {CERT_FILE} and {KEY_FILE} exists; delete {} so postern generates a new pair",
+                dir.display()
+            ),
+        }),
+    }
+}
+
+/// The pair to serve, generating it when missing or when it expires within 30 days (postern
+/// owns these files, so renewing them is safe).
+pub(crate) fn ensure(state_dir: &Path) -> Result<Source, TlsError> {
+    let dir = dir(state_dir);
+    if let Some(source) = existing(state_dir)? {
+        if !expiring(&source) {
+            return Ok(source);
+        }
+        info!(dir = %dir.display(), "self-signed certificate expires within 30 days; generating a new one");
+    }
+    let names = host_names();
+    create_private_dir(&dir)?;
+    let (cert, key) = generate::write_self_signed(&names, &dir, VALID_DAYS, KeyType::EcdsaP256)
+        .map_err(|e| TlsError::SelfSigned { dir: dir.clone(), reason: e.chain() })?;
+    info!(dir = %dir.display(), names = %names.join(","), "generated a self-signed certificate");
+    Ok(Source { cert, key: Some(key), self_signed: true })
+}
+
+/// The host name (kernel's, else gethostname) plus `localhost`, lower-case, de-duplicated.
+pub(crate) fn host_names() -> Vec<String> {
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let host = from_proc
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .map(|h| load::normalize_name(&h))
+        .filter(|h| !h.is_empty() && h != "localhost");
+    let mut names: Vec<String> = host.into_iter().collect();
+    names.push("localhost".to_owned());
+    names
+}
+
+fn expiring(source: &Source) -> bool {
+    let Ok(bytes) = std::fs::read(&source.cert) else { return false };
+    let Ok(chain) = load::parse_chain(&source.cert, &bytes) else { return false };
+    let Ok(info) = load::cert_info(&source.cert, &chain) else { return false };
+    info.not_after - load::unix_now() < RENEW_BEFORE_SECS
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| TlsError::SelfSigned { dir: dir.to_path_buf(), reason: e.to_string() })
+}
+
+const CERT_FILE: &str = "fullchain.pem";
+const KEY_FILE: &str = "privkey.pem";
+/// 825 days: the longest validity Apple clients accept for a TLS server certificate.
+const VALID_DAYS: u32 = 825;
+const RENEW_BEFORE_SECS: i64 = 30 * 86_400;
