@@ -1,0 +1,73 @@
+"""Test certificates, made with the openssl CLI once per test session."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_NAMES = ("mail.test", "localhost")
+DEFAULT_IPS = ("127.0.0.1",)
+
+
+@dataclass(frozen=True)
+class CertPair:
+    """A self-signed certificate and its key; the certificate doubles as the clients' CA."""
+
+    cert: Path
+    key: Path
+    names: tuple[str, ...]
+
+    def client_context(self, verify: bool = True) -> ssl.SSLContext:
+        """An SSL context that trusts this certificate (or, with verify=False, anything)."""
+        if not verify:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=str(self.cert))
+
+    def combined_pem(self, path: Path) -> Path:
+        """Write cert + key into one file (stunnel style) and return its path."""
+        path.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
+        path.chmod(0o600)
+        return path
+
+
+def make_self_signed(
+    directory: Path,
+    names: tuple[str, ...] = DEFAULT_NAMES,
+    ips: tuple[str, ...] = DEFAULT_IPS,
+    days: int = 30,
+    stem: str = "server",
+    key_type: str = "ec",
+) -> CertPair:
+    """Generate `<stem>.crt` / `<stem>.key` in `directory`, CN = names[0], SANs = names + ips.
+
+    key_type: "ec" (P-256) or "rsa" (2048 bits).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / f"{stem}.crt"
+    key = directory / f"{stem}.key"
+    san = ",".join([f"DNS:{n}" for n in names] + [f"IP:{i}" for i in ips])
+    if key_type == "ec":
+        keyopts = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    elif key_type == "rsa":
+        keyopts = ["-newkey", "rsa:2048"]
+    else:
+        raise ValueError(f"unknown key_type {key_type!r}: use 'ec' or 'rsa'")
+    cmd = [
+        "openssl", "req", "-x509", *keyopts, "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", str(days),
+        "-subj", f"/CN={names[0]}",
+        "-addext", f"subjectAltName={san}",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
+        "-addext", "extendedKeyUsage=serverAuth",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl req failed (rc {res.returncode}): {res.stderr}")
+    key.chmod(0o600)
+    return CertPair(cert=cert, key=key, names=tuple(names))

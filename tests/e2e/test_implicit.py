@@ -1,0 +1,369 @@
+"""Implicit TLS (IMAPS, POP3S, SMTPS) through postern to a real Dovecot, with real clients.
+
+Issue 2's end-to-end list: imaplib and poplib sessions, curl listings, a 20 MiB message,
+200 concurrent sessions, the backend dying mid-session, garbage instead of a ClientHello,
+the no-backend goodbyes, and `postern check-config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import os
+import signal
+import socket
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness import (
+    Postern,
+    closed_port,
+    curl,
+    imaps,
+    make_message,
+    pop3s,
+    read_line,
+    read_until_eof,
+    smtps,
+    tls_connect,
+    wait_for,
+)
+from harness.postern import check_config
+
+
+# ---- the three protocols, happy path ------------------------------------------------------------
+
+
+def test_imaps_login_select_fetch_logout(gateway: Postern, mailbox, client_ctx):
+    m = imaps(gateway.addr("imaps"), client_ctx)
+    try:
+        assert m.welcome.startswith(b"* OK"), m.welcome
+        typ, _ = m.login(mailbox.user, mailbox.password)
+        assert typ == "OK"
+        typ, data = m.select("INBOX")
+        assert (typ, data) == ("OK", [b"2"])
+        for i, expected in enumerate(mailbox.messages, 1):
+            typ, data = m.fetch(str(i), "(BODY.PEEK[])")
+            assert typ == "OK"
+            assert data[0][1] == expected
+    finally:
+        typ, data = m.logout()
+    assert typ == "BYE"
+
+
+def test_pop3s_user_pass_stat_retr(gateway: Postern, mailbox, client_ctx):
+    p = pop3s(gateway.addr("pop3s"), client_ctx)
+    try:
+        assert p.getwelcome().startswith(b"+OK")
+        assert p.user(mailbox.user).startswith(b"+OK")
+        assert p.pass_(mailbox.password).startswith(b"+OK")
+        count, size = p.stat()
+        assert count == 2
+        assert size == sum(len(m) for m in mailbox.messages)
+        for i, expected in enumerate(mailbox.messages, 1):
+            resp, lines, octets = p.retr(i)
+            assert resp.startswith(b"+OK")
+            assert b"\r\n".join(lines) + b"\r\n" == expected
+    finally:
+        assert p.quit().startswith(b"+OK")
+
+
+def test_submissions_auth_and_send(gateway: Postern, dovecot, smtp_sink, client_ctx):
+    user, password = "alice", dovecot.users["alice"]
+    marker = f"via-postern-{time.time_ns()}"
+    s = smtps(gateway.addr("submissions"), client_ctx)
+    try:
+        code, banner = s.ehlo("client.test")
+        assert code == 250
+        s.login(user, password)
+        refused = s.sendmail("alice@mail.test", ["bob@example.org"], make_message(marker, "relayed through postern\n"))
+        assert refused == {}
+    finally:
+        s.quit()
+    got = smtp_sink.wait_for_message(marker.encode())
+    assert got.rcpt_tos == ("bob@example.org",)
+
+
+def test_curl_imaps_listing(gateway: Postern, mailbox, certs):
+    host, port = gateway.addr("imaps")
+    url = f"imaps://{host}:{port}/"
+    res = curl("--cacert", str(certs.cert), "-u", f"{mailbox.user}:{mailbox.password}", url)
+    assert res.returncode == 0, res.stderr
+    assert "INBOX" in res.stdout
+    res = curl("--cacert", str(certs.cert), "-u", f"{mailbox.user}:{mailbox.password}", url + "INBOX?ALL")
+    assert res.returncode == 0, res.stderr
+    assert "* SEARCH 1 2" in res.stdout
+
+
+def test_curl_pop3s_listing(gateway: Postern, mailbox, certs):
+    host, port = gateway.addr("pop3s")
+    res = curl("--cacert", str(certs.cert), "-u", f"{mailbox.user}:{mailbox.password}", f"pop3s://{host}:{port}/")
+    assert res.returncode == 0, res.stderr
+    listing = [line.split() for line in res.stdout.strip().splitlines()]
+    assert listing == [["1", str(len(mailbox.messages[0]))], ["2", str(len(mailbox.messages[1]))]]
+    res = curl("--cacert", str(certs.cert), "-u", f"{mailbox.user}:{mailbox.password}", f"pop3s://{host}:{port}/2")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.encode().replace(b"\r\n", b"\n") == mailbox.messages[1].replace(b"\r\n", b"\n")
+
+
+def test_curl_rejects_wrong_certificate_name(gateway: Postern, mailbox, certs):
+    """The client checks the certificate: a name not in the SANs fails verification."""
+    _, port = gateway.addr("imaps")
+    res = curl(
+        "--cacert", str(certs.cert),
+        "--resolve", f"wrong.example:{port}:127.0.0.1",
+        "-u", f"{mailbox.user}:{mailbox.password}",
+        f"imaps://wrong.example:{port}/",
+    )
+    assert res.returncode != 0
+    # the same request to a name the certificate carries works
+    res = curl(
+        "--cacert", str(certs.cert),
+        "--resolve", f"mail.test:{port}:127.0.0.1",
+        "-u", f"{mailbox.user}:{mailbox.password}",
+        f"imaps://mail.test:{port}/",
+    )
+    assert res.returncode == 0, res.stderr
+
+
+# ---- size and concurrency ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_20mib_message_fetched_intact(gateway: Postern, big_message, client_ctx):
+    m = imaps(gateway.addr("imaps"), client_ctx, timeout=60)
+    try:
+        m.login(big_message.user, big_message.password)
+        typ, data = m.select("INBOX", readonly=True)
+        assert (typ, data) == ("OK", [b"1"])
+        started = time.monotonic()
+        typ, data = m.fetch("1", "(BODY.PEEK[])")
+        elapsed = time.monotonic() - started
+        assert typ == "OK"
+        body = data[0][1]
+        assert len(body) == len(big_message.data)
+        assert hashlib.sha256(body).hexdigest() == big_message.sha256
+        print(f"20 MiB fetched through postern in {elapsed:.2f}s")
+    finally:
+        m.logout()
+
+
+@pytest.mark.slow
+def test_200_concurrent_sessions(gateway: Postern, mailbox, client_ctx):
+    n = 200
+    addr = gateway.addr("imaps")
+
+    def one(i: int) -> str:
+        m = imaps(addr, client_ctx, timeout=60)
+        try:
+            m.login(mailbox.user, mailbox.password)
+            typ, data = m.select("INBOX", readonly=True)
+            if (typ, data) != ("OK", [b"2"]):
+                return f"session {i}: SELECT gave {typ} {data}"
+        finally:
+            typ, _ = m.logout()
+        return "ok" if typ == "BYE" else f"session {i}: LOGOUT gave {typ}"
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(one, range(n)))
+    elapsed = time.monotonic() - started
+    failures = [r for r in results if r != "ok"]
+    assert not failures, failures[:5]
+    print(f"{n} concurrent IMAPS sessions in {elapsed:.2f}s")
+    assert gateway.alive()
+
+
+# ---- failure cases ----------------------------------------------------------------------------
+
+
+def _imap_select(addr, ctx, user, password, timeout=15.0) -> imaplib.IMAP4_SSL:
+    m = imaps(addr, ctx, timeout=timeout)
+    m.login(user, password)
+    m.select("INBOX")
+    return m
+
+
+def test_backend_session_killed_mid_session(postern_factory, dovecot_factory, client_ctx):
+    """One session's imap process dies: that client gets a clean close in bounded time, and
+    another session through the same postern carries on."""
+    dv = dovecot_factory()
+    user, password = dv.new_user()
+    dv.deliver(user, make_message("m1", "one\n"))
+    gw = postern_factory.start(postern_factory.config(dv, protocols=("imap",)))
+    addr = gw.addr("imaps")
+
+    a = _imap_select(addr, client_ctx, user, password)
+    pids_a = set(wait_for(lambda: dv.session_pids("imap"), 5, "the imap process of session A"))
+    b = _imap_select(addr, client_ctx, user, password)
+    wait_for(lambda: set(dv.session_pids("imap")) - pids_a, 5, "the imap process of session B")
+    for pid in pids_a:
+        os.kill(pid, signal.SIGKILL)
+
+    # A: EOF (possibly after a BYE), not a hang
+    rest = read_until_eof(a.sock, timeout=10)
+    assert b"* OK" not in rest
+    a.shutdown()
+
+    # B still works
+    typ, data = b.noop()
+    assert typ == "OK"
+    typ, data = b.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and b"m1" in data[0][1]
+    assert b.logout()[0] == "BYE"
+    assert gw.alive()
+
+
+def test_backend_stopped_mid_session(postern_factory, dovecot_factory, client_ctx):
+    """Dovecot stops under open sessions: clients get a clean close in bounded time; after
+    Dovecot is back, postern serves new sessions again (without a restart of its own)."""
+    dv = dovecot_factory()
+    user, password = dv.new_user()
+    gw = postern_factory.start(postern_factory.config(dv, protocols=("imap",)))
+    addr = gw.addr("imaps")
+
+    sessions = [_imap_select(addr, client_ctx, user, password) for _ in range(3)]
+    started = time.monotonic()
+    dv.stop()
+    for m in sessions:
+        rest = read_until_eof(m.sock, timeout=10)
+        assert len(rest) < 1000, rest
+        m.shutdown()
+    assert time.monotonic() - started < 20
+    assert gw.alive()
+
+    dv.start()
+
+    def new_session_works() -> bool:
+        try:
+            m = _imap_select(addr, client_ctx, user, password, timeout=5)
+        except (OSError, imaplib.IMAP4.error, EOFError):
+            return False
+        m.logout()
+        return True
+
+    wait_for(new_session_works, 30, "a new IMAPS session after Dovecot came back", interval=0.2)
+    assert gw.alive()
+
+
+def test_garbage_instead_of_client_hello(gateway: Postern, mailbox, client_ctx):
+    failures = "postern_tls_handshake_failures_total"
+    before = gateway.metrics().value(failures, listener="imaps")
+
+    raw = socket.create_connection(gateway.addr("imaps"), timeout=10)
+    try:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 4)
+        reply = read_until_eof(raw, timeout=15)
+    finally:
+        raw.close()
+    # at most a TLS alert record (type 0x15), never a backend greeting
+    assert b"OK" not in reply
+    assert len(reply) <= 64, reply
+    if reply:
+        assert reply[0] == 0x15, reply
+
+    gateway.wait_metric(failures, lambda v: v == before + 1, what="handshake failure counted", listener="imaps")
+
+    # and the listener still serves
+    m = _imap_select(gateway.addr("imaps"), client_ctx, mailbox.user, mailbox.password)
+    assert m.logout()[0] == "BYE"
+
+
+def test_client_hello_then_silence_is_not_relayed(gateway: Postern, client_ctx):
+    """A client that completes TCP but closes before finishing TLS leaves postern healthy."""
+    for _ in range(5):
+        s = socket.create_connection(gateway.addr("imaps"), timeout=5)
+        s.close()
+    m = imaps(gateway.addr("imaps"), client_ctx)
+    assert m.welcome.startswith(b"* OK")
+    m.shutdown()
+    assert gateway.alive()
+
+
+@pytest.mark.parametrize(
+    "protocol,listener,goodbye",
+    [
+        ("imap", "imaps", b"* BYE [UNAVAILABLE]"),
+        ("pop3", "pop3s", b"-ERR [SYS/TEMP]"),
+        ("smtp", "submissions", b"421 4.3.0"),
+    ],
+)
+def test_no_backend_goodbye(postern_factory, client_ctx, protocol, listener, goodbye):
+    cfg = postern_factory.config()
+    cfg.backend("dead", [f"127.0.0.1:{closed_port()}"], connect_timeout="1s")
+    cfg.listener(listener, protocol, "dead")
+    gw = postern_factory.start(cfg)
+    mark = gw.log_mark()
+
+    s = tls_connect(gw.addr(listener), client_ctx, server_hostname="mail.test")
+    try:
+        line = read_line(s, timeout=15)
+        assert line.startswith(goodbye), line
+        assert line.endswith(b"\r\n"), line
+        rest = read_until_eof(s, timeout=10)
+        assert rest == b"", rest
+    finally:
+        s.close()
+    rec = gw.wait_session_end(after=mark, listener=listener)[0]
+    assert rec.get("outcome") == "backend_unavailable", rec
+    assert gw.alive()
+
+
+# ---- process and CLI ------------------------------------------------------------------------------
+
+
+def test_sigterm_exits_zero(postern_factory, dovecot):
+    gw = postern_factory.start(postern_factory.config(dovecot, protocols=("imap",)))
+    started = time.monotonic()
+    assert gw.stop(timeout=30) == 0
+    assert time.monotonic() - started < 30
+
+
+def test_check_config_good_file(postern_factory, dovecot, postern_bin):
+    cfg = postern_factory.config(dovecot)
+    res = check_config(postern_bin, cfg.write())
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    for name in ("imaps", "pop3s", "submissions"):
+        assert name in out, out
+
+
+def _bad_config_output(postern_factory, postern_bin, dovecot, mutate) -> str:
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    mutate(cfg)
+    res = check_config(postern_bin, cfg.write())
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, f"rc {res.returncode}, want 2\n{out}"
+    assert "panicked" not in out, out
+    return out
+
+
+def test_check_config_unknown_key(postern_factory, postern_bin, dovecot):
+    out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.section("server").update(wrokers=2))
+    assert "wrokers" in out, out
+
+
+def test_check_config_unknown_key_in_listener(postern_factory, postern_bin, dovecot):
+    out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.get_listener("imaps").update(idle_timout="1m"))
+    assert "idle_timout" in out, out
+
+
+def test_check_config_listener_names_missing_backend(postern_factory, postern_bin, dovecot):
+    out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.get_listener("imaps").update(backend="nosuchbackend"))
+    assert "nosuchbackend" in out, out
+
+
+def test_check_config_missing_certificate_file(postern_factory, postern_bin, dovecot, test_root):
+    missing = str(test_root / "no-such-dir" / "fullchain.pem")
+    out = _bad_config_output(
+        postern_factory, postern_bin, dovecot, lambda c: c.section("tls")["certificate"][0].update(cert=missing)
+    )
+    assert missing in out, out
+
+
+def test_check_config_bad_duration(postern_factory, postern_bin, dovecot):
+    out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.get_backend("imap").update(connect_timeout="soon"))
+    assert "connect_timeout" in out, out
