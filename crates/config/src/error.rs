@@ -174,6 +174,16 @@ pub enum ConfigErrorKind {
         /// The listener that binds it first.
         first: String,
     },
+    /// A wildcard and a specific address of the same family on the same port.
+    #[error("{addr} overlaps {other} of listener {listener:?}: both would bind (SO_REUSEPORT) and split the connections between them; drop one or use another port")]
+    OverlappingListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The address it overlaps.
+        other: std::net::SocketAddr,
+        /// The listener that binds `other`.
+        listener: String,
+    },
     /// A backend with neither `servers` nor `exec`.
     #[error("backend {name:?} has neither `servers` nor `exec`; set one, e.g. servers = [\"127.0.0.1:143\"]")]
     NoTarget {

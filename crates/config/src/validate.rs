@@ -210,6 +210,7 @@ impl Validator<'_> {
         let tls = self.tls(raw.tls);
         let mut backends = self.backends(raw.backend);
         let listeners = self.listeners(raw.listener, &mut backends);
+        self.admin_conflicts(&admin, &listeners);
         Config {
             source,
             server,
@@ -283,7 +284,7 @@ impl Validator<'_> {
         let group = self.non_empty("server.group", raw.group);
         let state_dir = match self.non_empty("server.state_dir", raw.state_dir) {
             Some(dir) => self.resolve(&dir),
-            None => default_state_dir(),
+            None => crate::state_dir::default_state_dir(),
         };
         ServerConfig {
             workers,
@@ -302,6 +303,30 @@ impl Validator<'_> {
             Some(value) => self.listen_addr("admin.listen", &value),
         };
         AdminConfig { listen }
+    }
+
+    fn admin_conflicts(&mut self, admin: &AdminConfig, listeners: &[crate::ListenerConfig]) {
+        let clash = listeners.iter().find_map(|l| {
+            l.listen
+                .iter()
+                .find(|a| listeners::overlaps(admin.listen, **a))
+                .map(|a| (l, *a))
+        });
+        if let Some((l, other)) = clash {
+            let kind = if other == admin.listen {
+                Kind::DuplicateListen {
+                    addr: other,
+                    first: l.name.clone(),
+                }
+            } else {
+                Kind::OverlappingListen {
+                    addr: admin.listen,
+                    other,
+                    listener: l.name.clone(),
+                }
+            };
+            self.error("admin.listen", kind);
+        }
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {
@@ -534,52 +559,6 @@ impl Validator<'_> {
     }
 }
 
-/// `$STATE_DIRECTORY` (systemd `StateDirectory=`; the first of a colon-separated list),
-/// else `/var/lib/postern` when running as root or when that directory exists and is
-/// writable by this user, else `$XDG_STATE_HOME/postern`, else
-/// `$HOME/.local/state/postern`, else `/var/lib/postern`.
-fn default_state_dir() -> PathBuf {
-    let env = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = std::env::var("STATE_DIRECTORY")
-        .ok()
-        .and_then(|v| v.split(':').next().map(str::to_owned))
-    {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let system = PathBuf::from(SYSTEM_STATE_DIR);
-    let euid = effective_uid();
-    if euid == Some(0) || euid.is_some_and(|uid| writable_dir(&system, uid)) {
-        return system;
-    }
-    if let Some(xdg) = env("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
-        return xdg.join("postern");
-    }
-    if let Some(home) = env("HOME").filter(|p| p.is_absolute()) {
-        return home.join(".local/state/postern");
-    }
-    system
-}
-
-/// The effective uid, read as the owner of `/proc/self` (avoids unsafe libc calls).
-fn effective_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
-/// Owner-writable and owned by `uid`, or writable by everyone (group is not checked).
-fn writable_dir(dir: &Path, uid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir)
-        .map(|m| m.is_dir() && ((m.uid() == uid && m.mode() & 0o200 != 0) || m.mode() & 0o002 != 0))
-        .unwrap_or(false)
-}
-
 pub(crate) const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -599,7 +578,6 @@ pub(crate) const fn hours(h: u64) -> Duration {
 const MAX_WORKERS: u64 = 1024;
 /// Unknown keys reported before giving up on a file (it is probably not a postern config).
 const MAX_UNKNOWN_KEYS: usize = 20;
-const SYSTEM_STATE_DIR: &str = "/var/lib/postern";
 
 /// Keys whose value is a duration string; a bare number there gets a duration hint.
 const DURATION_KEYS: &[&str] = &[

@@ -299,6 +299,17 @@ fn duplicate_listen_address_across_listeners() {
     let second = second.replace("127.0.0.1:993", "[::]:993");
     let first = LISTENER.replace("127.0.0.1:993", "0.0.0.0:993");
     assert!(check(&format!("{first}{second}{BACKEND}")).is_ok());
+    // A wildcard and a specific address of one family on one port would both bind
+    // (SO_REUSEPORT) and silently split the connections.
+    let specific = LISTENER.replace("imaps", "imaps2");
+    assert_eq!(
+        one_error(&format!("{first}{specific}{BACKEND}")),
+        "postern.toml:9: listener[1].listen[0]: 127.0.0.1:993 overlaps 0.0.0.0:993 of listener \"imaps\": both would bind (SO_REUSEPORT) and split the connections between them; drop one or use another port"
+    );
+    assert_eq!(
+        one_error(&with_table("[admin]\nlisten = \"127.0.0.1:993\"")),
+        "postern.toml:10: admin.listen: 127.0.0.1:993 is also bound by listener \"imaps\"; each address may appear once"
+    );
     let zero = LISTENER.replace(":993", ":0");
     assert!(check(&format!(
         "{zero}{}{BACKEND}",

@@ -112,6 +112,15 @@ impl Validator<'_> {
                             first: first.clone(),
                         },
                     );
+                } else if let Some((other, listener)) =
+                    bound.iter().find(|(other, _)| overlaps(addr, **other))
+                {
+                    let kind = Kind::OverlappingListen {
+                        addr,
+                        other: *other,
+                        listener: listener.clone(),
+                    };
+                    self.error(&akey, kind);
                 } else {
                     bound.insert(addr, l.name.clone());
                 }
@@ -181,4 +190,14 @@ impl Validator<'_> {
             max_plaintext_commands,
         }
     }
+}
+
+/// Whether binding both addresses would make them share connections: the same port and
+/// family, one of them the wildcard. IPv6 sockets are IPV6_V6ONLY, so `[::]` does not
+/// cover IPv4.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
