@@ -20,7 +20,6 @@ mod error;
 pub mod generate;
 pub mod inspect;
 mod load;
-mod metrics_shim;
 mod selfsigned;
 mod store;
 mod watch;
@@ -30,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::TlsError;
-use metrics_shim::TlsMetrics;
+use postern_metrics::TlsMetrics;
 pub use watch::WatchOptions;
 
 /// The certificate store and everything built on it. Cheap to share (Arc inside).

@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
 use crate::load::{self, Files, Loaded, Source};
-use crate::metrics_shim::TlsMetrics;
+use postern_metrics::TlsMetrics;
 use crate::{selfsigned, TlsError};
 
 /// All certificates of one successful load; replaced as a whole.
