@@ -8,7 +8,7 @@ use crate::{BackendTarget, Config};
 
 impl Config {
     /// Listeners → backends (addresses, protocol, TLS mode, servers), then certificates
-    /// and the server-wide settings.
+    /// and the server-wide settings. Does not repeat [`Config::source`].
     pub fn summary(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -17,31 +17,41 @@ impl Config {
     }
 
     fn write_summary(&self, out: &mut String) -> std::fmt::Result {
-        writeln!(out, "config: {}", self.source)?;
+        let lw = self
+            .listeners
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(0);
         writeln!(out, "listeners:")?;
         for l in &self.listeners {
             let addrs: Vec<String> = l.listen.iter().map(ToString::to_string).collect();
-            let backend = l.backend(self);
             writeln!(
                 out,
-                "  {} ({} {}) {} -> backend {} (idle {})",
+                "  {:lw$}  {:4}  {:8}  {} -> {} (idle {})",
                 l.name,
                 l.protocol.as_str(),
                 l.tls.as_str(),
                 addrs.join(", "),
-                backend.name,
+                l.backend(self).name,
                 format_duration(l.idle_timeout),
             )?;
         }
+        let bw = self
+            .backends
+            .iter()
+            .map(|b| b.name.len())
+            .max()
+            .unwrap_or(0);
         writeln!(out, "backends:")?;
         for b in &self.backends {
-            let protocol = b.protocol.map_or("unused", |p| p.as_str());
+            let protocol = b.protocol.map_or("-", |p| p.as_str());
             match &b.target {
                 BackendTarget::Servers(servers) => {
                     let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
                     writeln!(
                         out,
-                        "  {} ({protocol}): {} [{}, forward {}, connect {}, health every {}]",
+                        "  {:bw$}  {protocol:4}  {} ({}, forward {}, connect {}, health every {})",
                         b.name,
                         servers.join(", "),
                         b.balance.as_str(),
@@ -53,11 +63,14 @@ impl Config {
                 BackendTarget::Exec { argv, max_children } => {
                     writeln!(
                         out,
-                        "  {} ({protocol}): exec {} [at most {max_children} at once]",
+                        "  {:bw$}  {protocol:4}  exec {} (at most {max_children} at once)",
                         b.name,
-                        argv.join(" ")
+                        argv.join(" "),
                     )?;
                 }
+            }
+            if b.protocol.is_none() {
+                writeln!(out, "  {:bw$}  (no listener uses this backend)", "")?;
             }
         }
         writeln!(out, "certificates:")?;
@@ -71,36 +84,37 @@ impl Config {
         for (i, c) in self.tls.certificates.iter().enumerate() {
             let default = if i == 0 { " (default)" } else { "" };
             match &c.key {
-                Some(key) => writeln!(
-                    out,
-                    "  {} + key {}{default}",
-                    c.cert.display(),
-                    key.display()
-                )?,
-                None => writeln!(
-                    out,
-                    "  {} (combined cert and key){default}",
-                    c.cert.display()
-                )?,
+                Some(key) => writeln!(out, "  {} + {}{default}", c.cert.display(), key.display())?,
+                None => writeln!(out, "  {} (cert and key){default}", c.cert.display())?,
             }
         }
-        let min = self.tls.min_version.as_str();
-        let perms = self.tls.key_permissions.as_str();
-        let format = self.log.format.as_str();
         writeln!(
             out,
-            "tls: min {min}, handshake {}, key permissions {perms}, watch {}",
+            "tls: min {}, handshake {}, key permissions {}, watch {}",
+            self.tls.min_version.as_str(),
             format_duration(self.tls.handshake_timeout),
-            self.tls.watch,
+            self.tls.key_permissions.as_str(),
+            if self.tls.watch { "on" } else { "off" },
         )?;
+        let user = match (&self.server.user, &self.server.group) {
+            (Some(u), Some(g)) => format!(", runs as {u}:{g}"),
+            (Some(u), None) => format!(", runs as {u}"),
+            (None, Some(g)) => format!(", group {g}"),
+            (None, None) => String::new(),
+        };
         writeln!(
             out,
-            "server: {} workers, max {} connections, grace {}; admin http://{}; log {format} {}",
+            "server: {} workers, max {} connections, grace {}{user}",
             self.server.workers,
             self.server.max_connections,
             format_duration(self.server.shutdown_grace),
+        )?;
+        writeln!(
+            out,
+            "admin: http://{}/metrics; log {} {}",
             self.admin.listen,
-            self.log.level,
+            self.log.format.as_str(),
+            self.log.level
         )
     }
 }

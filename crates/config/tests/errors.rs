@@ -510,9 +510,12 @@ fn semantic_errors_are_all_reported_in_file_order() {
 fn embedded_default_summary_names_listeners_and_backends() {
     let summary = postern_config::embedded_default().unwrap().summary();
     assert!(
-        summary.contains("imaps (imap implicit) [::]:993, 0.0.0.0:993 -> backend imap"),
+        summary.contains("imaps        imap  implicit  [::]:993, 0.0.0.0:993 -> imap (idle 30m)"),
         "{summary}"
     );
-    assert!(summary.contains("imap (imap): 127.0.0.1:143"), "{summary}");
+    assert!(
+        summary.contains("imap        imap  127.0.0.1:143 (least-connections"),
+        "{summary}"
+    );
     assert!(summary.contains("self-signed"), "{summary}");
 }
