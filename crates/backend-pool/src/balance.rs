@@ -16,8 +16,11 @@ pub(crate) fn order(
     client_ip: IpAddr,
     rotation: usize,
 ) -> Vec<Arc<Server>> {
-    let mut eligible: Vec<Arc<Server>> =
-        servers.iter().filter(|s| s.is_up() && !s.is_full(limit)).cloned().collect();
+    let mut eligible: Vec<Arc<Server>> = servers
+        .iter()
+        .filter(|s| s.is_up() && !s.is_full(limit))
+        .cloned()
+        .collect();
     if eligible.is_empty() {
         return eligible;
     }
@@ -73,7 +76,9 @@ mod tests {
         let mut counts = [0usize; 3];
         for i in 0..3000u32 {
             let key = ip_bytes(IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + i)));
-            let best = (0..3).max_by_key(|&j| score(&key, servers[j].as_bytes())).unwrap();
+            let best = (0..3)
+                .max_by_key(|&j| score(&key, servers[j].as_bytes()))
+                .unwrap();
             counts[best] += 1;
         }
         for c in counts {

@@ -41,57 +41,95 @@ pub(crate) async fn dial(
     };
     match tokio::time::timeout(budget, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(ServerError::Timeout { server: hs.label.to_owned(), stage, after: budget }),
+        Err(_) => Err(ServerError::Timeout {
+            server: hs.label.to_owned(),
+            stage,
+            after: budget,
+        }),
     }
 }
 
 /// Performs `hs` on an already open stream (exec children), within `budget`.
-pub(crate) async fn handshake_within<S>(stream: &mut S, hs: Handshake<'_>, budget: Duration) -> Result<Vec<u8>, ServerError>
+pub(crate) async fn handshake_within<S>(
+    stream: &mut S,
+    hs: Handshake<'_>,
+    budget: Duration,
+) -> Result<Vec<u8>, ServerError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut stage = "greeting";
     match tokio::time::timeout(budget, handshake(stream, hs, &mut stage)).await {
         Ok(result) => result,
-        Err(_) => Err(ServerError::Timeout { server: hs.label.to_owned(), stage, after: budget }),
+        Err(_) => Err(ServerError::Timeout {
+            server: hs.label.to_owned(),
+            stage,
+            after: budget,
+        }),
     }
 }
 
 async fn open(addr: &ServerAddr, label: &str) -> Result<BackendStream, ServerError> {
-    let connect_err = |source| ServerError::Connect { server: label.to_owned(), source };
+    let connect_err = |source| ServerError::Connect {
+        server: label.to_owned(),
+        source,
+    };
     match addr {
-        ServerAddr::Unix(path) => Ok(BackendStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)),
+        ServerAddr::Unix(path) => Ok(BackendStream::Unix(
+            UnixStream::connect(path).await.map_err(connect_err)?,
+        )),
         ServerAddr::Tcp { host, port } => {
             let mut last = None;
-            for sa in tokio::net::lookup_host((host.as_str(), *port)).await.map_err(connect_err)? {
+            for sa in tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(connect_err)?
+            {
                 match TcpStream::connect(sa).await {
                     Ok(stream) => {
                         // Mail commands are small and interactive: never wait for Nagle.
                         stream.set_nodelay(true).map_err(connect_err)?;
                         // Long-idle IMAP sessions must notice a backend host that vanished.
-                        socket2::SockRef::from(&stream).set_keepalive(true).map_err(connect_err)?;
+                        socket2::SockRef::from(&stream)
+                            .set_keepalive(true)
+                            .map_err(connect_err)?;
                         return Ok(BackendStream::Tcp(stream));
                     }
                     Err(error) => last = Some(error),
                 }
             }
             Err(connect_err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("`{host}` resolved to no address"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("`{host}` resolved to no address"),
+                )
             })))
         }
     }
 }
 
-async fn handshake<S>(stream: &mut S, hs: Handshake<'_>, stage: &mut &'static str) -> Result<Vec<u8>, ServerError>
+async fn handshake<S>(
+    stream: &mut S,
+    hs: Handshake<'_>,
+    stage: &mut &'static str,
+) -> Result<Vec<u8>, ServerError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let server = hs.label;
-    let io_err = |stage: &'static str| move |source| ServerError::Io { server: server.to_owned(), stage, source };
+    let io_err = |stage: &'static str| {
+        move |source| ServerError::Io {
+            server: server.to_owned(),
+            stage,
+            source,
+        }
+    };
 
     if let Some(header) = proxy_header(hs.forward, hs.client, server)? {
         *stage = "PROXY header";
-        stream.write_all(&header).await.map_err(io_err("PROXY header"))?;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(io_err("PROXY header"))?;
     }
 
     *stage = "greeting";
@@ -99,7 +137,12 @@ where
     let len = loop {
         match parse_greeting(hs.protocol, &buf) {
             Greeting::Ok { len } => break len,
-            Greeting::Refused { .. } => return Err(ServerError::Refused { server: server.to_owned(), line: quote(&buf) }),
+            Greeting::Refused { .. } => {
+                return Err(ServerError::Refused {
+                    server: server.to_owned(),
+                    line: quote(&buf),
+                })
+            }
             Greeting::Invalid => {
                 return Err(ServerError::NotAGreeting {
                     server: server.to_owned(),
@@ -111,10 +154,15 @@ where
         }
     };
 
-    let (ForwardClient::Protocol, Some(client)) = (hs.forward, hs.client) else { return Ok(buf) };
+    let (ForwardClient::Protocol, Some(client)) = (hs.forward, hs.client) else {
+        return Ok(buf);
+    };
     *stage = "forwarding command";
     let command = forward_command(hs.protocol, client.peer, client.local);
-    stream.write_all(&command).await.map_err(io_err("forwarding command"))?;
+    stream
+        .write_all(&command)
+        .await
+        .map_err(io_err("forwarding command"))?;
     stream.flush().await.map_err(io_err("forwarding command"))?;
 
     *stage = "forwarding reply";
@@ -123,9 +171,14 @@ where
         match parse_reply(hs.protocol, &reply) {
             ForwardReply::Accepted { len } => break len,
             ForwardReply::Refused { .. } | ForwardReply::Invalid => {
-                return Err(ServerError::ForwardRefused { server: server.to_owned(), line: quote(&reply) })
+                return Err(ServerError::ForwardRefused {
+                    server: server.to_owned(),
+                    line: quote(&reply),
+                })
             }
-            ForwardReply::Incomplete => read_more(stream, &mut reply, server, "forwarding reply").await?,
+            ForwardReply::Incomplete => {
+                read_more(stream, &mut reply, server, "forwarding reply").await?
+            }
         }
     };
     // SMTP answers XCLIENT with a fresh greeting, which replaces the first one (the session
@@ -137,20 +190,36 @@ where
     Ok(buf)
 }
 
-async fn read_more<S>(stream: &mut S, buf: &mut Vec<u8>, server: &str, stage: &'static str) -> Result<(), ServerError>
+async fn read_more<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    server: &str,
+    stage: &'static str,
+) -> Result<(), ServerError>
 where
     S: AsyncRead + Unpin,
 {
     buf.reserve(1024);
     match stream.read_buf(buf).await {
-        Ok(0) => Err(ServerError::Closed { server: server.to_owned(), stage }),
+        Ok(0) => Err(ServerError::Closed {
+            server: server.to_owned(),
+            stage,
+        }),
         Ok(_) => Ok(()),
-        Err(source) => Err(ServerError::Io { server: server.to_owned(), stage, source }),
+        Err(source) => Err(ServerError::Io {
+            server: server.to_owned(),
+            stage,
+            source,
+        }),
     }
 }
 
 /// The PROXY header for this connection, if `forward` asks for one.
-fn proxy_header(forward: ForwardClient, client: Option<&ClientInfo>, server: &str) -> Result<Option<Vec<u8>>, ServerError> {
+fn proxy_header(
+    forward: ForwardClient,
+    client: Option<&ClientInfo>,
+    server: &str,
+) -> Result<Option<Vec<u8>>, ServerError> {
     let header = match client {
         Some(c) => {
             let (source, destination) = same_family(c.peer, c.local);
@@ -164,7 +233,10 @@ fn proxy_header(forward: ForwardClient, client: Option<&ClientInfo>, server: &st
         ForwardClient::ProxyV2 => header.encode_v2(&mut out),
         ForwardClient::None | ForwardClient::Protocol => return Ok(None),
     };
-    encoded.map_err(|source| ServerError::ProxyHeader { server: server.to_owned(), source })?;
+    encoded.map_err(|source| ServerError::ProxyHeader {
+        server: server.to_owned(),
+        source,
+    })?;
     Ok(Some(out))
 }
 
@@ -198,10 +270,22 @@ mod tests {
 
     #[test]
     fn mixed_families_become_v6() {
-        let (p, l) = same_family("192.0.2.1:5".parse().unwrap(), "[2001:db8::1]:993".parse().unwrap());
+        let (p, l) = same_family(
+            "192.0.2.1:5".parse().unwrap(),
+            "[2001:db8::1]:993".parse().unwrap(),
+        );
         assert_eq!(p, "[::ffff:192.0.2.1]:5".parse().unwrap());
         assert_eq!(l, "[2001:db8::1]:993".parse().unwrap());
-        let (p, l) = same_family("[::ffff:192.0.2.1]:5".parse().unwrap(), "127.0.0.1:993".parse().unwrap());
-        assert_eq!((p, l), ("192.0.2.1:5".parse().unwrap(), "127.0.0.1:993".parse().unwrap()));
+        let (p, l) = same_family(
+            "[::ffff:192.0.2.1]:5".parse().unwrap(),
+            "127.0.0.1:993".parse().unwrap(),
+        );
+        assert_eq!(
+            (p, l),
+            (
+                "192.0.2.1:5".parse().unwrap(),
+                "127.0.0.1:993".parse().unwrap()
+            )
+        );
     }
 }

@@ -53,7 +53,9 @@ pub enum PoolError {
         max: usize,
     },
     /// An exec backend's program could not be started.
-    #[error("backend `{backend}`: cannot start `{program}`; check that it exists and is executable")]
+    #[error(
+        "backend `{backend}`: cannot start `{program}`; check that it exists and is executable"
+    )]
     Spawn {
         /// The `[[backend]]` name.
         backend: String,

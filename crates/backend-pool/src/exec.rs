@@ -25,16 +25,32 @@ impl ExecTarget {
     pub(crate) fn new(argv: Vec<String>, max_children: usize) -> Self {
         let label = format!("exec:{}", argv.first().map(String::as_str).unwrap_or(""));
         let permits = max_children.min(Semaphore::MAX_PERMITS);
-        Self { argv, label, max_children, children: Arc::new(Semaphore::new(permits)) }
+        Self {
+            argv,
+            label,
+            max_children,
+            children: Arc::new(Semaphore::new(permits)),
+        }
     }
 
     /// Starts one child for `client`. The permit is the child's place under `max_children`.
-    pub(crate) fn spawn(&self, backend: &str, client: &ClientInfo) -> Result<(ExecStream, OwnedSemaphorePermit), PoolError> {
+    pub(crate) fn spawn(
+        &self,
+        backend: &str,
+        client: &ClientInfo,
+    ) -> Result<(ExecStream, OwnedSemaphorePermit), PoolError> {
         let permit = Arc::clone(&self.children)
             .try_acquire_owned()
-            .map_err(|_| PoolError::TooManyChildren { backend: backend.to_owned(), max: self.max_children })?;
+            .map_err(|_| PoolError::TooManyChildren {
+                backend: backend.to_owned(),
+                max: self.max_children,
+            })?;
         let program = self.argv.first().cloned().unwrap_or_default();
-        let spawn_err = |source| PoolError::Spawn { backend: backend.to_owned(), program: program.clone(), source };
+        let spawn_err = |source| PoolError::Spawn {
+            backend: backend.to_owned(),
+            program: program.clone(),
+            source,
+        };
 
         let peer_ip = client.peer.ip().to_canonical().to_string();
         let peer_port = client.peer.port().to_string();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use postern_config::{Balance, BackendConfig, BackendTarget, ForwardClient, HealthConfig};
+use postern_config::{BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig};
 use postern_metrics::{Metrics, ServerMetrics};
 use postern_proto::Protocol;
 use tokio::io::AsyncWriteExt;
@@ -49,7 +49,10 @@ pub struct Pool {
 #[derive(Debug)]
 enum Target {
     Servers(Vec<Arc<Server>>),
-    Exec { exec: ExecTarget, metrics: ServerMetrics },
+    Exec {
+        exec: ExecTarget,
+        metrics: ServerMetrics,
+    },
 }
 
 /// A ready backend connection; dropping it releases the server's connection count (and kills an exec child).
@@ -82,7 +85,12 @@ impl Pool {
             BackendTarget::Servers(addrs) => Target::Servers(
                 addrs
                     .iter()
-                    .map(|addr| Arc::new(Server::new(addr.clone(), metrics.server(&config.name, &addr.to_string()))))
+                    .map(|addr| {
+                        Arc::new(Server::new(
+                            addr.clone(),
+                            metrics.server(&config.name, &addr.to_string()),
+                        ))
+                    })
                     .collect(),
             ),
             BackendTarget::Exec { argv, max_children } => {
@@ -94,7 +102,10 @@ impl Pool {
             }
         };
         let mut warm = config.warm;
-        if warm > 0 && (config.forward_client != ForwardClient::None || matches!(target, Target::Exec { .. })) {
+        if warm > 0
+            && (config.forward_client != ForwardClient::None
+                || matches!(target, Target::Exec { .. }))
+        {
             tracing::warn!(
                 backend = %config.name,
                 warm,
@@ -126,11 +137,21 @@ impl Pool {
     /// tokio runtime until `shutdown` is cancelled or the pool is dropped. Exec backends have no
     /// health checks (always up).
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
-        let Target::Servers(servers) = &self.target else { return };
+        let Target::Servers(servers) = &self.target else {
+            return;
+        };
         for server in servers {
-            tokio::spawn(health_loop(Arc::downgrade(self), Arc::clone(server), shutdown.clone()));
+            tokio::spawn(health_loop(
+                Arc::downgrade(self),
+                Arc::clone(server),
+                shutdown.clone(),
+            ));
             if self.warm > 0 {
-                tokio::spawn(warm_loop(Arc::downgrade(self), Arc::clone(server), shutdown.clone()));
+                tokio::spawn(warm_loop(
+                    Arc::downgrade(self),
+                    Arc::clone(server),
+                    shutdown.clone(),
+                ));
             }
         }
     }
@@ -155,32 +176,55 @@ impl Pool {
         }
     }
 
-    async fn connect_servers(&self, servers: &[Arc<Server>], client: &ClientInfo) -> Result<BackendConn, PoolError> {
+    async fn connect_servers(
+        &self,
+        servers: &[Arc<Server>],
+        client: &ClientInfo,
+    ) -> Result<BackendConn, PoolError> {
         let budget = self.connect_timeout.saturating_mul(2);
         let deadline = Instant::now() + budget;
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let order = balance::order(self.balance, servers, self.max_per_server, client.peer.ip(), rotation);
+        let order = balance::order(
+            self.balance,
+            servers,
+            self.max_per_server,
+            client.peer.ip(),
+            rotation,
+        );
         if order.is_empty() {
             return Err(self.nothing_eligible(servers));
         }
         let mut tried = 0;
         let mut last_error = None;
         for server in order {
-            let Some(slot) = server.try_reserve(self.max_per_server) else { continue };
+            let Some(slot) = server.try_reserve(self.max_per_server) else {
+                continue;
+            };
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             tried += 1;
             if let Some(spare) = self.warm_spare(&server) {
-                server.metrics.connect_duration.observe(now.elapsed().as_secs_f64());
+                server
+                    .metrics
+                    .connect_duration
+                    .observe(now.elapsed().as_secs_f64());
                 return Ok(self.ready(&server, spare.stream, spare.greeting, slot));
             }
-            let hs = Handshake { protocol: self.protocol, forward: self.forward, client: Some(client), label: &server.label };
+            let hs = Handshake {
+                protocol: self.protocol,
+                forward: self.forward,
+                client: Some(client),
+                label: &server.label,
+            };
             let attempt = self.connect_timeout.min(deadline - now);
             match dial::dial(&server.addr, hs, attempt).await {
                 Ok((stream, greeting)) => {
-                    server.metrics.connect_duration.observe(now.elapsed().as_secs_f64());
+                    server
+                        .metrics
+                        .connect_duration
+                        .observe(now.elapsed().as_secs_f64());
                     server.record_success(&self.name, &self.health, Source::Session);
                     return Ok(self.ready(&server, stream, greeting, slot));
                 }
@@ -198,21 +242,40 @@ impl Pool {
             }
         }
         Err(match last_error {
-            Some(last_error) => PoolError::NoServerAvailable { backend: self.name.clone(), tried, last_error },
-            None if Instant::now() >= deadline => PoolError::Deadline { backend: self.name.clone(), after: budget },
+            Some(last_error) => PoolError::NoServerAvailable {
+                backend: self.name.clone(),
+                tried,
+                last_error,
+            },
+            None if Instant::now() >= deadline => PoolError::Deadline {
+                backend: self.name.clone(),
+                after: budget,
+            },
             // Every eligible server filled up between the choice and the reservation.
             None => self.nothing_eligible(servers),
         })
     }
 
-    async fn connect_exec(&self, exec: &ExecTarget, metrics: &ServerMetrics, client: &ClientInfo) -> Result<BackendConn, PoolError> {
+    async fn connect_exec(
+        &self,
+        exec: &ExecTarget,
+        metrics: &ServerMetrics,
+        client: &ClientInfo,
+    ) -> Result<BackendConn, PoolError> {
         let start = Instant::now();
         let (child, permit) = exec.spawn(&self.name, client)?;
         let mut stream = BackendStream::Exec(Box::new(child));
-        let hs = Handshake { protocol: self.protocol, forward: self.forward, client: Some(client), label: &exec.label };
+        let hs = Handshake {
+            protocol: self.protocol,
+            forward: self.forward,
+            client: Some(client),
+            label: &exec.label,
+        };
         match dial::handshake_within(&mut stream, hs, self.connect_timeout).await {
             Ok(greeting) => {
-                metrics.connect_duration.observe(start.elapsed().as_secs_f64());
+                metrics
+                    .connect_duration
+                    .observe(start.elapsed().as_secs_f64());
                 Ok(BackendConn {
                     stream,
                     greeting,
@@ -223,13 +286,28 @@ impl Pool {
             Err(error) => {
                 metrics.connect_failures.inc();
                 tracing::warn!(backend = %self.name, server = %exec.label, error = %Chain(&error), "exec backend did not greet");
-                Err(PoolError::NoServerAvailable { backend: self.name.clone(), tried: 1, last_error: error })
+                Err(PoolError::NoServerAvailable {
+                    backend: self.name.clone(),
+                    tried: 1,
+                    last_error: error,
+                })
             }
         }
     }
 
-    fn ready(&self, server: &Server, stream: BackendStream, greeting: Vec<u8>, slot: ServerSlot) -> BackendConn {
-        BackendConn { stream, greeting, server: server.label.clone(), _hold: Hold::Server(slot) }
+    fn ready(
+        &self,
+        server: &Server,
+        stream: BackendStream,
+        greeting: Vec<u8>,
+        slot: ServerSlot,
+    ) -> BackendConn {
+        BackendConn {
+            stream,
+            greeting,
+            server: server.label.clone(),
+            _hold: Hold::Server(slot),
+        }
     }
 
     fn warm_spare(&self, server: &Server) -> Option<Spare> {
@@ -241,9 +319,15 @@ impl Pool {
 
     fn nothing_eligible(&self, servers: &[Arc<Server>]) -> PoolError {
         if servers.iter().any(|s| s.is_up()) {
-            PoolError::AllFull { backend: self.name.clone(), limit: self.max_per_server }
+            PoolError::AllFull {
+                backend: self.name.clone(),
+                limit: self.max_per_server,
+            }
         } else {
-            PoolError::AllDown { backend: self.name.clone(), servers: servers.len() }
+            PoolError::AllDown {
+                backend: self.name.clone(),
+                servers: servers.len(),
+            }
         }
     }
 }
@@ -251,7 +335,9 @@ impl Pool {
 /// Probes one server every `health.interval` (the first probe at once) until shutdown or
 /// until the pool is dropped (a reload replaced it).
 async fn health_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
-    let Some(interval) = pool.upgrade().map(|p| p.health.interval) else { return };
+    let Some(interval) = pool.upgrade().map(|p| p.health.interval) else {
+        return;
+    };
     let mut tick = tokio::time::interval(interval.max(MIN_INTERVAL));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -262,7 +348,12 @@ async fn health_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: Cancellati
         let Some(pool) = pool.upgrade() else { return };
         // Probes send no ID/XCLIENT (there is no client) and a LOCAL PROXY header, which
         // haproxy-enabled Dovecot listeners accept for exactly this purpose.
-        let hs = Handshake { protocol: pool.protocol, forward: pool.forward, client: None, label: &server.label };
+        let hs = Handshake {
+            protocol: pool.protocol,
+            forward: pool.forward,
+            client: None,
+            label: &server.label,
+        };
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             r = dial::dial(&server.addr, hs, pool.health.timeout) => r,
@@ -299,13 +390,22 @@ async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: Cancellation
             continue;
         }
         while server.warm.prune() < pool.warm {
-            let hs = Handshake { protocol: pool.protocol, forward: ForwardClient::None, client: None, label: &server.label };
+            let hs = Handshake {
+                protocol: pool.protocol,
+                forward: ForwardClient::None,
+                client: None,
+                label: &server.label,
+            };
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = dial::dial(&server.addr, hs, pool.connect_timeout) => r,
             };
             match result {
-                Ok((stream, greeting)) => server.warm.push(Spare { stream, greeting, since: Instant::now() }),
+                Ok((stream, greeting)) => server.warm.push(Spare {
+                    stream,
+                    greeting,
+                    since: Instant::now(),
+                }),
                 Err(error) => {
                     tracing::debug!(backend = %pool.name, server = %server.label, error = %Chain(&error), "warm connect failed");
                     break;

@@ -57,7 +57,11 @@ impl Server {
             warm: WarmQueue::default(),
             active: AtomicUsize::new(0),
             up: AtomicBool::new(true),
-            health: Mutex::new(Health { up: true, failures: 0, successes: 0 }),
+            health: Mutex::new(Health {
+                up: true,
+                failures: 0,
+                successes: 0,
+            }),
         }
     }
 
@@ -75,9 +79,11 @@ impl Server {
 
     /// Takes one of the server's session slots unless it is at `limit` (0 = unlimited).
     pub(crate) fn try_reserve(self: &Arc<Self>, limit: usize) -> Option<ServerSlot> {
-        let reserved = self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (limit == 0 || n < limit).then_some(n + 1)
-        });
+        let reserved = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            });
         reserved.ok()?;
         self.metrics.active.inc();
         Some(ServerSlot(Arc::clone(self)))
@@ -103,7 +109,13 @@ impl Server {
     }
 
     /// Records a failure (probe or session connect); `fall` in a row mark the server down.
-    pub(crate) fn record_failure(&self, backend: &str, cfg: &HealthConfig, source: Source, error: &ServerError) {
+    pub(crate) fn record_failure(
+        &self,
+        backend: &str,
+        cfg: &HealthConfig,
+        source: Source,
+        error: &ServerError,
+    ) {
         let mut h = self.lock();
         h.successes = 0;
         h.failures = h.failures.saturating_add(1);
@@ -124,7 +136,9 @@ impl Server {
 
     fn lock(&self) -> MutexGuard<'_, Health> {
         // The counters stay consistent even if a holder panicked: each update is one step.
-        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -32,7 +32,11 @@ pub struct ExecStream {
 
 impl ExecStream {
     pub(crate) fn new(child: Child, stdin: ChildStdin, stdout: ChildStdout) -> Self {
-        Self { stdin: Some(stdin), stdout, child: Some(child) }
+        Self {
+            stdin: Some(stdin),
+            stdout,
+            child: Some(child),
+        }
     }
 
     /// The child's process id (None once it has been reaped).
@@ -43,7 +47,9 @@ impl ExecStream {
 
 impl Drop for ExecStream {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // Closing stdin first lets a well-behaved server see EOF; the kill covers the rest.
         drop(self.stdin.take());
         if let Err(error) = child.start_kill() {
@@ -56,8 +62,14 @@ impl Drop for ExecStream {
         // later SIGCHLD arrives. Without a runtime, kill_on_drop and the orphan queue remain.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if tokio::time::timeout(REAP_DEADLINE, child.wait()).await.is_err() {
-                    tracing::warn!(pid = child.id(), "exec child not reaped within {REAP_DEADLINE:?} after SIGKILL");
+                if tokio::time::timeout(REAP_DEADLINE, child.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        pid = child.id(),
+                        "exec child not reaped within {REAP_DEADLINE:?} after SIGKILL"
+                    );
                 }
             });
         }
@@ -68,7 +80,11 @@ impl Drop for ExecStream {
 const REAP_DEADLINE: Duration = Duration::from_secs(10);
 
 impl AsyncRead for BackendStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -78,7 +94,11 @@ impl AsyncRead for BackendStream {
 }
 
 impl AsyncWrite for BackendStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -140,5 +160,8 @@ impl AsyncWrite for BackendStream {
 }
 
 fn stdin_closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the exec child's stdin is already closed")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the exec child's stdin is already closed",
+    )
 }

@@ -54,7 +54,9 @@ impl WarmQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Spare>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

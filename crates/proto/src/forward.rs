@@ -53,7 +53,12 @@ pub fn imap_id_command(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
 
 /// `XCLIENT ADDR=<peer ip> PORT=<peer port>` as Dovecot's pop3-login parses it (plain IPv6).
 pub fn pop3_xclient_command(peer: SocketAddr) -> Vec<u8> {
-    format!("XCLIENT ADDR={} PORT={}\r\n", canonical(peer.ip()), peer.port()).into_bytes()
+    format!(
+        "XCLIENT ADDR={} PORT={}\r\n",
+        canonical(peer.ip()),
+        peer.port()
+    )
+    .into_bytes()
 }
 
 /// `XCLIENT ADDR=<peer ip> PORT=<peer port>`, IPv6 as `IPV6:<addr>` (Postfix XCLIENT_README).
@@ -99,7 +104,9 @@ fn imap_reply(buf: &[u8]) -> ForwardReply {
         let start = pos;
         // One logical line: a line ending in a literal `{n}` continues after n raw bytes.
         loop {
-            let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else { return incomplete(buf) };
+            let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else {
+                return incomplete(buf);
+            };
             let content = trim_eol(&buf[pos..pos + rel + 1]);
             pos += rel + 1;
             match literal_len(content) {
@@ -116,7 +123,9 @@ fn imap_reply(buf: &[u8]) -> ForwardReply {
         if line.starts_with(b"* ") {
             continue;
         }
-        let Some(rest) = strip_prefix_ci(line, IMAP_ID_TAG.as_bytes()).and_then(|r| r.strip_prefix(b" ")) else {
+        let Some(rest) =
+            strip_prefix_ci(line, IMAP_ID_TAG.as_bytes()).and_then(|r| r.strip_prefix(b" "))
+        else {
             return ForwardReply::Invalid;
         };
         return if starts_with_ci(rest, b"OK") {
@@ -130,7 +139,9 @@ fn imap_reply(buf: &[u8]) -> ForwardReply {
 }
 
 fn pop3_reply(buf: &[u8]) -> ForwardReply {
-    let Some(rel) = memchr::memchr(b'\n', buf) else { return incomplete(buf) };
+    let Some(rel) = memchr::memchr(b'\n', buf) else {
+        return incomplete(buf);
+    };
     let len = rel + 1;
     if starts_with_ci(buf, b"+OK") {
         ForwardReply::Accepted { len }
@@ -144,7 +155,9 @@ fn pop3_reply(buf: &[u8]) -> ForwardReply {
 fn smtp_reply(buf: &[u8]) -> ForwardReply {
     let mut pos = 0;
     loop {
-        let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else { return incomplete(buf) };
+        let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else {
+            return incomplete(buf);
+        };
         let line = &buf[pos..pos + rel + 1];
         pos += rel + 1;
         if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
@@ -233,61 +246,136 @@ mod tests {
         let v6 = imap_id_command(addr("[2001:db8::1]:4000"), addr("[::ffff:10.0.0.1]:993"));
         let v6 = String::from_utf8(v6).unwrap();
         assert!(v6.contains("\"x-originating-ip\" \"2001:db8::1\""), "{v6}");
-        assert!(v6.contains("\"x-connected-ip\" \"10.0.0.1\""), "mapped address is canonical: {v6}");
+        assert!(
+            v6.contains("\"x-connected-ip\" \"10.0.0.1\""),
+            "mapped address is canonical: {v6}"
+        );
     }
 
     #[test]
     fn xclient_commands() {
-        assert_eq!(pop3_xclient_command(addr("192.0.2.7:50123")), b"XCLIENT ADDR=192.0.2.7 PORT=50123\r\n");
-        assert_eq!(pop3_xclient_command(addr("[2001:db8::1]:5")), b"XCLIENT ADDR=2001:db8::1 PORT=5\r\n");
-        assert_eq!(smtp_xclient_command(addr("192.0.2.7:50123")), b"XCLIENT ADDR=192.0.2.7 PORT=50123\r\n");
-        assert_eq!(smtp_xclient_command(addr("[2001:db8::1]:5")), b"XCLIENT ADDR=IPV6:2001:db8::1 PORT=5\r\n");
-        assert_eq!(smtp_xclient_command(addr("[::ffff:192.0.2.9]:5")), b"XCLIENT ADDR=192.0.2.9 PORT=5\r\n");
+        assert_eq!(
+            pop3_xclient_command(addr("192.0.2.7:50123")),
+            b"XCLIENT ADDR=192.0.2.7 PORT=50123\r\n"
+        );
+        assert_eq!(
+            pop3_xclient_command(addr("[2001:db8::1]:5")),
+            b"XCLIENT ADDR=2001:db8::1 PORT=5\r\n"
+        );
+        assert_eq!(
+            smtp_xclient_command(addr("192.0.2.7:50123")),
+            b"XCLIENT ADDR=192.0.2.7 PORT=50123\r\n"
+        );
+        assert_eq!(
+            smtp_xclient_command(addr("[2001:db8::1]:5")),
+            b"XCLIENT ADDR=IPV6:2001:db8::1 PORT=5\r\n"
+        );
+        assert_eq!(
+            smtp_xclient_command(addr("[::ffff:192.0.2.9]:5")),
+            b"XCLIENT ADDR=192.0.2.9 PORT=5\r\n"
+        );
         let local = addr("127.0.0.1:1");
-        assert_eq!(forward_command(Protocol::Pop3, addr("192.0.2.7:1"), local), b"XCLIENT ADDR=192.0.2.7 PORT=1\r\n");
-        assert!(forward_command(Protocol::Imap, addr("192.0.2.7:1"), local).starts_with(b"postern-id ID ("));
+        assert_eq!(
+            forward_command(Protocol::Pop3, addr("192.0.2.7:1"), local),
+            b"XCLIENT ADDR=192.0.2.7 PORT=1\r\n"
+        );
+        assert!(forward_command(Protocol::Imap, addr("192.0.2.7:1"), local)
+            .starts_with(b"postern-id ID ("));
     }
 
     #[test]
     fn imap_replies() {
         let ok = b"* ID (\"name\" \"Dovecot\")\r\npostern-id OK ID completed.\r\n";
-        assert_eq!(parse_incrementally(Protocol::Imap, ok), ForwardReply::Accepted { len: ok.len() });
+        assert_eq!(
+            parse_incrementally(Protocol::Imap, ok),
+            ForwardReply::Accepted { len: ok.len() }
+        );
         let mut with_tail = ok.to_vec();
         with_tail.extend_from_slice(b"* extra");
-        assert_eq!(parse_reply(Protocol::Imap, &with_tail), ForwardReply::Accepted { len: ok.len() });
-        assert_eq!(parse_reply(Protocol::Imap, b"* ID NIL\r\nPOSTERN-ID ok done\r\n"), ForwardReply::Accepted { len: 30 });
+        assert_eq!(
+            parse_reply(Protocol::Imap, &with_tail),
+            ForwardReply::Accepted { len: ok.len() }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Imap, b"* ID NIL\r\nPOSTERN-ID ok done\r\n"),
+            ForwardReply::Accepted { len: 30 }
+        );
         let no = b"postern-id NO not allowed\r\n";
-        assert_eq!(parse_incrementally(Protocol::Imap, no), ForwardReply::Refused { len: no.len() });
+        assert_eq!(
+            parse_incrementally(Protocol::Imap, no),
+            ForwardReply::Refused { len: no.len() }
+        );
         let bad = b"postern-id BAD syntax\r\n";
-        assert_eq!(parse_reply(Protocol::Imap, bad), ForwardReply::Refused { len: bad.len() });
+        assert_eq!(
+            parse_reply(Protocol::Imap, bad),
+            ForwardReply::Refused { len: bad.len() }
+        );
         let bye = b"* BYE Input buffer full, aborting\r\n";
-        assert_eq!(parse_reply(Protocol::Imap, bye), ForwardReply::Refused { len: bye.len() });
-        assert_eq!(parse_reply(Protocol::Imap, b"a1 OK other tag\r\n"), ForwardReply::Invalid);
-        assert_eq!(parse_reply(Protocol::Imap, b"* ID (\"x\" \"y\")\r\n"), ForwardReply::Incomplete);
+        assert_eq!(
+            parse_reply(Protocol::Imap, bye),
+            ForwardReply::Refused { len: bye.len() }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Imap, b"a1 OK other tag\r\n"),
+            ForwardReply::Invalid
+        );
+        assert_eq!(
+            parse_reply(Protocol::Imap, b"* ID (\"x\" \"y\")\r\n"),
+            ForwardReply::Incomplete
+        );
     }
 
     #[test]
     fn imap_reply_with_literal() {
         let reply = b"* ID (\"name\" {5}\r\nab\r\nc)\r\npostern-id OK done\r\n";
-        assert_eq!(parse_incrementally(Protocol::Imap, reply), ForwardReply::Accepted { len: reply.len() });
-        assert_eq!(parse_reply(Protocol::Imap, b"* ID ({99999999}\r\n"), ForwardReply::Invalid);
+        assert_eq!(
+            parse_incrementally(Protocol::Imap, reply),
+            ForwardReply::Accepted { len: reply.len() }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Imap, b"* ID ({99999999}\r\n"),
+            ForwardReply::Invalid
+        );
     }
 
     #[test]
     fn pop3_replies() {
-        assert_eq!(parse_incrementally(Protocol::Pop3, b"+OK Updated\r\n"), ForwardReply::Accepted { len: 13 });
-        assert_eq!(parse_reply(Protocol::Pop3, b"-ERR You are not from trusted IP\r\n"), ForwardReply::Refused { len: 34 });
-        assert_eq!(parse_reply(Protocol::Pop3, b"* OK\r\n"), ForwardReply::Invalid);
+        assert_eq!(
+            parse_incrementally(Protocol::Pop3, b"+OK Updated\r\n"),
+            ForwardReply::Accepted { len: 13 }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Pop3, b"-ERR You are not from trusted IP\r\n"),
+            ForwardReply::Refused { len: 34 }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Pop3, b"* OK\r\n"),
+            ForwardReply::Invalid
+        );
     }
 
     #[test]
     fn smtp_replies() {
         let greeting = b"220-mail.test ESMTP\r\n220 ready\r\n";
-        assert_eq!(parse_incrementally(Protocol::Smtp, greeting), ForwardReply::Accepted { len: greeting.len() });
+        assert_eq!(
+            parse_incrementally(Protocol::Smtp, greeting),
+            ForwardReply::Accepted {
+                len: greeting.len()
+            }
+        );
         let denied = b"550 5.7.14 You are not from trusted IP\r\n";
-        assert_eq!(parse_reply(Protocol::Smtp, denied), ForwardReply::Refused { len: denied.len() });
-        assert_eq!(parse_reply(Protocol::Smtp, b"502 5.5.1 Unsupported command\r\n"), ForwardReply::Refused { len: 31 });
-        assert_eq!(parse_reply(Protocol::Smtp, b"hello\r\n"), ForwardReply::Invalid);
+        assert_eq!(
+            parse_reply(Protocol::Smtp, denied),
+            ForwardReply::Refused { len: denied.len() }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Smtp, b"502 5.5.1 Unsupported command\r\n"),
+            ForwardReply::Refused { len: 31 }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Smtp, b"hello\r\n"),
+            ForwardReply::Invalid
+        );
     }
 
     #[test]
@@ -300,6 +388,9 @@ mod tests {
         while untagged.len() <= MAX_REPLY {
             untagged.extend_from_slice(b"* ID NIL\r\n");
         }
-        assert_eq!(parse_reply(Protocol::Imap, &untagged), ForwardReply::Invalid);
+        assert_eq!(
+            parse_reply(Protocol::Imap, &untagged),
+            ForwardReply::Invalid
+        );
     }
 }
