@@ -1,27 +1,160 @@
-//! Watches client->backend bytes until authentication (being written).
+//! Watches the client->backend bytes of every session (implicit TLS, and STARTTLS after the
+//! upgrade) until authentication: records the login name for the session log line and
+//! refuses the few commands a client must never get through to a backend that trusts postern.
+//!
+//! # What is recognised
+//! - IMAP: `LOGIN` with the user as atom, quoted string or literal (`{n}`/`{n+}`);
+//!   `AUTHENTICATE PLAIN|LOGIN|XOAUTH2|OAUTHBEARER`, with the initial response inline (SASL-IR)
+//!   or on the continuation line(s).
+//! - POP3: `USER`, `APOP`, `AUTH PLAIN|LOGIN|XOAUTH2|OAUTHBEARER` (inline or continuation).
+//! - SMTP: `AUTH PLAIN|LOGIN|XOAUTH2|OAUTHBEARER` (inline or continuation).
+//!
+//! For PLAIN the recorded name is the authentication identity (authcid), or the authorization
+//! identity when authcid is empty. Names are cut to [`MAX_USER`] bytes and control characters
+//! become `?` (the name goes into a log line). Passwords and tokens are never copied into the
+//! struct: decoded SASL buffers are zeroed before they are dropped, a partial line held between
+//! reads is zeroed once processed, and `Debug` prints only the held length.
+//!
+//! # What is refused (rules T12 and T4); the client gets the reply, the backend nothing
+//! - IMAP `ID` whose arguments carry `x-originating-*`, `x-connected-*`, `x-forward-*`,
+//!   `x-proxy-ttl` or `x-session-*` (any case; Dovecot's trusted-proxy fields), or any literal
+//!   (its content could not be checked before forwarding): `<tag> BAD ID fields reserved to
+//!   the gateway are not accepted`.
+//! - POP3 `XCLIENT`: `-ERR XCLIENT is not accepted from clients`; SMTP `XCLIENT`/`XFORWARD`:
+//!   `550 5.7.0 XCLIENT is not accepted from clients` (resp. `XFORWARD`).
+//! - `STARTTLS`/`STLS` (TLS is already active; T4 "only once"): IMAP `<tag> BAD TLS is already
+//!   active`, POP3 `-ERR TLS is already active`, SMTP `503 5.5.1 TLS is already active`.
+//!
+//! Keywords match case-insensitively after any leading blanks, as lenient backends parse them.
+//! A refused line that is over-long is still refused (its rest is dropped up to the line end).
+//! A refused IMAP command's non-synchronizing literal bytes are dropped; for a synchronizing
+//! literal the client got a tagged reply instead of `+` and so sends no literal bytes.
+//!
+//! # Ending
+//! Inspection ends ([`ClientWatch::is_done`]) when the first authentication command and its
+//! data have passed (LOGIN complete; PASS or APOP; the last SASL response of a recognised
+//! mechanism; an unrecognised mechanism at once), or once more than [`INSPECT_LIMIT`] bytes
+//! were inspected, at a moment when nothing is held. A SASL exchange cancelled with `*` keeps
+//! the watch going. Limitation: after the end, commands pass unchecked, so a client whose
+//! first login fails (or that sends [`INSPECT_LIMIT`] bytes before logging in) could still
+//! send an `ID`/`XCLIENT` to the backend; backends should honour those fields only from
+//! postern's own forwarding command, which is sent first.
+//!
+//! Literal bytes (IMAP `{n}`/`{n+}`, SMTP `BDAT n` chunks) pass through at once, counted,
+//! never held waiting for a line end. An over-long line (more than `max_line_length` bytes
+//! without a line end) that is not refused is passed through and ends inspection.
 
+use std::fmt;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+
+use crate::line::{content_len, contains_ci, is_imap_tag, trailing_literal, trim_blanks};
 use crate::Protocol;
 
+/// Bytes inspected after which the watcher stops (at the next point where nothing is held).
+pub const INSPECT_LIMIT: usize = 16 * 1024;
+
+/// Longest login name recorded, in bytes.
+pub const MAX_USER: usize = 256;
+
 /// Watches the client's first commands.
-#[derive(Debug)]
 pub struct ClientWatch {
     protocol: Protocol,
     max_line_length: usize,
-    user: Option<String>,
+    /// A partial line waiting for its end; never longer than `max_line_length`.
+    held: Vec<u8>,
+    inspected: usize,
     done: bool,
+    user: Option<String>,
+    /// Bytes of an IMAP literal or SMTP BDAT chunk still to come.
+    data_left: u64,
+    data_mode: DataMode,
+    /// The user name arriving as an IMAP literal (at most `MAX_USER` bytes).
+    user_literal: Vec<u8>,
+    cmd: Cmd,
+    /// Dropping the rest of an over-long refused line.
+    discard_line: bool,
+    /// An authentication command and its data have passed.
+    authenticated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataMode {
+    Pass,
+    /// Pass, and record as the user name.
+    CaptureUser,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    /// The next line starts a command.
+    New,
+    /// The next line continues an IMAP command after a literal.
+    Continue,
+    /// The next line continues an IMAP LOGIN after a literal.
+    Login,
+    /// The next line continues a refused IMAP command; it is dropped.
+    Refused,
+    /// The next line is a SASL client response.
+    Sasl(Mech),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mech {
+    Plain,
+    LoginUser,
+    LoginPassword,
+    XOAuth2,
+    OAuthBearer,
 }
 
 impl ClientWatch {
-    /// A new watcher.
+    /// A watcher for `protocol` that holds at most `max_line_length` bytes of a partial line.
     pub fn new(protocol: Protocol, max_line_length: usize) -> Self {
-        ClientWatch { protocol, max_line_length, user: None, done: false }
+        ClientWatch {
+            protocol,
+            max_line_length: max_line_length.max(1),
+            held: Vec::new(),
+            inspected: 0,
+            done: false,
+            user: None,
+            data_left: 0,
+            data_mode: DataMode::Pass,
+            user_literal: Vec::new(),
+            cmd: Cmd::New,
+            discard_line: false,
+            authenticated: false,
+        }
     }
 
-    /// Feeds bytes read from the client.
+    /// Feeds bytes read from the client. Bytes to pass on to the backend are appended to
+    /// `to_backend` (in order, unchanged except refused commands); any reply postern itself
+    /// gives the client (a refused command) is appended to `to_client`.
     pub fn feed(&mut self, input: &[u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
-        let _ = (self.protocol, self.max_line_length, to_client);
-        to_backend.extend_from_slice(input);
-        self.done = true;
+        let mut input = input;
+        while !input.is_empty() {
+            if self.done {
+                to_backend.extend_from_slice(input);
+                return;
+            }
+            if self.data_left > 0 {
+                input = self.data(input, to_backend);
+            } else if self.discard_line {
+                let end = memchr::memchr(b'\n', input).map_or(input.len(), |i| i + 1);
+                self.inspected = self.inspected.saturating_add(end);
+                if end <= input.len() && input[..end].ends_with(b"\n") {
+                    self.discard_line = false;
+                    self.cmd = Cmd::New;
+                }
+                input = &input[end..];
+            } else {
+                input = self.line(input, to_backend, to_client);
+            }
+            self.check_end();
+        }
     }
 
     /// The login name once seen.
@@ -29,8 +162,425 @@ impl ClientWatch {
         self.user.as_deref()
     }
 
-    /// True once inspection has ended.
+    /// True once inspection has ended: from then on the caller copies bytes without calling
+    /// feed(). When it turns true, nothing is held.
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// Passes on whatever partial line is held (the client closed its sending side) and ends
+    /// inspection.
+    pub fn flush(&mut self, to_backend: &mut Vec<u8>) {
+        if !self.discard_line && self.cmd != Cmd::Refused {
+            to_backend.extend_from_slice(&self.held);
+        }
+        scrub(&mut self.held);
+        self.done = true;
+    }
+
+    /// Bytes held waiting for a line end (bounded by `max_line_length`).
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    fn data<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>) -> &'a [u8] {
+        let k = usize::try_from(self.data_left).map_or(input.len(), |left| left.min(input.len()));
+        let chunk = &input[..k];
+        match self.data_mode {
+            DataMode::Pass => to_backend.extend_from_slice(chunk),
+            DataMode::CaptureUser => {
+                to_backend.extend_from_slice(chunk);
+                let room = MAX_USER.saturating_sub(self.user_literal.len());
+                self.user_literal.extend_from_slice(&chunk[..room.min(k)]);
+            }
+            DataMode::Drop => {}
+        }
+        self.data_left -= k as u64;
+        self.inspected = self.inspected.saturating_add(k);
+        if self.data_left == 0 && self.data_mode == DataMode::CaptureUser {
+            self.user = clean_user(&self.user_literal);
+            scrub(&mut self.user_literal);
+        }
+        &input[k..]
+    }
+
+    fn line<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) -> &'a [u8] {
+        let Some(i) = memchr::memchr(b'\n', input) else {
+            if self.held.len() + input.len() > self.max_line_length {
+                self.over_long(input, false, to_backend, to_client);
+            } else {
+                self.held.extend_from_slice(input);
+                self.inspected = self.inspected.saturating_add(input.len());
+            }
+            return &[];
+        };
+        let (head, rest) = input.split_at(i + 1);
+        if self.held.len() + head.len() > self.max_line_length {
+            self.over_long(head, true, to_backend, to_client);
+            return rest;
+        }
+        self.inspected = self.inspected.saturating_add(head.len());
+        if self.held.is_empty() {
+            self.on_line(head, to_backend, to_client);
+        } else {
+            let mut line = std::mem::take(&mut self.held);
+            line.extend_from_slice(head);
+            self.on_line(&line, to_backend, to_client);
+            scrub(&mut line);
+        }
+        rest
+    }
+
+    /// `held` + `tail` is longer than the limit; `complete` when `tail` ends the line.
+    fn over_long(&mut self, tail: &[u8], complete: bool, to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+        self.inspected = self.inspected.saturating_add(tail.len());
+        let refuse = match self.cmd {
+            Cmd::Refused => true,
+            Cmd::New => {
+                let mut start = self.held.clone();
+                start.extend_from_slice(&tail[..tail.len().min(self.max_line_length)]);
+                let refusal = self.refusal(&start);
+                scrub(&mut start);
+                match refusal {
+                    Some(reply) => {
+                        to_client.extend_from_slice(&reply);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+        if refuse {
+            self.cmd = Cmd::New;
+            self.discard_line = !complete;
+        } else {
+            to_backend.extend_from_slice(&self.held);
+            to_backend.extend_from_slice(tail);
+            self.done = true;
+        }
+        scrub(&mut self.held);
+    }
+
+    fn on_line(&mut self, line: &[u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+        let content = &line[..content_len(line)];
+        let literal = match self.protocol {
+            Protocol::Imap => trailing_literal(content),
+            _ => None,
+        };
+        match self.cmd {
+            Cmd::New => self.command(line, content, to_backend, to_client),
+            Cmd::Refused => match literal {
+                Some(lit) if !lit.sync => self.start_data(lit.len, DataMode::Drop),
+                _ => self.cmd = Cmd::New,
+            },
+            Cmd::Continue | Cmd::Login => {
+                to_backend.extend_from_slice(line);
+                match literal {
+                    // A LOGIN's second literal is the password: passed, never captured.
+                    Some(lit) => self.start_data(lit.len, DataMode::Pass),
+                    None if self.cmd == Cmd::Login => self.auth_complete(),
+                    None => self.cmd = Cmd::New,
+                }
+            }
+            // A SASL response is one base64 token; a line with a blank in it (or a command that
+            // must be refused) means the server ended the exchange early, e.g. refused the
+            // mechanism, and this is the next command.
+            Cmd::Sasl(_) if trim_blanks(content).contains(&b' ') || self.refusal(content).is_some() => {
+                self.cmd = Cmd::New;
+                self.command(line, content, to_backend, to_client);
+            }
+            Cmd::Sasl(mech) => {
+                to_backend.extend_from_slice(line);
+                self.sasl_response(mech, content);
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8], content: &[u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+        let literal = match self.protocol {
+            Protocol::Imap => trailing_literal(content),
+            _ => None,
+        };
+        if let Some(reply) = self.refusal(content) {
+            to_client.extend_from_slice(&reply);
+            if let Some(lit) = literal.filter(|l| !l.sync) {
+                self.start_data(lit.len, DataMode::Drop);
+                self.cmd = Cmd::Refused;
+            }
+            return;
+        }
+        to_backend.extend_from_slice(line);
+        let (kw, args) = self.keyword(content);
+        let kw = kw.to_ascii_uppercase();
+        match (self.protocol, &kw[..]) {
+            (Protocol::Imap, b"LOGIN") => self.imap_login(args.unwrap_or_default(), literal.map(|l| l.len)),
+            (Protocol::Imap, b"AUTHENTICATE") if literal.is_none() => self.sasl_start(args),
+            (Protocol::Imap, _) => {
+                if let Some(lit) = literal {
+                    self.start_data(lit.len, DataMode::Pass);
+                    self.cmd = Cmd::Continue;
+                }
+            }
+            (Protocol::Pop3, b"USER") => self.user = clean_user(trim_blanks(args.unwrap_or_default())),
+            (Protocol::Pop3, b"PASS") => self.auth_complete(),
+            (Protocol::Pop3, b"APOP") => {
+                self.user = clean_user(first_word(args.unwrap_or_default()).0);
+                self.auth_complete();
+            }
+            // POP3 `AUTH` alone lists mechanisms (RFC 1734 clients); it is not a login.
+            (Protocol::Pop3 | Protocol::Smtp, b"AUTH") if args.is_some_and(|a| !trim_blanks(a).is_empty()) => {
+                self.sasl_start(args);
+            }
+            (Protocol::Smtp, b"BDAT") => {
+                let size = first_word(args.unwrap_or_default()).0;
+                if let Some(n) = parse_u64(size) {
+                    self.start_data(n, DataMode::Pass);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The reply refusing `content` when it must not reach the backend.
+    fn refusal(&self, content: &[u8]) -> Option<Vec<u8>> {
+        let (kw, args) = self.keyword(content);
+        let kw = kw.to_ascii_uppercase();
+        match self.protocol {
+            Protocol::Imap => {
+                let tag = first_word(content).0;
+                let tag = String::from_utf8_lossy(if is_imap_tag(tag) { tag } else { b"*" });
+                match &kw[..] {
+                    b"ID" => {
+                        let args = args.unwrap_or_default();
+                        let forbidden = trailing_literal(content).is_some()
+                            || RESERVED_ID_FIELDS.iter().any(|f| contains_ci(args, f));
+                        forbidden.then(|| {
+                            format!("{tag} BAD ID fields reserved to the gateway are not accepted\r\n").into_bytes()
+                        })
+                    }
+                    b"STARTTLS" => Some(format!("{tag} BAD TLS is already active\r\n").into_bytes()),
+                    _ => None,
+                }
+            }
+            Protocol::Pop3 => match &kw[..] {
+                b"XCLIENT" => Some(b"-ERR XCLIENT is not accepted from clients\r\n".to_vec()),
+                b"STLS" => Some(b"-ERR TLS is already active\r\n".to_vec()),
+                _ => None,
+            },
+            Protocol::Smtp => match &kw[..] {
+                b"XCLIENT" => Some(b"550 5.7.0 XCLIENT is not accepted from clients\r\n".to_vec()),
+                b"XFORWARD" => Some(b"550 5.7.0 XFORWARD is not accepted from clients\r\n".to_vec()),
+                b"STARTTLS" => Some(b"503 5.5.1 TLS is already active\r\n".to_vec()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The command keyword and its arguments (IMAP: after the tag), blanks skipped leniently.
+    fn keyword<'a>(&self, content: &'a [u8]) -> (&'a [u8], Option<&'a [u8]>) {
+        match self.protocol {
+            Protocol::Imap => match first_word(content).1 {
+                Some(rest) => first_word(rest),
+                None => (&[], None),
+            },
+            _ => first_word(content),
+        }
+    }
+
+    fn imap_login(&mut self, args: &[u8], literal: Option<u64>) {
+        let args = trim_leading_blanks(args);
+        let user_is_literal = literal.is_some() && args.first() == Some(&b'{') && trailing_literal(args).is_some();
+        match literal {
+            Some(n) if user_is_literal => {
+                self.user_literal.clear();
+                self.start_data(n, DataMode::CaptureUser);
+                self.cmd = Cmd::Login;
+            }
+            Some(n) => {
+                self.user = clean_user(&astring(args));
+                self.start_data(n, DataMode::Pass);
+                self.cmd = Cmd::Login;
+            }
+            None => {
+                self.user = clean_user(&astring(args));
+                self.auth_complete();
+            }
+        }
+    }
+
+    fn sasl_start(&mut self, args: Option<&[u8]>) {
+        let (mech, ir) = first_word(args.unwrap_or_default());
+        let ir = ir.map(trim_blanks).filter(|ir| !ir.is_empty() && *ir != b"=");
+        let mech = match &mech.to_ascii_uppercase()[..] {
+            b"PLAIN" => Mech::Plain,
+            b"LOGIN" => Mech::LoginUser,
+            b"XOAUTH2" => Mech::XOAuth2,
+            b"OAUTHBEARER" => Mech::OAuthBearer,
+            // Unknown mechanism: its exchange cannot be followed; stop here.
+            _ => return self.auth_complete(),
+        };
+        match ir {
+            Some(ir) => self.sasl_response(mech, ir),
+            None => self.cmd = Cmd::Sasl(mech),
+        }
+    }
+
+    fn sasl_response(&mut self, mech: Mech, response: &[u8]) {
+        let response = trim_blanks(response);
+        if response == b"*" {
+            self.cmd = Cmd::New;
+            return;
+        }
+        if mech == Mech::LoginPassword {
+            return self.auth_complete();
+        }
+        let mut decoded = B64.decode(response).unwrap_or_default();
+        let name = match mech {
+            Mech::Plain => {
+                let mut parts = decoded.split(|&b| b == 0);
+                let authzid = parts.next().unwrap_or_default();
+                let authcid = parts.next().unwrap_or_default();
+                clean_user(if authcid.is_empty() { authzid } else { authcid })
+            }
+            Mech::LoginUser | Mech::LoginPassword => clean_user(&decoded),
+            Mech::XOAuth2 => decoded
+                .split(|&b| b == 0x01)
+                .find_map(|kv| kv.strip_prefix(b"user="))
+                .and_then(clean_user),
+            Mech::OAuthBearer => oauthbearer_user(&decoded),
+        };
+        scrub(&mut decoded);
+        if name.is_some() {
+            self.user = name;
+        }
+        if mech == Mech::LoginUser {
+            self.cmd = Cmd::Sasl(Mech::LoginPassword);
+        } else {
+            self.auth_complete();
+        }
+    }
+
+    fn start_data(&mut self, len: u64, mode: DataMode) {
+        self.data_left = len;
+        self.data_mode = mode;
+        if len == 0 && mode == DataMode::CaptureUser {
+            self.user = None;
+        }
+    }
+
+    fn auth_complete(&mut self) {
+        self.authenticated = true;
+        self.cmd = Cmd::New;
+    }
+
+    fn check_end(&mut self) {
+        if self.done || !self.held.is_empty() || self.discard_line || self.cmd == Cmd::Refused {
+            return;
+        }
+        if self.data_left > 0 && self.data_mode != DataMode::Pass {
+            return;
+        }
+        let auth_over = self.authenticated && self.data_left == 0;
+        if auth_over || self.inspected > INSPECT_LIMIT {
+            self.done = true;
+        }
+    }
 }
+
+impl fmt::Debug for ClientWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Held bytes may be part of a LOGIN line: only their count is shown.
+        f.debug_struct("ClientWatch")
+            .field("protocol", &self.protocol)
+            .field("user", &self.user)
+            .field("held_len", &self.held.len())
+            .field("inspected", &self.inspected)
+            .field("data_left", &self.data_left)
+            .field("data_mode", &self.data_mode)
+            .field("cmd", &self.cmd)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first word (up to SP/HTAB, leading blanks skipped) and the rest after one separator.
+fn first_word(s: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let s = trim_leading_blanks(s);
+    match s.iter().position(|&c| c == b' ' || c == b'\t') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    }
+}
+
+fn trim_leading_blanks(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(s.len());
+    &s[start..]
+}
+
+/// The value of the IMAP astring at the start of `s` (atom or quoted string).
+fn astring(s: &[u8]) -> Vec<u8> {
+    if let Some(quoted) = s.strip_prefix(b"\"") {
+        let mut out = Vec::new();
+        let mut escaped = false;
+        for &c in quoted {
+            match (escaped, c) {
+                (false, b'\\') => escaped = true,
+                (false, b'"') => break,
+                _ => {
+                    escaped = false;
+                    if out.len() < MAX_USER {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
+    } else {
+        first_word(s).0.to_vec()
+    }
+}
+
+/// `a=<user>` from an OAUTHBEARER GS2 header (`n,a=user,...`), `=2C`/`=3D` unescaped.
+fn oauthbearer_user(decoded: &[u8]) -> Option<String> {
+    let header = decoded.split(|&b| b == 0x01).next()?;
+    let value = header.split(|&b| b == b',').find_map(|f| f.strip_prefix(b"a="))?;
+    let text = String::from_utf8_lossy(value).replace("=2C", ",").replace("=3D", "=");
+    clean_user(text.as_bytes())
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// A login name fit for a log line, or None when empty.
+fn clean_user(raw: &[u8]) -> Option<String> {
+    let raw = &raw[..raw.len().min(MAX_USER)];
+    let name: String = String::from_utf8_lossy(raw)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Zeroes a buffer that may have held a secret, then empties it.
+fn scrub(buf: &mut Vec<u8>) {
+    buf.fill(0);
+    buf.clear();
+}
+
+/// Base64 as clients send it: standard alphabet, padding optional.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// IMAP ID fields Dovecot trusts from a proxy; a client must not set them.
+const RESERVED_ID_FIELDS: &[&[u8]] =
+    &[b"x-originating-", b"x-connected-", b"x-forward-", b"x-proxy-ttl", b"x-session-"];
+
+#[cfg(test)]
+mod tests;
