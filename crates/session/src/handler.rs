@@ -1,0 +1,276 @@
+//! The session driver: from an accepted socket to the session log line.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_backend_pool::{ClientInfo, Pool};
+use postern_config::TlsMode;
+use postern_listener::{Connection, Handler};
+use postern_metrics::{HandshakeFailure, ListenerMetrics};
+use postern_proto::capfilter::CapabilityFilter;
+use postern_proto::starttls::PlainLimits;
+use postern_proto::watch::ClientWatch;
+use postern_proto::Protocol;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::relay::{relay, Counters, Filters, RelayEnd, Totals};
+use crate::starttls::{plaintext_phase, PlainEnd};
+
+/// Everything a listener's sessions need to know, fixed for the listener's lifetime.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Listener name (log field and metric label).
+    pub listener: String,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+    /// Implicit TLS or STARTTLS.
+    pub tls: TlsMode,
+    /// Deadline for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Deadline for the plaintext phase of a STARTTLS listener.
+    pub plaintext_timeout: Duration,
+    /// Relay closes after this long without a byte either way.
+    pub idle_timeout: Duration,
+    /// Longest command line accepted before TLS and before authentication.
+    pub max_line_length: usize,
+    /// Commands accepted before STARTTLS.
+    pub max_plaintext_commands: usize,
+    /// Host name in postern's own greetings.
+    pub hostname: String,
+    /// Send TCP keepalive probes to idle clients after this long.
+    pub keepalive: Duration,
+}
+
+/// Runs sessions for one listener; plugged into the listener crate's workers.
+pub struct SessionHandler {
+    settings: SessionSettings,
+    acceptor: TlsAcceptor,
+    pool: Arc<Pool>,
+    metrics: ListenerMetrics,
+}
+
+impl std::fmt::Debug for SessionHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandler").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl SessionHandler {
+    /// A handler for one listener.
+    pub fn new(settings: SessionSettings, tls: Arc<rustls::ServerConfig>, pool: Arc<Pool>, metrics: ListenerMetrics) -> Self {
+        SessionHandler { settings, acceptor: TlsAcceptor::from(tls), pool, metrics }
+    }
+}
+
+impl Handler for SessionHandler {
+    fn handle(self: Arc<Self>, conn: Connection) -> Pin<Box<dyn Future<Output = ()>>> {
+        let span = info_span!("session", listener = %self.settings.listener, conn.id = conn.id, client.addr = %conn.peer);
+        Box::pin(async move { self.run(conn).await }.instrument(span))
+    }
+}
+
+/// What the session log line reports (SPEC §5).
+#[derive(Debug, Default)]
+struct Report {
+    user: Option<String>,
+    backend: Option<String>,
+    tls: Option<&'static str>,
+    sni: Option<String>,
+    totals: Totals,
+}
+
+impl SessionHandler {
+    async fn run(self: Arc<Self>, conn: Connection) {
+        let started = Instant::now();
+        let peer = conn.peer;
+        let mut report = Report::default();
+        let outcome = self.drive(conn, &mut report).await;
+        let duration = started.elapsed();
+        self.metrics.session_duration.observe(duration.as_secs_f64());
+        self.metrics.session_outcome(outcome);
+        info!(
+            listener = %self.settings.listener,
+            peer = %peer,
+            user = report.user.as_deref().unwrap_or(""),
+            backend = report.backend.as_deref().unwrap_or(""),
+            duration = (duration.as_millis() as f64) / 1000.0,
+            bytes_up = report.totals.up,
+            bytes_down = report.totals.down,
+            tls = report.tls.unwrap_or(""),
+            sni = report.sni.as_deref().unwrap_or(""),
+            outcome,
+            "session ended"
+        );
+    }
+
+    /// Returns the session outcome label.
+    async fn drive(&self, conn: Connection, report: &mut Report) -> &'static str {
+        let Connection { mut stream, peer, local, goodbye, .. } = conn;
+        let s = &self.settings;
+        tune_client_socket(&stream, s.keepalive);
+
+        if s.tls == TlsMode::Starttls {
+            let limits = PlainLimits { max_line_length: s.max_line_length, max_commands: s.max_plaintext_commands };
+            match plaintext_phase(&mut stream, s.protocol, &s.hostname, limits, s.plaintext_timeout, goodbye.requested()).await {
+                PlainEnd::Upgrade { discarded: 0 } => {}
+                PlainEnd::Upgrade { discarded } => {
+                    self.metrics.starttls_discarded_bytes.inc_by(discarded as u64);
+                    warn!(discarded, "starttls injection: bytes pipelined after the STARTTLS command were discarded");
+                }
+                PlainEnd::Closed => return "closed",
+                PlainEnd::Timeout => return "plaintext_timeout",
+                PlainEnd::Shutdown => return "shutdown",
+                PlainEnd::Io(e) => {
+                    debug!(error = %e, "client left during the plaintext phase");
+                    return "client_error";
+                }
+            }
+        }
+
+        let mut tls = match self.handshake(stream).await {
+            Ok(tls) => tls,
+            Err(reason) => {
+                self.metrics.handshake_failure(reason);
+                return "tls_error";
+            }
+        };
+        {
+            let (_, conn) = tls.get_ref();
+            report.tls = conn.protocol_version().map(version_name);
+            report.sni = conn.server_name().map(str::to_owned);
+        }
+
+        let backend = match self.pool.connect(ClientInfo { peer, local }).await {
+            Ok(b) => b,
+            Err(error) => {
+                warn!(%error, "no backend server reachable; sending the goodbye");
+                let _ = tls.write_all(s.protocol.unavailable_goodbye()).await;
+                let _ = tls.shutdown().await;
+                return "backend_unavailable";
+            }
+        };
+        report.backend = Some(backend.server.clone());
+        let mut greeting = backend.greeting;
+        let mut backend_stream = backend.stream;
+        let (to_client, caps) = match s.tls {
+            TlsMode::Implicit => (greeting, None),
+            TlsMode::Starttls => {
+                // The client already had postern's greeting: swallow the backend's, keep
+                // anything the backend sent after it.
+                let len = greeting_len(s.protocol, &greeting);
+                greeting.drain(..len);
+                (greeting, Some(CapabilityFilter::new(s.protocol)))
+            }
+        };
+        let filters = Filters { watch: Some(ClientWatch::new(s.protocol, s.max_line_length)), caps };
+        let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
+        let goodbye_line: &'static [u8] = match s.protocol {
+            // POP3 has no unsolicited response: it just closes.
+            Protocol::Pop3 => b"",
+            p => p.shutdown_goodbye(),
+        };
+        let end = relay(
+            &mut tls,
+            &mut backend_stream,
+            to_client,
+            filters,
+            s.idle_timeout,
+            goodbye.requested(),
+            goodbye_line,
+            &counters,
+            &mut report.totals,
+            &mut report.user,
+        )
+        .await;
+        match end {
+            RelayEnd::Closed => "closed",
+            RelayEnd::IdleTimeout => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                "idle_timeout"
+            }
+            RelayEnd::Shutdown => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                "shutdown"
+            }
+            RelayEnd::ClientError(e) => {
+                debug!(error = %e, "client connection failed");
+                "client_error"
+            }
+            RelayEnd::BackendError(e) => {
+                warn!(error = %e, backend = report.backend.as_deref().unwrap_or(""), "backend connection failed mid-session");
+                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                "backend_error"
+            }
+        }
+    }
+
+    async fn handshake(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                self.metrics.handshake_duration.observe(started.elapsed().as_secs_f64());
+                Ok(tls)
+            }
+            Ok(Err(e)) => {
+                let reason = classify_handshake_error(&e);
+                debug!(error = %e, reason = reason.as_str(), "TLS handshake failed");
+                Err(reason)
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                Err(HandshakeFailure::Timeout)
+            }
+        }
+    }
+}
+
+/// How long a closing TLS session may take to flush its close_notify.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+fn greeting_len(protocol: Protocol, greeting: &[u8]) -> usize {
+    use postern_proto::greeting::{parse_greeting, Greeting};
+    match parse_greeting(protocol, greeting) {
+        Greeting::Ok { len } | Greeting::Refused { len } => len,
+        Greeting::Incomplete | Greeting::Invalid => greeting.len(),
+    }
+}
+
+fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "other",
+    }
+}
+
+fn classify_handshake_error(e: &io::Error) -> HandshakeFailure {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return match tls {
+            rustls::Error::NoApplicationProtocol => HandshakeFailure::Alpn,
+            rustls::Error::General(msg) if msg.contains("certificate") => HandshakeFailure::NoCert,
+            _ => HandshakeFailure::Protocol,
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => HandshakeFailure::Eof,
+        io::ErrorKind::InvalidData => HandshakeFailure::Protocol,
+        _ => HandshakeFailure::Io,
+    }
+}
+
+/// TCP_NODELAY (mail greetings and replies are small; Nagle would delay each by up to
+/// 40 ms against a delayed ACK) and keepalive (so dead IDLE clients are noticed).
+fn tune_client_socket(stream: &TcpStream, keepalive: Duration) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new().with_time(keepalive).with_interval(Duration::from_secs(30)).with_retries(4);
+    let _ = sock.set_tcp_keepalive(&ka);
+}

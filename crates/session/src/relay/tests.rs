@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+fn counters() -> Counters {
+    let m = postern_metrics::Metrics::new("test").listener("t");
+    Counters { up: m.bytes_client_to_backend.clone(), down: m.bytes_backend_to_client.clone() }
+}
+
+fn no_filters() -> Filters {
+    Filters { watch: None, caps: None }
+}
+
+#[tokio::test]
+async fn relays_both_ways_and_passes_half_close_on() {
+    let (mut client, mut client_side) = duplex(64);
+    let (mut backend_side, mut backend) = duplex(64);
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let end = relay(&mut client_side, &mut backend_side, b"* OK hi\r\n".to_vec(), no_filters(), Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
+        (end, totals)
+    });
+    let mut greeting = [0u8; 9];
+    client.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"* OK hi\r\n");
+    // 100 KiB through a 64-byte pipe: back-pressure on every write, nothing lost or reordered.
+    let payload: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    let p2 = payload.clone();
+    let writer = tokio::spawn(async move {
+        client.write_all(&p2).await.unwrap();
+        client.shutdown().await.unwrap(); // half-close: the backend must see EOF
+        client
+    });
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, payload);
+    // The other direction still flows after the client's half-close.
+    backend.write_all(b"* BYE done\r\n").await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut client = writer.await.unwrap();
+    let mut tail = Vec::new();
+    client.read_to_end(&mut tail).await.unwrap();
+    assert_eq!(tail, b"* BYE done\r\n");
+    let (end, totals) = task.await.unwrap();
+    assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+    assert_eq!(totals.up, payload.len() as u64);
+    assert_eq!(totals.down, 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_fires_exactly() {
+    let (_client, mut client_side) = duplex(64);
+    let (mut backend_side, _backend) = duplex(64);
+    let started = tokio::time::Instant::now();
+    let mut totals = Totals::default();
+    let mut user = None;
+    let end = relay(&mut client_side, &mut backend_side, Vec::new(), no_filters(), Duration::from_secs(600), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
+    assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(600));
+}
+
+#[tokio::test]
+async fn goodbye_waits_for_a_line_boundary() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let leave = async move {
+            let _ = rx.await;
+        };
+        relay(&mut client_side, &mut backend_side, Vec::new(), no_filters(), Duration::from_secs(60), leave, b"* BYE [UNAVAILABLE] shutting down\r\n", &counters(), &mut totals, &mut user).await
+    });
+    backend.write_all(b"* 1 FETCH (partial").await.unwrap();
+    let mut buf = [0u8; 18];
+    client.read_exact(&mut buf).await.unwrap();
+    tx.send(()).unwrap();
+    // Mid-line: no goodbye yet. Finish the line; then the goodbye follows and the client sees EOF.
+    backend.write_all(b")\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b")\r\n* BYE [UNAVAILABLE] shutting down\r\n");
+    assert!(matches!(task.await.unwrap(), RelayEnd::Shutdown));
+}
