@@ -1,1 +1,240 @@
-//! postern postern
+//! The postern gateway as a library: wires config, certificates, backend pools, workers and
+//! the admin endpoint together, and runs the drain. `main.rs` only parses the command
+//! line, installs logging and signals, and maps errors to exit codes.
+//!
+//! # Invariants
+//! - Everything that can fail because of the configuration or the host (certificates,
+//!   binds, the admin address, the privilege drop) fails in [`Gateway::start`], before
+//!   `ready` is logged or sent to systemd.
+//! - Privileges are dropped after every socket is bound and every key is read, and before
+//!   any session is accepted.
+
+pub mod privdrop;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_backend_pool::Pool;
+use postern_config::Config;
+use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
+use postern_metrics::Metrics;
+use postern_session::{SessionHandler, SessionSettings};
+use postern_tls::{Tls, TlsError};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Why the gateway could not start. [`StartError::exit_code`] maps it to SPEC §1's codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate or key problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listen address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The admin address could not be bound.
+    #[error("cannot listen on admin.listen = {addr}: {source}; free the port or change admin.listen")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The privilege drop failed.
+    #[error(transparent)]
+    PrivDrop(#[from] privdrop::PrivDropError),
+    /// Worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl StartError {
+    /// 2 for problems in the configuration or the files it names, 1 for the rest.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Tls(_) | StartError::PrivDrop(_) => 2,
+            StartError::Bind(_) | StartError::Admin { .. } | StartError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    workers: Workers,
+    draining: Arc<AtomicBool>,
+    control: CancellationToken,
+    bound: Vec<(String, SocketAddr)>,
+    admin: SocketAddr,
+    metrics: Metrics,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainReport {
+    /// Sessions still open when the grace ended (closed at once).
+    pub left: usize,
+    /// A second signal cut the drain short.
+    pub interrupted: bool,
+}
+
+impl Gateway {
+    /// Loads certificates, builds the pools, binds every listener and the admin endpoint,
+    /// drops privileges, and starts the workers and the background tasks. Must run inside
+    /// the control runtime (a tokio runtime that lives as long as the gateway).
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
+        metrics.set_max_connections(config.server.max_connections as i64);
+        let tls = Tls::load(&config.tls, &config.server.state_dir, metrics.tls())?;
+        let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+
+        let pools: Vec<Arc<Pool>> = config
+            .backends
+            .iter()
+            .map(|b| Pool::new(b, b.protocol.unwrap_or(postern_proto::Protocol::Imap), &metrics))
+            .collect();
+
+        // Bind everything before anything is served or privileges are dropped.
+        let workers = config.server.workers.get();
+        let mut bound = Vec::new();
+        let mut worker_listeners = Vec::new();
+        for l in &config.listeners {
+            let mut sockets = Vec::new();
+            for addr in &l.listen {
+                let socks = bind_reuseport(&l.name, *addr, workers)?;
+                if let Some(first) = socks.first() {
+                    let actual = first.local_addr().map_err(|source| BindError::Other { addr: *addr, listener: l.name.clone(), source })?;
+                    bound.push((l.name.clone(), actual));
+                }
+                sockets.extend(socks);
+            }
+            let settings = SessionSettings {
+                listener: l.name.clone(),
+                protocol: l.protocol,
+                tls: l.tls,
+                handshake_timeout: config.tls.handshake_timeout,
+                plaintext_timeout: l.plaintext_timeout,
+                idle_timeout: l.idle_timeout,
+                max_line_length: l.max_line_length,
+                max_plaintext_commands: l.max_plaintext_commands,
+                hostname: hostname.clone(),
+                keepalive: CLIENT_KEEPALIVE,
+            };
+            let handler = SessionHandler::new(settings, tls.server_config(l.protocol.alpn()), Arc::clone(&pools[l.backend]), metrics.listener(&l.name));
+            worker_listeners.push(WorkerListener { name: l.name.clone(), sockets, handler: Arc::new(handler), metrics: metrics.listener(&l.name) });
+        }
+        let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|source| StartError::Admin { addr: config.admin.listen, source })?;
+        let admin = admin_listener.local_addr().map_err(|source| StartError::Admin { addr: config.admin.listen, source })?;
+
+        if let Some(user) = &config.server.user {
+            let (uid, gid) = privdrop::drop_privileges(user, config.server.group.as_deref())?;
+            info!(user = %user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
+        }
+
+        let control = CancellationToken::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        for pool in &pools {
+            pool.spawn_background(control.child_token());
+        }
+        if config.tls.watch {
+            tls.spawn_watcher(control.child_token())?;
+        }
+        let ready = {
+            let draining = Arc::clone(&draining);
+            let pools = pools.clone();
+            Arc::new(move || -> Result<(), String> {
+                if draining.load(Ordering::Acquire) {
+                    return Err("draining".into());
+                }
+                match pools.iter().find(|p| !p.any_up()) {
+                    Some(p) => Err(format!("backend {:?} has no server up", p.name())),
+                    None => Ok(()),
+                }
+            })
+        };
+        tokio::spawn(postern_metrics::serve_admin(admin_listener, metrics.clone(), ready, control.child_token()));
+
+        let workers = Workers::spawn(workers, worker_listeners, config.server.max_connections).map_err(StartError::Runtime)?;
+        for (name, addr) in &bound {
+            info!(listener = %name, addr = %addr, "listening");
+        }
+        info!(addr = %admin, "admin listening");
+        Ok(Gateway { config, workers, draining, control, bound, admin, metrics })
+    }
+
+    /// The bound address of every listen socket, by listener name (port 0 resolved).
+    pub fn bound(&self) -> &[(String, SocketAddr)] {
+        &self.bound
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sessions open right now.
+    pub fn active(&self) -> usize {
+        self.workers.active()
+    }
+
+    /// The graceful drain (SPEC §3, §1): `/readyz` turns 503 and the listening sockets close
+    /// at once; sessions run on for up to `server.shutdown_grace`; during the last
+    /// `server.drain_spread` of it the remaining sessions are asked to leave, oldest first,
+    /// spread evenly (IMAP: `* BYE [UNAVAILABLE]`, SMTP: `421`, POP3: close); whatever is still
+    /// open at the end of the grace is closed. `interrupt` (a second signal) ends it at once.
+    pub async fn drain(self, interrupt: impl std::future::Future<Output = ()>) -> DrainReport {
+        let grace = self.config.server.shutdown_grace;
+        let spread = self.config.server.drain_spread.min(grace);
+        self.draining.store(true, Ordering::Release);
+        self.workers.stop_accepting();
+        info!(sessions = self.workers.active(), grace_secs = grace.as_secs_f64(), "drain started; listeners closed");
+        let start = tokio::time::Instant::now();
+        let mut interrupt = std::pin::pin!(interrupt);
+        let mut interrupted = false;
+        let mut goodbyes_requested = false;
+        loop {
+            let goodbye_at = start + (grace - spread);
+            tokio::select! {
+                () = self.workers.wait_idle() => break,
+                () = &mut interrupt => { interrupted = true; break; }
+                () = tokio::time::sleep_until(goodbye_at), if !goodbyes_requested => {
+                    goodbyes_requested = true;
+                    info!(sessions = self.workers.active(), spread_secs = spread.as_secs_f64(), "asking remaining sessions to leave");
+                    self.workers.request_goodbyes(spread);
+                }
+                () = tokio::time::sleep_until(start + grace + GOODBYE_SLACK) => break,
+            }
+        }
+        let left = self.workers.active();
+        if interrupted {
+            warn!(sessions = left, "second signal: closing remaining sessions now");
+        } else if left > 0 {
+            warn!(sessions = left, "shutdown grace elapsed; closing remaining sessions");
+        } else {
+            info!("all sessions finished");
+        }
+        self.control.cancel();
+        // Worker threads block while they unwind their sessions: not on the control runtime.
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
+        DrainReport { left, interrupted }
+    }
+}
+
+/// TCP keepalive idle time on client sockets: a dead IDLE client is noticed after about
+/// this plus 4 probes 30 s apart.
+const CLIENT_KEEPALIVE: Duration = Duration::from_secs(120);
+
+/// Time after the grace for goodbyes sent at its very end to reach the wire.
+const GOODBYE_SLACK: Duration = Duration::from_millis(500);

@@ -1,1 +1,246 @@
-fn main() {}
+//! The `postern` command line (SPEC §1): parses arguments, installs logging and signal
+//! handling, runs the library, and maps outcomes to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use postern::Gateway;
+use postern_config::{Config, LogFormat};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(name = "postern", version, about = "TLS edge gateway for IMAP, POP3 and SMTP submission")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (default: $POSTERN_CONFIG, else /etc/postern/postern.toml, else the embedded default).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration (certificates included, ports not bound).
+    CheckConfig {
+        /// Configuration file (same resolution as `run`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// The embedded default configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Certificate tools.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration, commented.
+    Default,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed fullchain.pem and an unencrypted privkey.pem (mode 0600).
+    Generate {
+        /// A DNS name or IP address for the certificate (repeatable; the first is the subject).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Key algorithm.
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::EcdsaP256)]
+        key_type: KeyTypeArg,
+    },
+    /// Report what a certificate (and key) holds and every problem with its fix.
+    Inspect {
+        /// PEM certificate chain (may also hold the key).
+        path: PathBuf,
+        /// PEM private key, when not in the certificate file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyTypeArg {
+    EcdsaP256,
+    Rsa2048,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", postern_config::DEFAULT_TOML);
+            0
+        }
+        Command::Cert { command } => cert(command),
+    };
+    ExitCode::from(code)
+}
+
+fn load_config(cli: Option<&Path>) -> Result<Config, u8> {
+    let loaded = match postern_config::resolve_path(cli) {
+        Some(path) => postern_config::load(&path),
+        None => postern_config::embedded_default(),
+    };
+    loaded.map_err(|errors| {
+        eprintln!("postern: invalid configuration:\n{errors}");
+        2
+    })
+}
+
+fn check_config(cli: Option<&Path>) -> u8 {
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match postern_tls::Tls::check(&config.tls, &config.server.state_dir) {
+        Ok(lines) => {
+            println!("{} is valid", config.source);
+            print!("{}", config.summary());
+            for line in lines {
+                println!("  {line}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("postern: {}: {}", config.source, chain(&e));
+            2
+        }
+    }
+}
+
+fn run(cli: Option<&Path>) -> u8 {
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(&config);
+    if config.source == postern_config::ConfigSource::Embedded {
+        warn!("no configuration file found (-c, $POSTERN_CONFIG, /etc/postern/postern.toml); using the embedded default (`postern config default` prints it)");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the control runtime");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                error!("cannot install signal handlers");
+                return 1;
+            }
+        };
+        let source = config.source.to_string();
+        let gateway = match Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(config = %source, "{}", chain(&e));
+                return e.exit_code() as u8;
+            }
+        };
+        info!("ready");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+        if let Some(every) = sd_notify::watchdog_enabled() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every / 2);
+                loop {
+                    tick.tick().await;
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            });
+        }
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
+        let second = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        let report = gateway.drain(second).await;
+        info!(sessions_left = report.left, interrupted = report.interrupted, "exit");
+        0
+    })
+}
+
+fn cert(command: CertCommand) -> u8 {
+    match command {
+        CertCommand::Generate { names, out, days, key_type } => {
+            let kt = match key_type {
+                KeyTypeArg::EcdsaP256 => postern_tls::generate::KeyType::EcdsaP256,
+                KeyTypeArg::Rsa2048 => postern_tls::generate::KeyType::Rsa2048,
+            };
+            match postern_tls::generate::write_self_signed(&names, &out, days, kt) {
+                Ok((cert, key)) => {
+                    println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("postern: {}", chain(&e));
+                    1
+                }
+            }
+        }
+        CertCommand::Inspect { path, key } => {
+            let report = postern_tls::inspect::inspect(&path, key.as_deref());
+            print!("{report}");
+            if report.usable {
+                0
+            } else {
+                1
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
