@@ -1,0 +1,180 @@
+//! Property tests: no input panics any state machine, held buffers stay within their bounds,
+//! and how the input is split into reads never changes what comes out.
+
+use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
+use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
+use postern_proto::watch::ClientWatch;
+use postern_proto::Protocol;
+use proptest::prelude::*;
+
+const MAX_LINE: usize = 128;
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![Just(Protocol::Imap), Just(Protocol::Pop3), Just(Protocol::Smtp)]
+}
+
+/// Mail-protocol-shaped bytes: keywords, literals, line ends and random bytes mixed.
+fn wire() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"a ".to_vec()),
+        Just(b"STARTTLS".to_vec()),
+        Just(b"STLS".to_vec()),
+        Just(b"CAPABILITY".to_vec()),
+        Just(b"CAPA".to_vec()),
+        Just(b"EHLO x".to_vec()),
+        Just(b"250-".to_vec()),
+        Just(b"250 ".to_vec()),
+        Just(b"* ".to_vec()),
+        Just(b"+OK".to_vec()),
+        Just(b"LOGIN ".to_vec()),
+        Just(b"AUTHENTICATE PLAIN".to_vec()),
+        Just(b"AUTH LOGIN".to_vec()),
+        Just(b"USER bob".to_vec()),
+        Just(b"ID (\"x-originating-ip\" \"1\")".to_vec()),
+        Just(b"XCLIENT ADDR=1".to_vec()),
+        Just(b"BDAT 3".to_vec()),
+        Just(b"AGJvYgBwdw==".to_vec()),
+        Just(b"{3}".to_vec()),
+        Just(b"{2+}".to_vec()),
+        Just(b"{0}".to_vec()),
+        Just(b"[CAPABILITY ".to_vec()),
+        Just(b"]".to_vec()),
+        Just(b"*".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b".\r\n".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..8),
+        prop::collection::vec(Just(b'x'), 100..300),
+    ];
+    prop::collection::vec(token, 0..60).prop_map(|t| t.concat())
+}
+
+/// Splits `input` at the given (sorted, deduplicated) cut points.
+fn split(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for c in cuts {
+        out.push(input[last..c].to_vec());
+        last = c;
+    }
+    out.push(input[last..].to_vec());
+    out
+}
+
+/// Runs a plaintext phase over `chunks`; returns the bytes written to the client and whether
+/// (and how) it ended. Asserts the buffer bound on the way.
+fn plain(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Option<&'static str>) {
+    let limits = PlainLimits { max_line_length: MAX_LINE, max_commands: 40 };
+    let mut ph = PlainPhase::new(p, "mx.test", limits);
+    let mut buf = Vec::new();
+    let mut written = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match ph.step(&mut buf) {
+                PlainStep::NeedMore => {
+                    assert!(buf.len() < MAX_LINE, "NeedMore with {} bytes buffered", buf.len());
+                    break;
+                }
+                PlainStep::Reply(r) => {
+                    assert!(r.ends_with(b"\r\n"));
+                    written.extend_from_slice(&r);
+                }
+                PlainStep::Upgrade { reply, .. } => {
+                    assert!(buf.is_empty(), "bytes left in buf across the upgrade");
+                    written.extend_from_slice(&reply);
+                    return (written, Some("upgrade"));
+                }
+                PlainStep::Close(r) => {
+                    written.extend_from_slice(&r);
+                    return (written, Some("close"));
+                }
+            }
+        }
+    }
+    (written, None)
+}
+
+fn watch(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let mut w = ClientWatch::new(p, MAX_LINE);
+    let (mut backend, mut client) = (Vec::new(), Vec::new());
+    for chunk in chunks {
+        if w.is_done() {
+            backend.extend_from_slice(chunk);
+            continue;
+        }
+        w.feed(chunk, &mut backend, &mut client);
+        assert!(w.held_len() <= MAX_LINE, "held {}", w.held_len());
+        if w.is_done() {
+            assert_eq!(w.held_len(), 0);
+        }
+    }
+    w.flush(&mut backend);
+    (backend, client, w.user().map(str::to_owned))
+}
+
+fn filter(p: Protocol, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = CapabilityFilter::new(p);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        f.feed(chunk, &mut out);
+        assert!(f.held_len() <= 2 * MAX_FILTER_LINE);
+        if f.is_done() {
+            assert_eq!(f.held_len(), 0);
+        }
+    }
+    f.flush(&mut out);
+    out
+}
+
+proptest! {
+    // 1000 cases each by default (about 25 s in a debug build); PROPTEST_CASES overrides.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn plain_phase_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let once = plain(p, &[input.clone()]);
+        let pieces = plain(p, &split(&input, &cuts));
+        prop_assert_eq!(once, pieces);
+    }
+
+    #[test]
+    fn plain_phase_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
+        let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
+        prop_assert_eq!(plain(p, &[input.clone()]), plain(p, &bytewise));
+    }
+
+    #[test]
+    fn watch_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let once = watch(p, &[input.clone()]);
+        let pieces = watch(p, &split(&input, &cuts));
+        prop_assert_eq!(once, pieces);
+    }
+
+    #[test]
+    fn watch_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
+        let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
+        prop_assert_eq!(watch(p, &[input.clone()]), watch(p, &bytewise));
+    }
+
+    #[test]
+    fn filter_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let once = filter(p, &[input.clone()]);
+        let pieces = filter(p, &split(&input, &cuts));
+        prop_assert_eq!(once, pieces);
+    }
+
+    #[test]
+    fn filter_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
+        let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
+        prop_assert_eq!(filter(p, &[input.clone()]), filter(p, &bytewise));
+    }
+}
