@@ -141,7 +141,7 @@ proptest! {
 
     #[test]
     fn plain_phase_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
-        let once = plain(p, &[input.clone()]);
+        let once = plain(p, std::slice::from_ref(&input));
         let pieces = plain(p, &split(&input, &cuts));
         prop_assert_eq!(once, pieces);
     }
@@ -149,12 +149,12 @@ proptest! {
     #[test]
     fn plain_phase_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
         let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(plain(p, &[input.clone()]), plain(p, &bytewise));
+        prop_assert_eq!(plain(p, std::slice::from_ref(&input)), plain(p, &bytewise));
     }
 
     #[test]
     fn watch_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
-        let once = watch(p, &[input.clone()]);
+        let once = watch(p, std::slice::from_ref(&input));
         let pieces = watch(p, &split(&input, &cuts));
         prop_assert_eq!(once, pieces);
     }
@@ -162,12 +162,12 @@ proptest! {
     #[test]
     fn watch_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
         let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(watch(p, &[input.clone()]), watch(p, &bytewise));
+        prop_assert_eq!(watch(p, std::slice::from_ref(&input)), watch(p, &bytewise));
     }
 
     #[test]
     fn filter_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
-        let once = filter(p, &[input.clone()]);
+        let once = filter(p, std::slice::from_ref(&input));
         let pieces = filter(p, &split(&input, &cuts));
         prop_assert_eq!(once, pieces);
     }
@@ -175,6 +175,6 @@ proptest! {
     #[test]
     fn filter_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
         let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(filter(p, &[input.clone()]), filter(p, &bytewise));
+        prop_assert_eq!(filter(p, std::slice::from_ref(&input)), filter(p, &bytewise));
     }
 }
