@@ -172,7 +172,12 @@ impl TlsError {
             }
             _ => "check that the path names a readable regular file",
         };
-        TlsError::Read { what, path: path.to_path_buf(), hint, source }
+        TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            hint,
+            source,
+        }
     }
 
     pub(crate) fn write(path: &std::path::Path, source: io::Error) -> Self {
@@ -183,7 +188,11 @@ impl TlsError {
             io::ErrorKind::NotFound => "the directory does not exist; create it or choose another --out DIR",
             _ => "check that the directory exists, is writable and the disk is not full",
         };
-        TlsError::Write { path: path.to_path_buf(), hint, source }
+        TlsError::Write {
+            path: path.to_path_buf(),
+            hint,
+            source,
+        }
     }
 
     /// The message and every source, joined with ": " (for log lines, which show no chain).

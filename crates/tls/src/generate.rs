@@ -81,14 +81,20 @@ pub fn self_signed_pem(
     // An hour of slack for clients whose clocks run a little behind.
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
@@ -97,7 +103,8 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
         .mode(mode)
         .open(&tmp)
         .map_err(|e| TlsError::write(&tmp, e))?;
-    file.write_all(contents).map_err(|e| TlsError::write(&tmp, e))?;
+    file.write_all(contents)
+        .map_err(|e| TlsError::write(&tmp, e))?;
     file.sync_all().map_err(|e| TlsError::write(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(|e| TlsError::write(path, e))

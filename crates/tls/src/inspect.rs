@@ -61,7 +61,9 @@ pub fn inspect(cert: &Path, key: Option<&Path>) -> Report {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    let Some(chain) = read_chain(&mut report) else { return report };
+    let Some(chain) = read_chain(&mut report) else {
+        return report;
+    };
     inspect_key(&mut report, chain);
     report.usable = report.problems.is_empty();
     report
@@ -86,7 +88,9 @@ fn read_chain(report: &mut Report) -> Option<Vec<rustls_pki_types::CertificateDe
     report.not_after = Some(info.not_after);
     report.chain_len = chain.len();
     report.key_type = Some(info.key_type.clone());
-    report.warnings.extend(info.validity_warnings(&cert, load::unix_now()));
+    report
+        .warnings
+        .extend(info.validity_warnings(&cert, load::unix_now()));
     if info.dns_names.is_empty() && info.ip_names.is_empty() {
         report.warnings.push(format!(
             "{} has no subjectAltName; current clients ignore the CN and will reject it: reissue it with the host names as SANs (postern cert generate --name HOST)",
@@ -141,7 +145,9 @@ fn inspect_key(report: &mut Report, chain: Vec<rustls_pki_types::CertificateDer<
     report.key_format = Some(format.as_str());
     if let Ok(meta) = std::fs::metadata(&key_path) {
         use std::os::unix::fs::PermissionsExt;
-        if let Some(warning) = load::permission_problem(&key_path, meta.permissions().mode() & 0o7777) {
+        if let Some(warning) =
+            load::permission_problem(&key_path, meta.permissions().mode() & 0o7777)
+        {
             report.warnings.push(warning);
         }
     }
@@ -157,9 +163,14 @@ fn inspect_key(report: &mut Report, chain: Vec<rustls_pki_types::CertificateDer<
 }
 
 /// Each certificate should be issued by the next one; a reversed chain fails in clients.
-fn chain_order_warning(path: &Path, chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<String> {
-    let parsed: Vec<X509Certificate<'_>> =
-        chain.iter().filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c)).collect();
+fn chain_order_warning(
+    path: &Path,
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+) -> Option<String> {
+    let parsed: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+        .collect();
     for (i, pair) in parsed.windows(2).enumerate() {
         if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
             return Some(format!(
@@ -175,12 +186,21 @@ fn chain_order_warning(path: &Path, chain: &[rustls_pki_types::CertificateDer<'_
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "certificate  {} ({} in chain)", self.cert.display(), self.chain_len)?;
+        writeln!(
+            f,
+            "certificate  {} ({} in chain)",
+            self.cert.display(),
+            self.chain_len
+        )?;
         if let Some(subject) = &self.subject {
             writeln!(f, "subject      {subject}")?;
         }
         if self.subject.is_some() {
-            let sans = if self.sans.is_empty() { "(none)".to_owned() } else { self.sans.join(", ") };
+            let sans = if self.sans.is_empty() {
+                "(none)".to_owned()
+            } else {
+                self.sans.join(", ")
+            };
             writeln!(f, "SANs         {sans}")?;
         }
         if let Some(issuer) = &self.issuer {
@@ -188,8 +208,17 @@ impl fmt::Display for Report {
         }
         if let (Some(from), Some(until)) = (self.not_before, self.not_after) {
             let days = (until - load::unix_now()) / 86_400;
-            let left = if days >= 0 { format!("{days} days left") } else { format!("expired {} days ago", -days) };
-            writeln!(f, "valid        {} .. {} ({left})", load::format_time(from), load::format_time(until))?;
+            let left = if days >= 0 {
+                format!("{days} days left")
+            } else {
+                format!("expired {} days ago", -days)
+            };
+            writeln!(
+                f,
+                "valid        {} .. {} ({left})",
+                load::format_time(from),
+                load::format_time(until)
+            )?;
         }
         if let Some(key_type) = &self.key_type {
             writeln!(f, "key type     {key_type}")?;
@@ -209,6 +238,10 @@ impl fmt::Display for Report {
         for warning in &self.warnings {
             writeln!(f, "warning:     {warning}")?;
         }
-        write!(f, "result       {}", if self.usable { "usable" } else { "NOT usable" })
+        write!(
+            f,
+            "result       {}",
+            if self.usable { "usable" } else { "NOT usable" }
+        )
     }
 }

@@ -47,7 +47,9 @@ impl Tls {
         state_dir: &Path,
         metrics: TlsMetrics,
     ) -> Result<Tls, TlsError> {
-        store::Shared::load(config, state_dir, metrics).map(|inner| Tls { inner: Arc::new(inner) })
+        store::Shared::load(config, state_dir, metrics).map(|inner| Tls {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Same validation as [`Tls::load`] without side effects (no generation, no metrics, no

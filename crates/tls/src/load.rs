@@ -58,13 +58,20 @@ pub(crate) fn read_files(source: &Source) -> Result<Files, TlsError> {
         .permissions()
         .mode()
         & 0o7777;
-    Ok(Files { cert, key, key_mode })
+    Ok(Files {
+        cert,
+        key,
+        key_mode,
+    })
 }
 
 pub(crate) fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let bytes = fs::read(path).map_err(|e| TlsError::read(what, path, e))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(TlsError::Empty { what, path: path.to_path_buf() });
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(bytes)
 }
@@ -155,7 +162,10 @@ pub(crate) fn load(
     let key_path = source.key_file();
     let key_bytes = files.key.as_deref().unwrap_or(&files.cert);
     let Some((key, _format)) = parse_key(key_path, key_bytes)? else {
-        return Err(TlsError::NoKey { path: key_path.to_path_buf(), cert: source.cert.clone() });
+        return Err(TlsError::NoKey {
+            path: key_path.to_path_buf(),
+            cert: source.cert.clone(),
+        });
     };
     let mut warnings = Vec::new();
     if let Some(warning) = permission_problem(key_path, files.key_mode) {
@@ -171,7 +181,14 @@ pub(crate) fn load(
     }
     let certified = certify(chain, key, &source.cert, key_path, provider)?;
     warnings.extend(info.validity_warnings(&source.cert, unix_now()));
-    Ok((Loaded { source: source.clone(), certified: Arc::new(certified), info }, warnings))
+    Ok((
+        Loaded {
+            source: source.clone(),
+            certified: Arc::new(certified),
+            info,
+        },
+        warnings,
+    ))
 }
 
 /// Every certificate in a PEM file, leaf first.
@@ -196,7 +213,9 @@ pub(crate) fn parse_chain(
         }
     }
     if chain.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     for (i, der) in chain.iter().enumerate() {
         X509Certificate::from_der(der).map_err(|e| TlsError::BadCertificate {
@@ -251,15 +270,18 @@ pub(crate) fn parse_key(
     for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(bytes) {
         let (kind, der) = section.map_err(|e| pem_error(path, e))?;
         let key = match kind {
-            SectionKind::RsaPrivateKey => {
-                (PrivateKeyDer::from(PrivatePkcs1KeyDer::from(der)), KeyFormat::Pkcs1)
-            }
-            SectionKind::PrivateKey => {
-                (PrivateKeyDer::from(PrivatePkcs8KeyDer::from(der)), KeyFormat::Pkcs8)
-            }
-            SectionKind::EcPrivateKey => {
-                (PrivateKeyDer::from(PrivateSec1KeyDer::from(der)), KeyFormat::Sec1)
-            }
+            SectionKind::RsaPrivateKey => (
+                PrivateKeyDer::from(PrivatePkcs1KeyDer::from(der)),
+                KeyFormat::Pkcs1,
+            ),
+            SectionKind::PrivateKey => (
+                PrivateKeyDer::from(PrivatePkcs8KeyDer::from(der)),
+                KeyFormat::Pkcs8,
+            ),
+            SectionKind::EcPrivateKey => (
+                PrivateKeyDer::from(PrivateSec1KeyDer::from(der)),
+                KeyFormat::Sec1,
+            ),
             _ => continue,
         };
         return Ok(Some(key));
@@ -275,9 +297,14 @@ pub(crate) fn certify(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-        TlsError::UnsupportedKey { path: key_path.to_path_buf(), reason: e.to_string() }
-    })?;
+    let signing_key =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::UnsupportedKey {
+                path: key_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         // "Unknown" means the provider cannot export the public key; rustls itself accepts that.
@@ -293,14 +320,22 @@ pub(crate) fn certify(
 
 /// Facts about the leaf (the first certificate of a chain that `parse_chain` accepted).
 pub(crate) fn cert_info(path: &Path, chain: &[CertificateDer<'_>]) -> Result<CertInfo, TlsError> {
-    let bad = |reason: String| TlsError::BadCertificate { path: path.to_path_buf(), index: 1, reason };
+    let bad = |reason: String| TlsError::BadCertificate {
+        path: path.to_path_buf(),
+        index: 1,
+        reason,
+    };
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     };
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| bad(e.to_string()))?;
     let mut dns_names = Vec::new();
     let mut ip_names = Vec::new();
-    let san = cert.subject_alternative_name().map_err(|e| bad(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
     if let Some(san) = &san {
         for name in &san.value.general_names {
             match name {
@@ -311,7 +346,11 @@ pub(crate) fn cert_info(path: &Path, chain: &[CertificateDer<'_>]) -> Result<Cer
         }
     }
     let cn_fallback = if san.is_none() {
-        cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(normalize_name)
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(normalize_name)
     } else {
         None
     };
@@ -402,7 +441,10 @@ fn format_ip(bytes: &[u8]) -> Option<String> {
 fn pem_error(path: &Path, e: pem::Error) -> TlsError {
     let reason = match e {
         pem::Error::MissingSectionEnd { end_marker } => {
-            format!("`{}` line missing", String::from_utf8_lossy(&end_marker))
+            format!(
+                "the `-----END {}-----` line is missing",
+                String::from_utf8_lossy(&end_marker)
+            )
         }
         pem::Error::IllegalSectionStart { line } => {
             format!("malformed line `{}`", String::from_utf8_lossy(&line))
@@ -410,7 +452,10 @@ fn pem_error(path: &Path, e: pem::Error) -> TlsError {
         pem::Error::Base64Decode(why) => format!("damaged base64 ({why})"),
         other => other.to_string(),
     };
-    TlsError::Pem { path: path.to_path_buf(), reason }
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 fn looks_like_der(bytes: &[u8]) -> bool {

@@ -46,9 +46,16 @@ pub(crate) fn ensure(state_dir: &Path) -> Result<Source, TlsError> {
     let names = host_names();
     create_private_dir(&dir)?;
     let (cert, key) = generate::write_self_signed(&names, &dir, VALID_DAYS, KeyType::EcdsaP256)
-        .map_err(|e| TlsError::SelfSigned { dir: dir.clone(), reason: e.chain() })?;
+        .map_err(|e| TlsError::SelfSigned {
+            dir: dir.clone(),
+            reason: e.chain(),
+        })?;
     info!(dir = %dir.display(), names = %names.join(","), "generated a self-signed certificate");
-    Ok(Source { cert, key: Some(key), self_signed: true })
+    Ok(Source {
+        cert,
+        key: Some(key),
+        self_signed: true,
+    })
 }
 
 /// The host name (kernel's, else gethostname) plus `localhost`, lower-case, de-duplicated.
@@ -57,7 +64,11 @@ pub(crate) fn host_names() -> Vec<String> {
     let host = from_proc
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
         .map(|h| load::normalize_name(&h))
         .filter(|h| !h.is_empty() && h != "localhost");
     let mut names: Vec<String> = host.into_iter().collect();
@@ -66,9 +77,15 @@ pub(crate) fn host_names() -> Vec<String> {
 }
 
 fn expiring(source: &Source) -> bool {
-    let Ok(bytes) = std::fs::read(&source.cert) else { return false };
-    let Ok(chain) = load::parse_chain(&source.cert, &bytes) else { return false };
-    let Ok(info) = load::cert_info(&source.cert, &chain) else { return false };
+    let Ok(bytes) = std::fs::read(&source.cert) else {
+        return false;
+    };
+    let Ok(chain) = load::parse_chain(&source.cert, &bytes) else {
+        return false;
+    };
+    let Ok(info) = load::cert_info(&source.cert, &chain) else {
+        return false;
+    };
     info.not_after - load::unix_now() < RENEW_BEFORE_SECS
 }
 
@@ -81,7 +98,10 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| TlsError::SelfSigned { dir: dir.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| TlsError::SelfSigned {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 const CERT_FILE: &str = "fullchain.pem";

@@ -13,8 +13,8 @@ use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
 use crate::load::{self, Files, Loaded, Source};
-use postern_metrics::TlsMetrics;
 use crate::{selfsigned, TlsError};
+use postern_metrics::TlsMetrics;
 
 /// All certificates of one successful load; replaced as a whole.
 #[derive(Debug)]
@@ -40,14 +40,20 @@ impl CertSet {
                 };
             }
         }
-        CertSet { entries, exact, wildcard, files }
+        CertSet {
+            entries,
+            exact,
+            wildcard,
+            files,
+        }
     }
 
     /// Exact SAN, then a wildcard one label deep, then the first configured certificate.
     fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let index = server_name.map(load::normalize_name).and_then(|name| {
             self.exact.get(&name).or_else(|| {
-                name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent))
+                name.split_once('.')
+                    .and_then(|(_, parent)| self.wildcard.get(parent))
             })
         });
         let entry = self.entries.get(index.copied().unwrap_or(0))?;
@@ -95,7 +101,9 @@ impl Shared {
         };
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
-            .map_err(|e| TlsError::Provider { reason: e.to_string() })?;
+            .map_err(|e| TlsError::Provider {
+                reason: e.to_string(),
+            })?;
         Ok(Shared {
             sources,
             watch: config.watch,
@@ -109,8 +117,14 @@ impl Shared {
     }
 
     pub(crate) fn server_config(&self, alpn: &'static [u8]) -> Arc<rustls::ServerConfig> {
-        let resolver = Arc::new(SniResolver { current: Arc::clone(&self.current) });
-        let mut config = self.builder.clone().with_no_client_auth().with_cert_resolver(resolver);
+        let resolver = Arc::new(SniResolver {
+            current: Arc::clone(&self.current),
+        });
+        let mut config = self
+            .builder
+            .clone()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
         config.alpn_protocols = vec![alpn.to_vec()];
         // Mail clients reconnect often (several IMAP connections per account), so stateful
         // resumption pays; a bounded cache keeps memory flat under connection floods.
@@ -148,14 +162,16 @@ impl Shared {
                 *last_failed = None;
                 log_set(&set, &warnings, "certificate reloaded");
                 let old = self.current.load();
-                let new_names: HashSet<String> = set.entries.iter().map(|e| e.info.name()).collect();
+                let new_names: HashSet<String> =
+                    set.entries.iter().map(|e| e.info.name()).collect();
                 for entry in &old.entries {
                     if !new_names.contains(&entry.info.name()) {
                         self.metrics.remove_expiry(&entry.info.name());
                     }
                 }
                 for entry in &set.entries {
-                    self.metrics.set_expiry(&entry.info.name(), entry.info.not_after);
+                    self.metrics
+                        .set_expiry(&entry.info.name(), entry.info.not_after);
                 }
                 self.current.store(Arc::new(set));
                 self.metrics.reload_ok();
@@ -182,7 +198,10 @@ impl Shared {
     pub(crate) fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = Vec::new();
         for source in &self.sources {
-            for file in [Some(source.cert.as_path()), source.key.as_deref()].into_iter().flatten() {
+            for file in [Some(source.cert.as_path()), source.key.as_deref()]
+                .into_iter()
+                .flatten()
+            {
                 dirs.extend(file.parent().map(Path::to_path_buf));
                 if let Ok(real) = std::fs::canonicalize(file) {
                     dirs.extend(real.parent().map(Path::to_path_buf));
@@ -233,7 +252,11 @@ fn configured_sources(config: &TlsConfig) -> Vec<Source> {
     config
         .certificates
         .iter()
-        .map(|c| Source { cert: c.cert.clone(), key: c.key.clone(), self_signed: false })
+        .map(|c| Source {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            self_signed: false,
+        })
         .collect()
 }
 
@@ -288,7 +311,11 @@ fn describe(entry: &Loaded) -> String {
         entry.info.key_type,
         load::format_time(entry.info.not_after),
         days,
-        if entry.source.self_signed { ", self-signed" } else { "" }
+        if entry.source.self_signed {
+            ", self-signed"
+        } else {
+            ""
+        }
     )
 }
 

@@ -28,7 +28,10 @@ pub struct WatchOptions {
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions { poll_interval: crate::DEFAULT_POLL, debounce: crate::DEFAULT_DEBOUNCE }
+        WatchOptions {
+            poll_interval: crate::DEFAULT_POLL,
+            debounce: crate::DEFAULT_DEBOUNCE,
+        }
     }
 }
 
@@ -49,8 +52,14 @@ pub(crate) fn spawn(
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| TlsError::Watch { path: PathBuf::from("."), reason: e.to_string() })?;
-    let mut dirs = WatchedDirs { watcher, dirs: HashSet::new() };
+    .map_err(|e| TlsError::Watch {
+        path: PathBuf::from("."),
+        reason: e.to_string(),
+    })?;
+    let mut dirs = WatchedDirs {
+        watcher,
+        dirs: HashSet::new(),
+    };
     dirs.update(&shared.watch_dirs())?;
     Ok(runtime.spawn(run(shared, dirs, rx, shutdown, options)))
 }
@@ -62,7 +71,10 @@ async fn run(
     shutdown: CancellationToken,
     options: WatchOptions,
 ) {
-    let mut poll = tokio::time::interval_at(Instant::now() + options.poll_interval, options.poll_interval);
+    let mut poll = tokio::time::interval_at(
+        Instant::now() + options.poll_interval,
+        options.poll_interval,
+    );
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -94,7 +106,11 @@ async fn run(
 
 /// Waits until no event has arrived for `debounce`, at most `MAX_SETTLE_FACTOR` times that
 /// (a directory that never stops changing must not starve reloads). `false` on shutdown.
-async fn settle(rx: &mut mpsc::Receiver<()>, debounce: Duration, shutdown: &CancellationToken) -> bool {
+async fn settle(
+    rx: &mut mpsc::Receiver<()>,
+    debounce: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
     let hard_deadline = Instant::now() + debounce * MAX_SETTLE_FACTOR;
     loop {
         let quiet_until = (Instant::now() + debounce).min(hard_deadline);
@@ -126,7 +142,9 @@ struct WatchedDirs {
 
 impl std::fmt::Debug for WatchedDirs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchedDirs").field("dirs", &self.dirs).finish_non_exhaustive()
+        f.debug_struct("WatchedDirs")
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +169,10 @@ impl WatchedDirs {
                     self.dirs.insert(dir);
                 }
                 Err(e) => {
-                    first_error.get_or_insert(TlsError::Watch { path: dir, reason: e.to_string() });
+                    first_error.get_or_insert(TlsError::Watch {
+                        path: dir,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
