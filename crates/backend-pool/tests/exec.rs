@@ -110,6 +110,12 @@ async fn a_hundred_sessions_leave_no_zombie() {
     let dir = tempfile::tempdir().unwrap();
     let script = write_script(dir.path(), "imapd-zombie", SCRIPT);
     let (pool, _m) = pool(&exec_backend("zombie", &script, 1000), Protocol::Imap);
+    let ours = std::process::id();
+    let children = || children_named(ours, "imapd-zombie");
+    // The probe itself works: a held session is one visible child.
+    let held = pool.connect(client("192.0.2.1:999")).await.unwrap();
+    assert_eq!(children().len(), 1, "{:?}", children());
+    drop(held);
     for i in 0..100 {
         let mut conn = pool
             .connect(client(&format!("192.0.2.1:{}", 1000 + i)))
@@ -122,12 +128,6 @@ async fn a_hundred_sessions_leave_no_zombie() {
         }
         drop(conn);
     }
-    let ours = std::process::id();
-    let children = || children_named(ours, "imapd-zombie");
-    // The probe itself works: a held session is one visible child.
-    let held = pool.connect(client("192.0.2.1:999")).await.unwrap();
-    assert_eq!(children().len(), 1, "{:?}", children());
-    drop(held);
     let done = wait_for(Duration::from_secs(10), || children().is_empty()).await;
     assert!(done, "children left (pid, state): {:?}", children());
 }

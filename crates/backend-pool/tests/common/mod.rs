@@ -234,3 +234,33 @@ pub async fn read_until_contains<S: AsyncRead + Unpin>(
             )
         });
 }
+
+/// Times `n` sequential `connect()` calls (each connection dropped at once), one every `pace`.
+pub async fn sample(pool: &postern_backend_pool::Pool, n: usize, pace: Duration) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = std::time::Instant::now();
+        let conn = pool
+            .connect(client(&format!("192.0.2.1:{}", 1000 + i)))
+            .await
+            .unwrap();
+        times.push(start.elapsed());
+        drop(conn);
+        tokio::time::sleep(pace).await; // client arrival rate
+    }
+    times
+}
+
+pub fn summary(times: &[Duration]) -> String {
+    let mut t = times.to_vec();
+    t.sort();
+    let p = |q: f64| t[((t.len() as f64 - 1.0) * q) as usize];
+    format!(
+        "n={} median={:?} p90={:?} p99={:?} max={:?}",
+        t.len(),
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(1.0)
+    )
+}
