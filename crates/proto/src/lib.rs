@@ -4,8 +4,49 @@
 //! sends on its own behalf (greetings, refusals, goodbyes).
 //!
 //! # Invariants
-//! - No sockets, no clock, no TLS, no logging, no dependency on another postern crate.
+//! - No sockets, no clock, no TLS, no logging, no dependency on another postern crate
+//!   (nor on tokio, rustls or tracing): every state machine is tested without a runtime.
 //! - No input panics; every buffer this crate keeps is bounded.
+//! - One line splitter ([`line::split_line`]: CRLF, or a bare LF, ends a line) serves every
+//!   parser, so no two parts of postern can disagree on where a command ends.
+//!
+//! # Module map
+//! - [`protocol`](Protocol): the `Protocol` enum and its fixed goodbye lines.
+//! - [`greeting`]: recognising a backend's greeting (pool health checks and connects).
+//! - [`forward`]: the IMAP `ID` / `XCLIENT` command that tells a backend the client address.
+//! - [`line`]: line splitting with a hard limit; IMAP tag and literal lexing.
+//! - [`starttls`]: [`starttls::PlainPhase`], the plaintext dialogue of a STARTTLS listener up
+//!   to the upgrade.
+//! - [`watch`]: [`watch::ClientWatch`], client->backend bytes until authentication: the user
+//!   name for the log line, and refusal of client-supplied address claims.
+//! - [`capfilter`]: [`capfilter::CapabilityFilter`], backend->client bytes after an upgrade:
+//!   STARTTLS/STLS removed from capability lists.
+//!
+//! # STARTTLS rules (`starttls-rules.md`) covered here, and where they are tested
+//! - T1 (bytes after STARTTLS never interpreted), T2 (read-ahead reset): `PlainStep::Upgrade`
+//!   drops and counts everything buffered after the command line. `starttls::tests::t1_*`, `t2_*`.
+//! - T3 (no race): structural: `step` has returned `Upgrade` before the caller writes the
+//!   go-ahead, and the phase reads nothing after it; the caller must start TLS on bytes read
+//!   after that point only (session crate).
+//! - T4 (auth refused pre-TLS, STARTTLS only once): `PlainPhase` refuses LOGIN/AUTHENTICATE,
+//!   USER/PASS/APOP/AUTH, AUTH/MAIL; the phase ends at `Upgrade`; `ClientWatch` refuses
+//!   STARTTLS/STLS inside TLS. `starttls::tests::t4_*`, `watch::tests::t4_*`.
+//! - T5 (state discarded after upgrade): structural: nothing of `PlainPhase` survives the
+//!   upgrade; the session goes to a fresh backend connection that needs a new EHLO.
+//! - T6 (capability hygiene): `PlainPhase` greetings/CAPABILITY/CAPA/EHLO (snapshot tests
+//!   `starttls::tests::t6_*`); `CapabilityFilter` post-TLS (`capfilter::tests::t6_*`).
+//! - T7 (no PREAUTH/ALERT, own greeting): `PlainPhase::greeting`, `t6_t7_greetings_snapshot`.
+//! - T8 (exact grammar, no parser differential, literals, NUL, bare LF): `starttls::tests::t8_*`.
+//! - T9 (line length, command count; the timeout is the caller's, with
+//!   `PlainPhase::timeout_goodbye`): `starttls::tests::t9_*`.
+//! - T10 (ALPN), T11 (no plaintext fallback): TLS and listener crates; nothing here.
+//! - T12 (client-supplied `ID x-originating-*`, `XCLIENT`): `ClientWatch`,
+//!   `watch::tests::t12_*`.
+//! - T13 (SMTP DATA smuggling): not applicable, nothing here parses past authentication.
+//!
+//! Property tests (`tests/prop.rs`) and the cargo-fuzz targets in `fuzz/` (not part of the
+//! workspace; `cargo +nightly fuzz run <target>` from `crates/proto`) check every state
+//! machine for panics, buffer bounds and read-split invariance.
 
 pub mod capfilter;
 pub mod forward;
