@@ -14,7 +14,7 @@
 //! - [`protocol`](Protocol): the `Protocol` enum and its fixed goodbye lines.
 //! - [`greeting`]: recognising a backend's greeting (pool health checks and connects).
 //! - [`forward`]: the IMAP `ID` / `XCLIENT` command that tells a backend the client address.
-//! - [`line`]: line splitting with a hard limit; IMAP tag and literal lexing.
+//! - [`line`](mod@line): line splitting with a hard limit; IMAP tag and literal lexing.
 //! - [`starttls`]: [`starttls::PlainPhase`], the plaintext dialogue of a STARTTLS listener up
 //!   to the upgrade.
 //! - [`watch`]: [`watch::ClientWatch`], client->backend bytes until authentication: the user
