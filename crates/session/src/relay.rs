@@ -116,6 +116,9 @@ where
 {
     let mut up = Dir { at_line_start: true, ..Dir::default() };
     let mut down = Dir { at_line_start: to_client.is_empty() || to_client.ends_with(b"\n"), ..Dir::default() };
+    // The greeting handed over by the pool is relayed backend data: it counts.
+    down.bytes = to_client.len() as u64;
+    counters.down.inc_by(down.bytes);
     down.pending = to_client;
     let mut last_activity = Instant::now();
     let idle: Pin<&mut Sleep> = std::pin::pin!(tokio::time::sleep(idle_timeout));

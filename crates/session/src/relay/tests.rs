@@ -47,7 +47,7 @@ async fn relays_both_ways_and_passes_half_close_on() {
     let (end, totals) = task.await.unwrap();
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(totals.up, payload.len() as u64);
-    assert_eq!(totals.down, 12);
+    assert_eq!(totals.down, 9 + 12); // greeting + BYE
 }
 
 #[tokio::test(start_paused = true)]
