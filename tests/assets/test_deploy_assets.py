@@ -6,8 +6,8 @@ What runs here and what it needs:
   units, `systemd-sysusers --dry-run` on the sysusers.d entry (Debian package `systemd`;
   PID 1 need not be systemd). `verify` insists that every Exec*= binary exists, so the
   units are verified from a temporary copy whose /usr/local/bin/postern is replaced by the
-  built postern (POSTERN_BIN, else target/debug/postern, else target/release/postern) or,
-  when there is none, by /bin/true.
+  built postern ($POSTERN_BIN, else target/debug/postern) or, when there is none, by
+  /bin/true.
 - Kubernetes: kubectl/kustomize are not on the test machines, so render_kustomization()
   below renders the base itself (resources, configMapGenerator, images: exactly the
   features the base uses; anything else fails the test) and every rendered object is
@@ -17,8 +17,9 @@ What runs here and what it needs:
 - Docker cannot run on the test machines: the Dockerfile is checked as text.
 
 A missing tool fails the test with the install hint; nothing here is skipped silently.
-The one skip: running `postern check-config` on the pod's postern.toml needs a built
-postern binary.
+The only skips: `postern check-config` on the pod's postern.toml, and a short
+`postern run` of it that polls the probe endpoints, need a built postern binary
+($POSTERN_BIN, else target/debug/postern, as tests/e2e; tests/run builds it first).
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,14 +98,10 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def postern_binary() -> Path | None:
-    """The built postern, if any (POSTERN_BIN, target/debug, target/release)."""
+    """The built postern, if any: $POSTERN_BIN, else target/debug/postern (as tests/e2e)."""
     env = os.environ.get("POSTERN_BIN")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO / "target/debug/postern", REPO / "target/release/postern"]
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    return None
+    c = Path(env) if env else REPO / "target/debug/postern"
+    return c if c.is_file() and os.access(c, os.X_OK) else None
 
 
 def parse_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -570,25 +572,88 @@ def test_extras_match_the_base(rendered, deployment):
     assert not sm["spec"]["selector"]["matchLabels"].items() <= lb["metadata"]["labels"].items()
 
 
-def test_pod_config_passes_postern_check_config(tmp_path):
-    """The pod's postern.toml against the real config loader (needs a built postern)."""
+def built_postern() -> Path:
     binary = postern_binary()
     if binary is None:
         pytest.skip("no built postern (set POSTERN_BIN or build target/debug/postern)")
-    probe = run([str(binary), "check-config", "--help"])
-    if probe.returncode != 0:
-        pytest.skip(f"{binary} has no check-config subcommand yet")
-    certs = tmp_path / "tls"
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_pod_config(binary: Path, tmp: Path, loopback: bool) -> tuple[Path, dict]:
+    """The pod's postern.toml with the paths the pod mounts moved into `tmp` (a fresh
+    self-signed certificate stands in for the Secret) and, with `loopback`, every
+    address moved to 127.0.0.1 on free ports. Returns the file and its parsed content."""
+    certs = tmp / "tls"
     gen = run([str(binary), "cert", "generate", "--name", "mail.example.org", "--out", str(certs)])
     assert gen.returncode == 0, gen.stdout + gen.stderr
     text = (K8S / "postern.toml").read_text()
     text = text.replace("/etc/postern/tls/tls.crt", str(certs / "fullchain.pem"))
     text = text.replace("/etc/postern/tls/tls.key", str(certs / "privkey.pem"))
-    text = text.replace('"/var/lib/postern"', json.dumps(str(tmp_path / "state")))
-    cfg = tmp_path / "postern.toml"
+    text = text.replace('"/var/lib/postern"', json.dumps(str(tmp / "state")))
+    if loopback:
+        text = re.sub(
+            r'"0\.0\.0\.0:(\d+)"', lambda m: f'"127.0.0.1:{free_port()}"', text
+        )
+    cfg = tmp / "postern.toml"
     cfg.write_text(text)
+    return cfg, tomllib.loads(text)
+
+
+def test_pod_config_passes_postern_check_config(tmp_path):
+    """The pod's postern.toml against the real config loader (needs a built postern)."""
+    binary = built_postern()
+    cfg, _ = local_pod_config(binary, tmp_path, loopback=False)
     res = run([str(binary), "check-config", "-c", str(cfg)])
     assert res.returncode == 0, f"postern check-config rc={res.returncode}\n{res.stdout}{res.stderr}"
+    # The summary names every listener (and proves this is not a stale binary).
+    for name, _, _ in MAIL_PORTS.values():
+        assert re.search(rf"^\s*{name}\s", res.stdout, re.M), f"{name} not in summary:\n{res.stdout}"
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def test_pod_config_serves_the_probe_endpoints(tmp_path, deployment, container):
+    """postern run with the pod's config (on loopback): the paths and port the
+    Deployment probes answer 200, and SIGTERM ends in exit 0 well within the grace."""
+    binary = built_postern()
+    cfg, conf = local_pod_config(binary, tmp_path, loopback=True)
+    admin = conf["admin"]["listen"]
+    log = (tmp_path / "postern.log").open("w")
+    proc = subprocess.Popen(
+        [str(binary), "run", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        paths = [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+        deadline = time.monotonic() + 20
+        while True:
+            codes = {p: http_status(f"http://{admin}{p}") for p in paths}
+            if all(c == 200 for c in codes.values()):
+                break
+            assert proc.poll() is None, f"postern exited {proc.returncode}: {(tmp_path / 'postern.log').read_text()}"
+            assert time.monotonic() < deadline, f"probe endpoints not 200 within 20s: {codes}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        grace = seconds(conf["server"]["shutdown_grace"])
+        assert proc.wait(timeout=grace) == 0, (tmp_path / "postern.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
 
 
 # --------------------------------------------------------------------------- docker
