@@ -169,8 +169,13 @@ where
     let mut reply = buf.split_off(len);
     let reply_len = loop {
         match parse_reply(hs.protocol, &reply) {
-            ForwardReply::Accepted { len } => break len,
-            ForwardReply::Refused { .. } | ForwardReply::Invalid => {
+            // Some Dovecot 2.3 releases answer an untrusted POP3 XCLIENT with
+            // "+OK You are not from trusted IP - ignoring": the address would silently be
+            // postern's, so it is treated like the -ERR other releases send.
+            ForwardReply::Accepted { len } if !untrusted(&reply[..len]) => break len,
+            ForwardReply::Accepted { .. }
+            | ForwardReply::Refused { .. }
+            | ForwardReply::Invalid => {
                 return Err(ServerError::ForwardRefused {
                     server: server.to_owned(),
                     line: quote(&reply),
@@ -213,6 +218,14 @@ where
         }),
     }
 }
+
+fn untrusted(reply: &[u8]) -> bool {
+    reply
+        .windows(UNTRUSTED.len())
+        .any(|w| w.eq_ignore_ascii_case(UNTRUSTED))
+}
+
+const UNTRUSTED: &[u8] = b"not from trusted";
 
 /// The PROXY header for this connection, if `forward` asks for one.
 fn proxy_header(
@@ -267,6 +280,12 @@ pub(crate) fn probe_goodbye(protocol: Protocol) -> &'static [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_acceptance_is_detected() {
+        assert!(untrusted(b"+OK You are not from trusted IP - ignoring\r\n"));
+        assert!(!untrusted(b"+OK Updated\r\n"));
+    }
 
     #[test]
     fn mixed_families_become_v6() {

@@ -18,7 +18,14 @@
 //!   stderr to the log, killed and reaped when the session ends, `max_children` cap.
 //! - Warm connections (`warm`): pre-connected, pre-greeted spares per server, only with
 //!   `forward_client = "none"` (a PROXY header or the ID/XCLIENT exchange needs the client
-//!   address, which is unknown before the session exists).
+//!   address, which is unknown before the session exists). Spares are refilled every
+//!   100 ms, used at most 30 s after their greeting, dropped when the server goes down, and
+//!   do not count toward `max_connections_per_server` (they do occupy backend login
+//!   processes). Measured time from `connect()` to greeting (debug build, loopback, 200
+//!   sessions): Dovecot 2.3 imap-login median 5.9 ms cold vs 0.055 ms warm; a minimal
+//!   tokio server 0.40-0.49 ms cold vs 0.056 ms warm (tests/warm.rs, tests/dovecot.rs).
+//! - Session failures count toward passive health only while [`Pool::spawn_background`]
+//!   runs, since only probes can bring a server back.
 //!
 //! Must not depend on: rustls, the session or listener crates. It never sees client
 //! bytes: what the client sends after [`Pool::connect`] returns is the session's business.

@@ -1,7 +1,7 @@
 //! [`Pool`]: one `[[backend]]`, its servers (or exec program), and the session connect.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct Pool {
     /// Spares per server; 0 unless `forward_client = "none"`.
     warm: usize,
     rotation: AtomicUsize,
+    /// Set by `spawn_background`: only then may session failures mark a server down, since
+    /// only probes can bring it back up.
+    checks_running: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,7 @@ impl Pool {
             max_per_server: config.max_connections_per_server,
             warm,
             rotation: AtomicUsize::new(0),
+            checks_running: AtomicBool::new(false),
         })
     }
 
@@ -135,11 +139,13 @@ impl Pool {
 
     /// Starts active health checks (and warm-connection refill, if configured) as tasks on the current
     /// tokio runtime until `shutdown` is cancelled or the pool is dropped. Exec backends have no
-    /// health checks (always up).
+    /// health checks (always up). Until this is called, session failures only fail over and
+    /// never mark a server down (nothing could bring it back).
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
         let Target::Servers(servers) = &self.target else {
             return;
         };
+        self.checks_running.store(true, Ordering::Release);
         for server in servers {
             tokio::spawn(health_loop(
                 Arc::downgrade(self),
@@ -236,7 +242,9 @@ impl Pool {
                         error = %Chain(&error),
                         "backend connect failed; trying the next server"
                     );
-                    server.record_failure(&self.name, &self.health, Source::Session, &error);
+                    if self.checks_running.load(Ordering::Acquire) {
+                        server.record_failure(&self.name, &self.health, Source::Session, &error);
+                    }
                     last_error = Some(error);
                 }
             }

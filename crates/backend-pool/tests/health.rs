@@ -94,10 +94,19 @@ async fn all_down_is_a_pool_error() {
     let (pool, _metrics) = pool(&cfg, Protocol::Imap);
     a.kill();
     b.kill();
-    let err = pool.connect(client("192.0.2.1:1")).await.unwrap_err();
+    for port in 1..=3 {
+        let err = pool
+            .connect(client(&format!("192.0.2.1:{port}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PoolError::NoServerAvailable { tried: 2, .. }),
+            "{err}"
+        );
+    }
     assert!(
-        matches!(err, PoolError::NoServerAvailable { tried: 2, .. }),
-        "{err}"
+        pool.any_up(),
+        "without health checks, session failures never mark a server down"
     );
     let shutdown = CancellationToken::new();
     pool.spawn_background(shutdown.clone());
@@ -130,6 +139,9 @@ async fn refusing_greeting_is_failed_over() {
         ),
         Protocol::Imap,
     );
+    // Session failures count toward health only while checks run (they bring servers back).
+    let shutdown = CancellationToken::new();
+    pool.spawn_background(shutdown.clone());
     for i in 0..4 {
         let conn = pool
             .connect(client(&format!("192.0.2.1:{}", 100 + i)))
@@ -141,6 +153,7 @@ async fn refusing_greeting_is_failed_over() {
     assert!(metrics.server("bye", &bye.label()).connect_failures.get() >= 1);
     // fall = 2 consecutive session failures: the refusing server is down, no more attempts.
     assert_eq!(metrics.server("bye", &bye.label()).up.get(), 0);
+    shutdown.cancel();
 }
 
 #[tokio::test]
