@@ -140,3 +140,56 @@ async fn per_server_limit_skips_full_servers() {
     drop(a);
     pool.connect(client("192.0.2.1:4")).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_least_connections_stays_balanced_and_counts_return_to_zero() {
+    let s = servers(2).await;
+    let (pool, metrics) = pool(
+        &backend(
+            "lcc",
+            s.iter().map(FakeServer::server_addr).collect(),
+            Balance::LeastConnections,
+        ),
+        Protocol::Imap,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60u16 {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            pool.connect(client(&format!("192.0.2.1:{}", 2000 + i)))
+                .await
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        held.push(r.unwrap().unwrap());
+    }
+    for server in &s {
+        let n = held.iter().filter(|c| c.server == server.label()).count();
+        assert!((20..=40).contains(&n), "{} got {n} of 60", server.label());
+        assert_eq!(
+            metrics.server("lcc", &server.label()).active.get(),
+            n as i64
+        );
+    }
+    drop(held);
+    for server in &s {
+        assert_eq!(metrics.server("lcc", &server.label()).active.get(), 0);
+    }
+}
+
+#[tokio::test]
+async fn host_names_are_resolved_at_connect_time() {
+    let s = servers(1).await;
+    let addr = postern_config::ServerAddr::Tcp {
+        host: "localhost".into(),
+        port: s[0].addr.port(),
+    };
+    let (pool, _m) = pool(
+        &backend("dns", vec![addr], Balance::RoundRobin),
+        Protocol::Imap,
+    );
+    let conn = pool.connect(client("192.0.2.1:1")).await.unwrap();
+    assert_eq!(conn.server, format!("localhost:{}", s[0].addr.port()));
+    assert_eq!(conn.greeting, b"* OK ready\r\n");
+}
