@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -656,6 +657,110 @@ def test_pod_config_serves_the_probe_endpoints(tmp_path, deployment, container):
         log.close()
 
 
+def blue_green_handover(binary: Path, tmp: Path) -> dict:
+    """Runs the single-host upgrade of deploy/README.md with the pod's config on
+    loopback: instance "blue" serves, "green" starts on the same mail ports, blue gets
+    SIGTERM while four clients connect in a loop and read the STARTTLS listener's
+    greeting. Returns the counts of served, refused and failed connections and the
+    instances' exit codes. Meant to run inside a private network namespace (see the
+    test) because it needs net.ipv4.tcp_migrate_req = 1."""
+    cfg, conf = local_pod_config(binary, tmp, loopback=True)
+    text = cfg.read_text()
+    green_admin = conf["admin"]["listen"]
+    blue_admin = f"127.0.0.1:{free_port()}"
+    (tmp / "blue.toml").write_text(text.replace(green_admin, blue_admin))
+    (tmp / "green.toml").write_text(text)
+    imap = next(l for l in conf["listener"] if l["name"] == "imap")
+    port = listen_port(imap["listen"][0])
+
+    procs: dict[str, subprocess.Popen] = {}
+    counts = {"served": 0, "refused": 0, "failed": 0}
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client_loop():
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.settimeout(5)
+                    line = s.makefile("rb").readline()
+                key = "served" if line.startswith(b"* ") else "failed"
+            except ConnectionRefusedError:
+                key = "refused"
+            except OSError as e:
+                key = "failed"
+                errors.append(repr(e))
+            counts[key] += 1
+
+    clients = [threading.Thread(target=client_loop) for _ in range(4)]
+    try:
+        for name, admin in (("blue", blue_admin), ("green", green_admin)):
+            procs[name] = subprocess.Popen(
+                [str(binary), "run", "-c", str(tmp / f"{name}.toml")],
+                stdout=(tmp / f"{name}.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+            deadline = time.monotonic() + 20
+            while http_status(f"http://{admin}/readyz") != 200:
+                if procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{name} not ready: {(tmp / f'{name}.log').read_text()}")
+                time.sleep(0.05)
+            if name == "blue":
+                for c in clients:
+                    c.start()
+        time.sleep(0.5)
+        procs["blue"].send_signal(signal.SIGTERM)
+        blue_rc = procs["blue"].wait(timeout=seconds(conf["server"]["shutdown_grace"]))
+        served_at_blue_exit = counts["served"]
+        # Green alone must go on serving.
+        deadline = time.monotonic() + 10
+        while counts["served"] < served_at_blue_exit + 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for c in clients:
+            c.join(timeout=10)
+        procs["green"].send_signal(signal.SIGTERM)
+        green_rc = procs["green"].wait(timeout=seconds(conf["server"]["shutdown_grace"]))
+    finally:
+        stop.set()
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    return {
+        **counts,
+        "served_after_blue_exit": counts["served"] - served_at_blue_exit,
+        "blue_rc": blue_rc,
+        "green_rc": green_rc,
+        "errors": errors[:5],
+    }
+
+
+def test_blue_green_handover_refuses_no_connection(tmp_path):
+    """deploy/README.md's single-host upgrade: two instances share the mail ports
+    (SO_REUSEPORT), the old one drains, and no client connection is refused or reset.
+    Runs in a private network namespace (root, `unshare -n`, `ip`), where it can set
+    net.ipv4.tcp_migrate_req = 1 as the README says, without touching the host's."""
+    binary = built_postern()
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private network namespace (unshare -n)")
+    unshare = need_tool("unshare", "Debian package util-linux")
+    ip = need_tool("ip", "Debian package iproute2")
+    out = tmp_path / "result.json"
+    script = (
+        f"{ip} link set lo up && "
+        "echo 1 > /proc/sys/net/ipv4/tcp_migrate_req && "
+        f'exec "{sys.executable}" "{Path(__file__).resolve()}" blue-green '
+        f'"{binary}" "{tmp_path}" "{out}"'
+    )
+    res = run([unshare, "-n", "sh", "-c", script])
+    assert res.returncode == 0 and out.exists(), res.stdout + res.stderr
+    r = json.loads(out.read_text())
+    assert r["blue_rc"] == 0 and r["green_rc"] == 0, r
+    assert r["refused"] == 0 and r["failed"] == 0, r
+    assert r["served_after_blue_exit"] >= 200, r
+
+
 # --------------------------------------------------------------------------- docker
 
 
@@ -742,3 +847,10 @@ def test_readme_sections_and_paths():
     # Every repository path the README names exists.
     for rel in set(re.findall(r"(?<![\w/.-])deploy/[\w./@-]+[\w@-]", text)):
         assert (REPO / rel).exists(), f"deploy/README.md names {rel}, which does not exist"
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "blue-green":
+    # Entry point for test_blue_green_handover_refuses_no_connection inside its network
+    # namespace: blue-green BINARY TMPDIR RESULT_JSON.
+    result = blue_green_handover(Path(sys.argv[2]), Path(sys.argv[3]))
+    Path(sys.argv[4]).write_text(json.dumps(result))
