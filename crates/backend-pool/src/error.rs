@@ -59,7 +59,7 @@ pub enum PoolError {
     Spawn {
         /// The `[[backend]]` name.
         backend: String,
-        /// argv[0].
+        /// The program (`argv[0]`).
         program: String,
         /// The OS error.
         #[source]

@@ -240,7 +240,7 @@ impl Pool {
                         backend = %self.name,
                         server = %server.label,
                         error = %Chain(&error),
-                        "backend connect failed; trying the next server"
+                        "backend connect failed"
                     );
                     if self.checks_running.load(Ordering::Acquire) {
                         server.record_failure(&self.name, &self.health, Source::Session, &error);
