@@ -209,7 +209,14 @@ fn run_worker(
         tokio::task::spawn_local(drain_schedule(ctx.drain, Rc::clone(&registry)));
         hard_stop.cancelled().await;
     });
-    // Dropping the LocalSet and the runtime drops every remaining session (sockets close).
+    // Dropping the LocalSet drops every remaining session (sockets close); inside the
+    // runtime's context so that their I/O deregisters cleanly. A blocking task still in
+    // flight (a DNS lookup) must not hold the process: give it a second at most.
+    {
+        let _guard = runtime.enter();
+        drop(local);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
 }
 
 async fn accept_loop(
