@@ -312,6 +312,106 @@ def test_no_backend_goodbye(postern_factory, client_ctx, protocol, listener, goo
     assert gw.alive()
 
 
+def test_idle_timeout_closes_quiet_session(postern_factory, dovecot, mailbox, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.get_listener("imaps")["idle_timeout"] = "1s"
+    gw = postern_factory.start(cfg)
+    mark = gw.log_mark()
+    m = _imap_select(gw.addr("imaps"), client_ctx, mailbox.user, mailbox.password)
+    started = time.monotonic()
+    read_until_eof(m.sock, timeout=15)
+    elapsed = time.monotonic() - started
+    m.shutdown()
+    assert 0.5 <= elapsed < 10, elapsed
+    rec = gw.wait_session_end(after=mark, listener="imaps")[0]
+    assert rec["outcome"] == "idle_timeout", rec
+
+
+def test_max_connections_refuses_and_counts(postern_factory, dovecot, mailbox, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("server")["max_connections"] = 2
+    gw = postern_factory.start(cfg)
+    addr = gw.addr("imaps")
+    held = [_imap_select(addr, client_ctx, mailbox.user, mailbox.password) for _ in range(2)]
+    gw.wait_metric("postern_connections_active", lambda v: v == 2, listener="imaps")
+
+    started = time.monotonic()
+    with pytest.raises((ssl.SSLError, OSError, EOFError)):
+        s = tls_connect(addr, client_ctx, timeout=10)
+        # a TLS 1.3 client may finish its side before it sees the close: the read shows it
+        read_line(s, timeout=10)
+    assert time.monotonic() - started < 5, "over the limit must be closed at once"
+    gw.wait_metric("postern_connections_rejected_total", lambda v: v == 1, listener="imaps", reason="limit")
+
+    held.pop().logout()
+    gw.wait_metric("postern_connections_active", lambda v: v == 1, listener="imaps")
+    m = _imap_select(addr, client_ctx, mailbox.user, mailbox.password)
+    m.logout()
+    for h in held:
+        h.logout()
+
+
+def test_tls_versions(postern_factory, dovecot, certs):
+    gw = postern_factory.start(postern_factory.config(dovecot, protocols=("imap",)))
+    only12 = certs.client_context()
+    only12.maximum_version = ssl.TLSVersion.TLSv1_2
+    s = tls_connect(gw.addr("imaps"), only12)
+    assert s.version() == "TLSv1.2"
+    assert read_line(s).startswith(b"* OK")
+    s.close()
+    s = tls_connect(gw.addr("imaps"), certs.client_context())
+    assert s.version() == "TLSv1.3"
+    s.close()
+
+    cfg13 = postern_factory.config(dovecot, protocols=("imap",))
+    cfg13.section("tls")["min_version"] = "1.3"
+    gw13 = postern_factory.start(cfg13)
+    with pytest.raises((ssl.SSLError, OSError)):
+        tls_connect(gw13.addr("imaps"), only12).close()
+    s = tls_connect(gw13.addr("imaps"), certs.client_context())
+    assert s.version() == "TLSv1.3"
+    s.close()
+
+
+@pytest.mark.parametrize("listener,alpn", [("imaps", "imap"), ("pop3s", "pop3"), ("submissions", "smtp")])
+def test_alpn(gateway: Postern, certs, listener, alpn):
+    """SPEC §3: a client offering ALPN gets the listener's protocol, or a fatal alert."""
+    ctx = certs.client_context()
+    ctx.set_alpn_protocols([alpn])
+    s = tls_connect(gateway.addr(listener), ctx)
+    assert s.selected_alpn_protocol() == alpn
+    s.close()
+    wrong = certs.client_context()
+    wrong.set_alpn_protocols(["h2", "http/1.1"])
+    with pytest.raises(ssl.SSLError, match="(?i)no.application.protocol"):
+        tls_connect(gateway.addr(listener), wrong).close()
+    # and no ALPN at all is served (most mail clients send none)
+    s = tls_connect(gateway.addr(listener), certs.client_context())
+    assert s.selected_alpn_protocol() is None
+    s.close()
+
+
+def test_combined_pem_certificate(postern_factory, dovecot, certs, mailbox, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    combined = certs.combined_pem(cfg.workdir / "combined.pem")
+    cfg.section("tls")["certificate"] = [{"cert": str(combined)}]
+    gw = postern_factory.start(cfg)
+    m = _imap_select(gw.addr("imaps"), client_ctx, mailbox.user, mailbox.password)
+    assert m.logout()[0] == "BYE"
+
+
+def test_ipv6_and_ipv4_listen_addresses(postern_factory, dovecot, mailbox, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.get_listener("imaps")["listen"] = ["127.0.0.1:0", "[::1]:0"]
+    gw = postern_factory.start(cfg)
+    addrs = gw.listeners["imaps"]
+    assert sorted(a[0] for a in addrs) == ["127.0.0.1", "::1"], addrs
+    for host, port in addrs:
+        s = tls_connect((host, port), client_ctx, server_hostname="mail.test")
+        assert read_line(s).startswith(b"* OK")
+        s.close()
+
+
 # ---- process and CLI ------------------------------------------------------------------------------
 
 
@@ -320,6 +420,13 @@ def test_sigterm_exits_zero(postern_factory, dovecot):
     started = time.monotonic()
     assert gw.stop(timeout=30) == 0
     assert time.monotonic() - started < 30
+
+
+def test_sigint_exits_zero(postern_factory, dovecot):
+    gw = postern_factory.start(postern_factory.config(dovecot, protocols=("imap",)))
+    gw.signal(signal.SIGINT)
+    gw.proc.wait(timeout=30)
+    assert gw.proc.returncode == 0, gw.log_text()[-2000:]
 
 
 def test_check_config_good_file(postern_factory, dovecot, postern_bin):

@@ -118,7 +118,7 @@ def test_json_session_log_line(fresh_gateway: Postern, mailbox, client_ctx, dove
 
     assert raw["listener"] == "imaps"
     assert raw["peer"] == local
-    assert raw["user"] in ("", mailbox.user), raw  # "" until user capture lands
+    assert raw["user"] == mailbox.user, raw
     assert raw["backend"] == dovecot.server("imap")
     assert isinstance(raw["duration"], (int, float)) and 0 <= raw["duration"] < 60
     assert round(raw["duration"], 3) == pytest.approx(raw["duration"], abs=1e-9), "millisecond precision"
@@ -218,3 +218,52 @@ def test_readyz_503_when_backend_never_up(postern_factory, dovecot):
     wait_for(probed, 10, "health probes: pop3 up, imap down")
     assert gw.get("/readyz").status == 503
     assert gw.get("/healthz").status == 200
+
+
+def test_session_user_captured_per_protocol(gateway: Postern, dovecot, client_ctx):
+    """`user` in the session line is the login name for IMAP LOGIN, POP3 USER and SMTP AUTH PLAIN."""
+    from harness import pop3s, smtps
+
+    user, password = dovecot.new_user()
+    mark = gateway.log_mark()
+    m = imaps(gateway.addr("imaps"), client_ctx)
+    m.login(user, password)
+    m.logout()
+    p = pop3s(gateway.addr("pop3s"), client_ctx)
+    p.user(user)
+    p.pass_(password)
+    p.quit()
+    s = smtps(gateway.addr("submissions"), client_ctx)
+    s.login(user, password)
+    s.quit()
+    for listener in ("imaps", "pop3s", "submissions"):
+        rec = gateway.wait_session_end(after=mark, listener=listener)[0]
+        assert rec["user"] == user, rec
+        assert rec["outcome"] == "closed", rec
+
+
+def test_no_password_in_any_log_line(gateway: Postern, dovecot, client_ctx, certs):
+    """Passwords (plain, or inside a base64 SASL PLAIN blob) never reach postern's log."""
+    import base64
+
+    from harness import curl, pop3s, smtps
+
+    user, password = dovecot.new_user()
+    mark = gateway.log_mark()
+    m = imaps(gateway.addr("imaps"), client_ctx)
+    m.login(user, password)
+    m.logout()
+    host, port = gateway.addr("imaps")
+    assert curl("--cacert", str(certs.cert), "-u", f"{user}:{password}", f"imaps://{host}:{port}/").returncode == 0
+    p = pop3s(gateway.addr("pop3s"), client_ctx)
+    p.user(user)
+    p.pass_(password)
+    p.quit()
+    s = smtps(gateway.addr("submissions"), client_ctx)
+    s.login(user, password)
+    s.quit()
+    gateway.wait_session_end(after=mark, count=4)
+    secrets = [password, base64.b64encode(f"\0{user}\0{password}".encode()).decode(), base64.b64encode(password.encode()).decode()]
+    for line in gateway.lines:
+        for secret in secrets:
+            assert secret not in line, line

@@ -14,17 +14,43 @@ from typing import Optional
 DEFAULT_TIMEOUT = 15.0
 
 
-def imaps(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT) -> imaplib.IMAP4_SSL:
-    """An IMAP4_SSL client connected to addr (the certificate is checked against addr's host)."""
-    return imaplib.IMAP4_SSL(addr[0], addr[1], ssl_context=ctx, timeout=timeout)
+Source = Optional[tuple[str, int]]
 
 
-def pop3s(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT) -> poplib.POP3_SSL:
-    return poplib.POP3_SSL(addr[0], addr[1], context=ctx, timeout=timeout)
+class _IMAP4_SSL(imaplib.IMAP4_SSL):
+    """IMAP4_SSL that can connect from a chosen local address (e.g. 127.0.0.2)."""
+
+    def __init__(self, host: str, port: int, source: Source = None, **kw) -> None:
+        self._source = source
+        super().__init__(host, port, **kw)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=self._source)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
-def smtps(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT) -> smtplib.SMTP_SSL:
-    return smtplib.SMTP_SSL(addr[0], addr[1], context=ctx, timeout=timeout)
+class _POP3_SSL(poplib.POP3_SSL):
+    def __init__(self, host: str, port: int, source: Source = None, **kw) -> None:
+        self._source = source
+        super().__init__(host, port, **kw)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=self._source)
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+
+def imaps(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT, source: Source = None) -> imaplib.IMAP4_SSL:
+    """An IMAP4_SSL client connected to addr (the certificate is checked against addr's host).
+    `source=("127.0.0.2", 0)` picks the client's local address."""
+    return _IMAP4_SSL(addr[0], addr[1], source=source, ssl_context=ctx, timeout=timeout)
+
+
+def pop3s(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT, source: Source = None) -> poplib.POP3_SSL:
+    return _POP3_SSL(addr[0], addr[1], source=source, context=ctx, timeout=timeout)
+
+
+def smtps(addr: tuple[str, int], ctx: ssl.SSLContext, timeout: float = DEFAULT_TIMEOUT, source: Source = None) -> smtplib.SMTP_SSL:
+    return smtplib.SMTP_SSL(addr[0], addr[1], context=ctx, timeout=timeout, source_address=source)
 
 
 def tls_connect(
@@ -32,10 +58,11 @@ def tls_connect(
     ctx: ssl.SSLContext,
     server_hostname: Optional[str] = None,
     timeout: float = DEFAULT_TIMEOUT,
+    source: Source = None,
 ) -> ssl.SSLSocket:
     """A TLS socket to addr, handshake done. server_hostname defaults to addr's host (sent as
     SNI when it is a name, not an IP)."""
-    raw = socket.create_connection(addr, timeout=timeout)
+    raw = socket.create_connection(addr, timeout=timeout, source_address=source)
     try:
         return ctx.wrap_socket(raw, server_hostname=server_hostname or addr[0])
     except BaseException:

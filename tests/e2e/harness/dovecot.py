@@ -19,6 +19,7 @@ Dovecot must run as root here (mail uid `nobody`); the suite runs as root in CI.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -257,6 +258,28 @@ service submission-login {{
         tmp.rename(final)
         return final
 
+    def logins(self, user: Optional[str] = None) -> list[dict[str, str]]:
+        """Successful logins Dovecot logged, oldest first, as dicts with `service` (imap-login,
+        pop3-login, submission-login), `user`, `method`, `rip`, `lip` (and any other k=v
+        fields). E.g. check that a forwarded client address arrived: logins("alice")[-1]["rip"]."""
+        found = []
+        for line in self.log_text().splitlines():
+            m = _LOGIN_LINE.search(line)
+            if not m:
+                continue
+            rec = {"service": m.group(1)}
+            for k, v in _LOGIN_FIELD.findall(m.group(2)):
+                rec[k] = v[1:-1] if v.startswith("<") else v
+            if user is None or rec.get("user") == user:
+                found.append(rec)
+        return found
+
+    def wait_login(self, user: str, timeout: float = 10.0, count: int = 1) -> dict[str, str]:
+        """The `count`-th logged login of `user` (polled; Dovecot's log writer is asynchronous)."""
+        got = wait_for(lambda: (lambda l: l if len(l) >= count else None)(self.logins(user)), timeout,
+                       f"dovecot to log login #{count} of {user}", on_timeout=lambda: tail(self.log_text(), 20))
+        return got[count - 1]
+
     def log_text(self) -> str:
         """Everything Dovecot logged so far."""
         try:
@@ -312,9 +335,23 @@ service submission-login {{
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
-        # the master is gone; make sure no child still holds a listening socket or a session
-        wait_for(lambda: not self._children(), 5, "dovecot child processes to exit", interval=0.05)
+        # Dovecot 2.3's master leaves running mail sessions (and log/stats) behind when it
+        # exits; a stopped backend must take its sessions down, so end the rest of the group
+        # (SIGTERM: imap says "* BYE Server shutting down." and exits; SIGKILL after 3 s)
+        self._signal_children(signal.SIGTERM)
+        try:
+            wait_for(lambda: not self._children(), 3, "dovecot child processes to exit", interval=0.02)
+        except AssertionError:
+            self._signal_children(signal.SIGKILL)
+            wait_for(lambda: not self._children(), 5, "dovecot child processes to die", interval=0.02)
         self.proc = None
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in self._children():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def restart(self) -> None:
         self.stop()
@@ -361,6 +398,10 @@ service submission-login {{
             except ProcessLookupError:
                 pass
         return n
+
+
+_LOGIN_LINE = re.compile(r"(\w+-login): Info: Login: (.*)$")
+_LOGIN_FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,\s]+)")
 
 
 def _greets(addr: tuple[str, int], prefix: bytes, timeout: float = 1.0) -> bool:

@@ -24,15 +24,23 @@ class WaitTimeout(AssertionError):
     """A polled condition did not become true before its deadline."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port on `host` that was free a moment ago (bind to :0, read it, close).
 
-    Nothing keeps it reserved, so use it right away; the kernel hands out ephemeral ports
-    in rotation, which makes an immediate collision unlikely.
+    Nothing keeps it reserved, so use it right away. The kernel may hand the same port out
+    twice in a row, so a port is never returned twice within one test run.
     """
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no unused free port found in 1000 tries")
 
 
 def closed_port(host: str = LOOPBACK) -> int:
