@@ -66,11 +66,11 @@ pub enum TlsError {
     },
 
     /// The key is protected by a passphrase.
-    #[error("private key {path} is encrypted (passphrase-protected); postern needs it unencrypted because it reloads certificates without anyone at a prompt. Decrypt it with `{command}`, point `key` at the new file and protect it with `chmod 600`")]
+    #[error("private key {path} is encrypted (passphrase-protected); postern needs it unencrypted because it reloads certificates without anyone at a prompt. Decrypt it with {command}, point `key` at the new file and protect it with `chmod 600`")]
     EncryptedKey {
         /// The key file.
         path: PathBuf,
-        /// The openssl command that writes an unencrypted copy.
+        /// The openssl command (in backticks) that writes an unencrypted copy.
         command: String,
     },
 

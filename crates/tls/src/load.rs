@@ -257,14 +257,16 @@ pub(crate) fn parse_key(
         let p = path.display();
         return Err(TlsError::EncryptedKey {
             path: path.to_path_buf(),
-            command: format!("openssl pkey -in {p} -out {p}.unencrypted"),
+            command: format!("`openssl pkey -in {p} -out {p}.unencrypted`"),
         });
     }
     if contains(bytes, b"Proc-Type: 4,ENCRYPTED") {
         let p = path.display();
         return Err(TlsError::EncryptedKey {
             path: path.to_path_buf(),
-            command: format!("openssl rsa -in {p} -out {p}.unencrypted` (or `openssl pkey -in {p} -out {p}.unencrypted"),
+            command: format!(
+                "`openssl rsa -in {p} -out {p}.unencrypted` (an old-style PKCS#1 key; `openssl pkey -in {p} -out {p}.unencrypted` works too)"
+            ),
         });
     }
     for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(bytes) {

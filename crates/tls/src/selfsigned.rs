@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::info;
+use postern_config::KeyPermissions;
+use rustls::crypto::CryptoProvider;
+use tracing::{info, warn};
 
 use crate::generate::{self, KeyType};
 use crate::load::{self, Source};
@@ -33,15 +35,17 @@ pub(crate) fn existing(state_dir: &Path) -> Result<Option<Source>, TlsError> {
     }
 }
 
-/// The pair to serve, generating it when missing or when it expires within 30 days (postern
-/// owns these files, so renewing them is safe).
-pub(crate) fn ensure(state_dir: &Path) -> Result<Source, TlsError> {
+/// The pair to serve, generating it when missing, unusable (damaged files) or when it expires
+/// within 30 days: postern owns these files, so replacing them is safe.
+pub(crate) fn ensure(state_dir: &Path, provider: &CryptoProvider) -> Result<Source, TlsError> {
     let dir = dir(state_dir);
     if let Some(source) = existing(state_dir)? {
-        if !expiring(&source) {
-            return Ok(source);
+        match still_good(&source, provider) {
+            Ok(()) => return Ok(source),
+            Err(reason) => {
+                warn!(dir = %dir.display(), %reason, "replacing the self-signed certificate")
+            }
         }
-        info!(dir = %dir.display(), "self-signed certificate expires within 30 days; generating a new one");
     }
     let names = host_names();
     create_private_dir(&dir)?;
@@ -76,17 +80,17 @@ pub(crate) fn host_names() -> Vec<String> {
     names
 }
 
-fn expiring(source: &Source) -> bool {
-    let Ok(bytes) = std::fs::read(&source.cert) else {
-        return false;
-    };
-    let Ok(chain) = load::parse_chain(&source.cert, &bytes) else {
-        return false;
-    };
-    let Ok(info) = load::cert_info(&source.cert, &chain) else {
-        return false;
-    };
-    info.not_after - load::unix_now() < RENEW_BEFORE_SECS
+fn still_good(source: &Source, provider: &CryptoProvider) -> Result<(), String> {
+    let files = load::read_files(source).map_err(|e| e.to_string())?;
+    let (loaded, _) =
+        load::load(source, &files, KeyPermissions::Warn, provider).map_err(|e| e.to_string())?;
+    if loaded.info.not_after - load::unix_now() < RENEW_BEFORE_SECS {
+        return Err(format!(
+            "it expires on {}",
+            load::format_time(loaded.info.not_after)
+        ));
+    }
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), TlsError> {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use postern_config::{KeyPermissions, TlsConfig, TlsVersion};
@@ -85,7 +86,7 @@ impl Shared {
     ) -> Result<Shared, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let sources = if config.certificates.is_empty() {
-            vec![selfsigned::ensure(state_dir)?]
+            vec![selfsigned::ensure(state_dir, &provider)?]
         } else {
             configured_sources(config)
         };
@@ -135,57 +136,81 @@ impl Shared {
 
     /// Reloads every source; `Ok(false)` when the bytes on disk are what is already served.
     pub(crate) fn reload(&self) -> Result<bool, TlsError> {
-        self.reload_logged().map_err(|(error, _)| error)
+        self.reload_logged(None).map_err(|(error, _)| error)
     }
 
     /// Like `reload`, and also tells whether a failure repeats the previous one (same bytes),
-    /// in which case it was neither logged nor counted again.
-    pub(crate) fn reload_logged(&self) -> Result<bool, (TlsError, bool)> {
+    /// in which case it was neither logged nor counted again. With `settle`, a failure is
+    /// first re-checked after that long (blocking): if the files changed meanwhile, the read
+    /// caught a replacement half-way (new key, old certificate) and is retried, unreported.
+    pub(crate) fn reload_logged(&self, settle: Option<Duration>) -> Result<bool, (TlsError, bool)> {
         let mut last_failed = match self.reload.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let files = match read_all(&self.sources) {
-            Ok(files) => files,
-            Err(error) => {
-                // Unreadable files have no bytes to remember: every attempt counts.
-                self.reject(&error);
-                return Err((error, false));
-            }
+        let mut retries = if settle.is_some() {
+            TORN_READ_RETRIES
+        } else {
+            0
         };
-        if self.current.load().files == files {
-            *last_failed = None;
-            return Ok(false);
-        }
-        match build(&self.sources, &files, self.policy, &self.provider) {
-            Ok((set, warnings)) => {
-                *last_failed = None;
-                log_set(&set, &warnings, "certificate reloaded");
-                let old = self.current.load();
-                let new_names: HashSet<String> =
-                    set.entries.iter().map(|e| e.info.name()).collect();
-                for entry in &old.entries {
-                    if !new_names.contains(&entry.info.name()) {
-                        self.metrics.remove_expiry(&entry.info.name());
+        loop {
+            let (files, result) = match read_all(&self.sources) {
+                Ok(files) => {
+                    if self.current.load().files == files {
+                        *last_failed = None;
+                        return Ok(false);
                     }
+                    let built = build(&self.sources, &files, self.policy, &self.provider);
+                    (Some(files), built)
                 }
-                for entry in &set.entries {
-                    self.metrics
-                        .set_expiry(&entry.info.name(), entry.info.not_after);
+                Err(error) => (None, Err(error)),
+            };
+            let error = match result {
+                Ok((set, warnings)) => {
+                    *last_failed = None;
+                    self.publish(set, &warnings);
+                    return Ok(true);
                 }
-                self.current.store(Arc::new(set));
-                self.metrics.reload_ok();
-                Ok(true)
+                Err(error) => error,
+            };
+            if let Some(wait) = settle {
+                // Wait for the writer to finish: poll for changed bytes a few times.
+                let wait = wait.max(TORN_READ_MIN_WAIT);
+                let mut changed = false;
+                while retries > 0 && !changed {
+                    retries -= 1;
+                    std::thread::sleep(wait);
+                    changed = read_all(&self.sources).ok() != files;
+                }
+                if changed {
+                    continue;
+                }
             }
-            Err(error) => {
-                let repeated = last_failed.as_ref() == Some(&files);
-                if !repeated {
-                    self.reject(&error);
-                    *last_failed = Some(files);
-                }
-                Err((error, repeated))
+            // Unreadable files have no bytes to remember: every such attempt counts.
+            let repeated = files.is_some() && *last_failed == files;
+            if !repeated {
+                self.reject(&error);
+                *last_failed = files;
+            }
+            return Err((error, repeated));
+        }
+    }
+
+    fn publish(&self, set: CertSet, warnings: &[String]) {
+        log_set(&set, warnings, "certificate reloaded");
+        let old = self.current.load();
+        let new_names: HashSet<String> = set.entries.iter().map(|e| e.info.name()).collect();
+        for entry in &old.entries {
+            if !new_names.contains(&entry.info.name()) {
+                self.metrics.remove_expiry(&entry.info.name());
             }
         }
+        for entry in &set.entries {
+            self.metrics
+                .set_expiry(&entry.info.name(), entry.info.not_after);
+        }
+        self.current.store(Arc::new(set));
+        self.metrics.reload_ok();
     }
 
     fn reject(&self, error: &TlsError) {
@@ -319,5 +344,9 @@ fn describe(entry: &Loaded) -> String {
     )
 }
 
+/// How often, and how far apart at least, a failed reload under the watcher is re-checked for
+/// a replacement still being written (a failure is reported after ~0.3 s of unchanged files).
+const TORN_READ_RETRIES: u32 = 3;
+const TORN_READ_MIN_WAIT: Duration = Duration::from_millis(100);
 /// Resumption cache size per listener.
 const SESSION_CACHE_ENTRIES: usize = 1024;

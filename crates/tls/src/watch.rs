@@ -91,7 +91,9 @@ async fn run(
         }
         let reloading = Arc::clone(&shared);
         // File reads and key parsing block; keep them off the runtime's worker threads.
-        match tokio::task::spawn_blocking(move || reloading.reload_logged()).await {
+        match tokio::task::spawn_blocking(move || reloading.reload_logged(Some(options.debounce)))
+            .await
+        {
             Ok(Ok(true)) => poll.reset(),
             Ok(Ok(false)) => debug!("certificate files unchanged"),
             Ok(Err(_)) => {} // logged and counted by the store

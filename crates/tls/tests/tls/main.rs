@@ -9,6 +9,7 @@ mod formats;
 mod generate;
 mod load_errors;
 mod permissions;
+mod reload;
 mod rotation;
 mod sni;
 mod support;

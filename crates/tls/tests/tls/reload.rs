@@ -1,0 +1,152 @@
+//! reload_now semantics, expiry metrics, the watch switch, and the self-signed pair's upkeep.
+
+use std::time::Duration;
+
+use postern_tls::Tls;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, handshake, pair, write, write_pair};
+
+fn expiry_line(metrics: &postern_metrics::Metrics, name: &str) -> Option<String> {
+    let needle = format!("postern_certificate_expiry_timestamp_seconds{{name=\"{name}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).map(str::to_owned))
+}
+
+#[tokio::test]
+async fn reload_now_publishes_changes_only_and_counts_each_broken_content_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = support::metrics();
+    let (cert, key) = write_pair(dir.path(), &pair(&["Old.test"]));
+    let tls = Tls::load(
+        &support::config(&[(cert, Some(key))]),
+        dir.path(),
+        metrics.tls(),
+    )
+    .unwrap();
+    let old_expiry =
+        expiry_line(&metrics, "old.test").expect("expiry exported under the first SAN, lower-case");
+    assert!(
+        old_expiry.parse::<i64>().unwrap() > 4_000_000_000,
+        "rcgen's default notAfter is in 4096: {old_expiry}"
+    );
+
+    assert!(
+        !tls.reload_now().unwrap(),
+        "unchanged files publish nothing"
+    );
+    assert_eq!(support::reloads(&metrics, "ok"), 0);
+
+    let new = pair(&["new.test"]);
+    write_pair(dir.path(), &new);
+    assert!(tls.reload_now().unwrap());
+    assert_eq!(support::reloads(&metrics, "ok"), 1);
+    assert!(
+        expiry_line(&metrics, "old.test").is_none(),
+        "a certificate no longer loaded drops its series"
+    );
+    assert!(expiry_line(&metrics, "new.test").is_some());
+    assert_eq!(
+        handshake(tls.server_config(b"imap"), None, &[])
+            .await
+            .unwrap()
+            .leaf,
+        new.leaf
+    );
+
+    write(dir.path(), "cert.pem", "garbage\n", 0o644);
+    for _ in 0..3 {
+        assert!(tls.reload_now().is_err());
+    }
+    assert_eq!(
+        support::reloads(&metrics, "error"),
+        1,
+        "the same broken bytes count once"
+    );
+    assert_eq!(
+        handshake(tls.server_config(b"imap"), None, &[])
+            .await
+            .unwrap()
+            .leaf,
+        new.leaf,
+        "old kept"
+    );
+    write(dir.path(), "cert.pem", "other garbage\n", 0o644);
+    assert!(tls.reload_now().is_err());
+    assert_eq!(
+        support::reloads(&metrics, "error"),
+        2,
+        "new broken bytes count again"
+    );
+}
+
+#[tokio::test]
+async fn watch_off_spawns_a_finished_task_and_manual_reload_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &pair(&["w.test"]));
+    let mut config = support::config(&[(cert, Some(key))]);
+    config.watch = false;
+    let tls = Tls::load(&config, dir.path(), support::metrics().tls()).unwrap();
+    let task = tls.spawn_watcher(CancellationToken::new()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let new = pair(&["w.test"]);
+    write_pair(dir.path(), &new);
+    assert!(tls.reload_now().unwrap());
+    assert_eq!(
+        handshake(tls.server_config(b"imap"), None, &[])
+            .await
+            .unwrap()
+            .leaf,
+        new.leaf
+    );
+}
+
+#[test]
+fn spawn_watcher_outside_a_runtime_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &pair(&["w.test"]));
+    let tls = Tls::load(
+        &support::config(&[(cert, Some(key))]),
+        dir.path(),
+        support::metrics().tls(),
+    )
+    .unwrap();
+    let err = tls.spawn_watcher(CancellationToken::new()).unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+}
+
+#[tokio::test]
+async fn watcher_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &pair(&["w.test"]));
+    let tls = Tls::load(
+        &support::config(&[(cert, Some(key))]),
+        dir.path(),
+        support::metrics().tls(),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tls.spawn_watcher(shutdown.clone()).unwrap();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn damaged_self_signed_pair_is_regenerated() {
+    let dir = tempfile::tempdir().unwrap();
+    Tls::load(&support::config(&[]), dir.path(), support::metrics().tls()).unwrap();
+    let cert = dir.path().join("selfsigned/fullchain.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+    Tls::load(&support::config(&[]), dir.path(), support::metrics().tls()).unwrap();
+    let report =
+        postern_tls::inspect::inspect(&cert, Some(&dir.path().join("selfsigned/privkey.pem")));
+    assert!(report.usable, "{report}");
+}
