@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -742,23 +743,144 @@ def test_blue_green_handover_refuses_no_connection(tmp_path):
     Runs in a private network namespace (root, `unshare -n`, `ip`), where it can set
     net.ipv4.tcp_migrate_req = 1 as the README says, without touching the host's."""
     binary = built_postern()
+    work = tmp_path / "run"
+    work.mkdir()
+    r = in_private_netns("blue-green", str(binary), str(work), str(tmp_path / "result.json"))
+    assert r["blue_rc"] == 0 and r["green_rc"] == 0, r
+    assert r["refused"] == 0 and r["failed"] == 0, r
+    assert r["served_after_blue_exit"] >= 200, r
+
+
+UNIT_UID = 65532  # any non-root uid; the unit's `postern` user is created by sysusers
+SYSTEM_PORTS = {"10993": "993", "10995": "995", "10465": "465", "10143": "143", "10110": "110", "10587": "587"}
+
+
+def unit_identity_run(binary: Path, tmp: Path, setpriv: str) -> dict:
+    """Runs postern the way postern.service does (a non-root uid whose only capability
+    is an ambient CAP_NET_BIND_SERVICE, no new privileges, $STATE_DIRECTORY, a
+    NOTIFY_SOCKET and WATCHDOG_USEC) on the six system mail ports of 127.0.0.1.
+    Returns what the notify socket received, the process's ids and capabilities once
+    ready, and its exit code after SIGTERM. Runs inside a private network namespace
+    (see the test), so that the system ports are free."""
+    cfg, conf = local_pod_config(binary, tmp, loopback=False)
+    text = cfg.read_text().replace('"0.0.0.0:9190"', f'"127.0.0.1:{free_port()}"')
+    for pod_port, port in SYSTEM_PORTS.items():
+        text = text.replace(f'"0.0.0.0:{pod_port}"', f'"127.0.0.1:{port}"')
+    cfg.write_text(text)
+    conf = tomllib.loads(text)
+    state = tmp / "state"
+    state.mkdir(mode=0o700)
+    for path in [state, *(tmp / "tls").iterdir(), tmp / "tls"]:
+        os.chown(path, UNIT_UID, UNIT_UID)
+
+    notify_path = tmp / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    os.chown(notify_path, UNIT_UID, UNIT_UID)
+    notify.settimeout(0.2)
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "1000000",
+        "STATE_DIRECTORY": str(state),
+    }
+    cmd = [
+        setpriv, f"--reuid={UNIT_UID}", f"--regid={UNIT_UID}", "--clear-groups", "--nnp",
+        "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
+        "--bounding-set=-all,+net_bind_service", str(binary), "run", "-c", str(cfg),
+    ]
+    log = tmp / "postern.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    messages: list[str] = []
+
+    def receive_until(pred, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            try:
+                messages.extend(notify.recv(4096).decode().splitlines())
+            except TimeoutError:
+                if proc.poll() is not None:
+                    return pred()
+        return pred()
+
+    try:
+        ready = receive_until(lambda: "READY=1" in messages, 20)
+        status = {}
+        if ready:
+            status = dict(
+                line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            )
+            status = {k: v.split() for k, v in status.items() if k in ("Uid", "Gid", "Groups", "CapEff", "CapPrm", "CapBnd", "NoNewPrivs")}
+        # WATCHDOG_USEC is 1s; systemd's advice (and postern's promise) is a ping every
+        # half interval, so a 2.5s window must hold at least 4 of them.
+        count_before = messages.count("WATCHDOG=1")
+        receive_until(lambda: False, 2.5)
+        watchdog_pings = messages.count("WATCHDOG=1") - count_before
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=seconds(conf["server"]["shutdown_grace"]))
+        receive_until(lambda: "STOPPING=1" in messages, 1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        notify.close()
+    return {
+        "ready": ready,
+        "status": status,
+        "watchdog_pings_in_2_5s": watchdog_pings,
+        "messages": sorted(set(messages)),
+        "rc": rc,
+        "log": log.read_text()[-2000:],
+    }
+
+
+def in_private_netns(mode: str, *args: str) -> dict:
+    """Runs this file's entry point `mode` in a new network namespace with loopback up;
+    returns the JSON result it writes."""
     if os.geteuid() != 0:
         pytest.skip("needs root for a private network namespace (unshare -n)")
     unshare = need_tool("unshare", "Debian package util-linux")
     ip = need_tool("ip", "Debian package iproute2")
-    out = tmp_path / "result.json"
+    out = Path(args[-1])
+    quoted = " ".join(f'"{a}"' for a in args)
     script = (
         f"{ip} link set lo up && "
         "echo 1 > /proc/sys/net/ipv4/tcp_migrate_req && "
-        f'exec "{sys.executable}" "{Path(__file__).resolve()}" blue-green '
-        f'"{binary}" "{tmp_path}" "{out}"'
+        f'exec "{sys.executable}" "{Path(__file__).resolve()}" {mode} {quoted}'
     )
     res = run([unshare, "-n", "sh", "-c", script])
     assert res.returncode == 0 and out.exists(), res.stdout + res.stderr
-    r = json.loads(out.read_text())
-    assert r["blue_rc"] == 0 and r["green_rc"] == 0, r
-    assert r["refused"] == 0 and r["failed"] == 0, r
-    assert r["served_after_blue_exit"] >= 200, r
+    return json.loads(out.read_text())
+
+
+def test_unit_identity_binds_mail_ports_without_root(tmp_path):
+    """postern.service's identity model with the real binary: uid 65532, only an ambient
+    CAP_NET_BIND_SERVICE, no new privileges. postern binds 993/995/465/143/110/587,
+    sends READY=1, pings the watchdog, sends STOPPING=1 on SIGTERM and exits 0, and
+    while serving it is not root and holds no capability but that one."""
+    binary = built_postern()
+    setpriv = need_tool("setpriv", "Debian package util-linux")
+    # pytest's tmp_path sits below a 0700 root directory that uid 65532 cannot enter.
+    work = Path(tempfile.mkdtemp(prefix="postern-unit-identity-"))
+    try:
+        work.chmod(0o755)
+        r = in_private_netns("unit-identity", str(binary), str(work), setpriv, str(tmp_path / "result.json"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert r["ready"], r
+    st = r["status"]
+    assert st["Uid"] == [str(UNIT_UID)] * 4 and st["Gid"] == [str(UNIT_UID)] * 4, r
+    assert st.get("Groups", []) == [], r
+    cap_net_bind_service = 1 << 10
+    assert int(st["CapEff"][0], 16) == cap_net_bind_service, r
+    assert int(st["CapBnd"][0], 16) == cap_net_bind_service, r
+    assert st["NoNewPrivs"] == ["1"], r
+    assert r["watchdog_pings_in_2_5s"] >= 4, r
+    assert "STOPPING=1" in r["messages"], r
+    assert any(m.startswith("STATUS=") for m in r["messages"]), r
+    assert r["rc"] == 0, r
 
 
 # --------------------------------------------------------------------------- docker
@@ -849,8 +971,14 @@ def test_readme_sections_and_paths():
         assert (REPO / rel).exists(), f"deploy/README.md names {rel}, which does not exist"
 
 
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "blue-green":
-    # Entry point for test_blue_green_handover_refuses_no_connection inside its network
-    # namespace: blue-green BINARY TMPDIR RESULT_JSON.
-    result = blue_green_handover(Path(sys.argv[2]), Path(sys.argv[3]))
-    Path(sys.argv[4]).write_text(json.dumps(result))
+if __name__ == "__main__":
+    # Entry points for the tests that run inside their own network namespace
+    # (in_private_netns): MODE ARGS... RESULT_JSON.
+    mode, *argv = sys.argv[1:]
+    if mode == "blue-green":
+        result = blue_green_handover(Path(argv[0]), Path(argv[1]))
+    elif mode == "unit-identity":
+        result = unit_identity_run(Path(argv[0]), Path(argv[1]), argv[2])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    Path(argv[-1]).write_text(json.dumps(result))
