@@ -574,6 +574,10 @@ def test_extras_match_the_base(rendered, deployment):
     assert not sm["spec"]["selector"]["matchLabels"].items() <= lb["metadata"]["labels"].items()
 
 
+# --------------------------------------------------------------------------- with the built binary
+# The pod's config, the unit's identity model and the single-host upgrade, run for real.
+
+
 def built_postern() -> Path:
     binary = postern_binary()
     if binary is None:
