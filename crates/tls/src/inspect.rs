@@ -144,10 +144,9 @@ fn inspect_key(report: &mut Report, chain: Vec<rustls_pki_types::CertificateDer<
     report.key = Some(key_path.clone());
     report.key_format = Some(format.as_str());
     if let Ok(meta) = std::fs::metadata(&key_path) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(warning) =
-            load::permission_problem(&key_path, meta.permissions().mode() & 0o7777)
-        {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = meta.permissions().mode() & 0o7777;
+        if let Some(warning) = load::permission_problem(&key_path, mode, meta.uid()) {
             report.warnings.push(warning);
         }
     }

@@ -2,7 +2,7 @@
 //! key/certificate match, permissions, and the facts logged and exported about the leaf.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +43,8 @@ pub(crate) struct Files {
     pub(crate) key: Option<Vec<u8>>,
     /// Permission bits of the key file (following symlinks, as Kubernetes uses them).
     pub(crate) key_mode: u32,
+    /// Owner uid of the key file, for the permission message.
+    pub(crate) key_owner: u32,
 }
 
 /// Reads a source's files. A missing file is an error, never a reason to fall back.
@@ -53,15 +55,12 @@ pub(crate) fn read_files(source: &Source) -> Result<Files, TlsError> {
         None => None,
     };
     let key_file = source.key_file();
-    let key_mode = fs::metadata(key_file)
-        .map_err(|e| TlsError::read("private key", key_file, e))?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let meta = fs::metadata(key_file).map_err(|e| TlsError::read("private key", key_file, e))?;
     Ok(Files {
         cert,
         key,
-        key_mode,
+        key_mode: meta.permissions().mode() & 0o7777,
+        key_owner: meta.uid(),
     })
 }
 
@@ -168,12 +167,13 @@ pub(crate) fn load(
         });
     };
     let mut warnings = Vec::new();
-    if let Some(warning) = permission_problem(key_path, files.key_mode) {
+    if let Some(warning) = permission_problem(key_path, files.key_mode, files.key_owner) {
         match policy {
             KeyPermissions::Strict => {
                 return Err(TlsError::KeyPermissions {
                     path: key_path.to_path_buf(),
                     mode: files.key_mode,
+                    owner: user_name(files.key_owner),
                 })
             }
             KeyPermissions::Warn => warnings.push(warning),
@@ -370,14 +370,23 @@ pub(crate) fn cert_info(path: &Path, chain: &[CertificateDer<'_>]) -> Result<Cer
 }
 
 /// The warning for a key readable or writable by group or others, `None` when private.
-pub(crate) fn permission_problem(path: &Path, mode: u32) -> Option<String> {
+pub(crate) fn permission_problem(path: &Path, mode: u32, owner: u32) -> Option<String> {
     if mode & 0o077 == 0 {
         return None;
     }
     let p = path.display();
+    let owner = user_name(owner);
     Some(format!(
-        "private key {p} has mode {mode:04o}: readable or writable by group or others; run `chmod 600 {p}` (and `chown <user postern runs as> {p}` if another user owns it; on Kubernetes set `defaultMode: 0400` on the secret volume); with tls.key_permissions = \"strict\" postern refuses such a key"
+        "private key {p} (owner {owner}) has mode {mode:04o}: group or others can read or write it; run `chmod 600 {p}`, and if postern runs as a user other than {owner}, also `chown <that user> {p}` so it can still read the key on reload (Kubernetes: set `defaultMode: 0400` on the secret volume); tls.key_permissions = \"strict\" refuses such a key"
     ))
+}
+
+/// The user name for a uid, else the number.
+pub(crate) fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
 }
 
 /// SNI and SAN names compare case-insensitively; a trailing dot is the same name.

@@ -80,7 +80,7 @@ pub(crate) fn host_names() -> Vec<String> {
     names
 }
 
-fn still_good(source: &Source, provider: &CryptoProvider) -> Result<(), String> {
+pub(crate) fn still_good(source: &Source, provider: &CryptoProvider) -> Result<(), String> {
     let files = load::read_files(source).map_err(|e| e.to_string())?;
     let (loaded, _) =
         load::load(source, &files, KeyPermissions::Warn, provider).map_err(|e| e.to_string())?;

@@ -25,12 +25,13 @@ pub(crate) struct CertSet {
     exact: HashMap<String, usize>,
     /// `*.example.com` stored as `example.com`.
     wildcard: HashMap<String, usize>,
-    /// The bytes this set was built from, to skip reloads that change nothing.
-    files: Vec<Files>,
+    /// SHA-256 of the files this set was built from, to skip reloads that change nothing
+    /// (a digest, so no second copy of the private keys stays in memory).
+    fingerprint: Vec<u8>,
 }
 
 impl CertSet {
-    fn new(entries: Vec<Loaded>, files: Vec<Files>) -> CertSet {
+    fn new(entries: Vec<Loaded>, fingerprint: Vec<u8>) -> CertSet {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
@@ -45,7 +46,7 @@ impl CertSet {
             entries,
             exact,
             wildcard,
-            files,
+            fingerprint,
         }
     }
 
@@ -75,7 +76,7 @@ pub(crate) struct Shared {
     metrics: TlsMetrics,
     /// Serialises reloads and remembers the last rejected file contents, so the periodic
     /// re-check of a still-broken file does not log and count the same failure every minute.
-    reload: Mutex<Option<Vec<Files>>>,
+    reload: Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -156,7 +157,7 @@ impl Shared {
         loop {
             let (files, result) = match read_all(&self.sources) {
                 Ok(files) => {
-                    if self.current.load().files == files {
+                    if self.current.load().fingerprint == fingerprint(&files) {
                         *last_failed = None;
                         return Ok(false);
                     }
@@ -187,10 +188,11 @@ impl Shared {
                 }
             }
             // Unreadable files have no bytes to remember: every such attempt counts.
-            let repeated = files.is_some() && *last_failed == files;
+            let failed = files.as_deref().map(fingerprint);
+            let repeated = failed.is_some() && *last_failed == failed;
             if !repeated {
                 self.reject(&error);
-                *last_failed = files;
+                *last_failed = failed;
             }
             return Err((error, repeated));
         }
@@ -244,7 +246,15 @@ pub(crate) fn check(config: &TlsConfig, state_dir: &Path) -> Result<Vec<String>,
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let sources = if config.certificates.is_empty() {
         match selfsigned::existing(state_dir)? {
-            Some(source) => vec![source],
+            Some(source) => match selfsigned::still_good(&source, &provider) {
+                Ok(()) => vec![source],
+                Err(reason) => {
+                    return Ok(vec![format!(
+                        "self-signed certificate in {} will be replaced at start: {reason}",
+                        selfsigned::dir(state_dir).display()
+                    )])
+                }
+            },
             None => {
                 return Ok(vec![format!(
                     "self-signed certificate will be generated in {}",
@@ -285,6 +295,34 @@ fn configured_sources(config: &TlsConfig) -> Vec<Source> {
         .collect()
 }
 
+/// SHA-256 over every file's bytes and key mode, each part length-prefixed so boundaries
+/// count.
+fn fingerprint(files: &[Files]) -> Vec<u8> {
+    let mut chunks: Vec<([u8; 8], &[u8])> = Vec::new();
+    for f in files {
+        chunks.push(((f.cert.len() as u64).to_be_bytes(), &f.cert));
+        let key = f.key.as_deref().unwrap_or_default();
+        chunks.push(((key.len() as u64).to_be_bytes(), key));
+        chunks.push((u64::from(f.key_mode).to_be_bytes(), &[]));
+    }
+    match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        rustls::SupportedCipherSuite::Tls13(suite) => {
+            let mut ctx = suite.common.hash_provider.start();
+            for (frame, bytes) in &chunks {
+                ctx.update(frame);
+                ctx.update(bytes);
+            }
+            ctx.finish().as_ref().to_vec()
+        }
+        // Not reachable (a TLS 1.3 suite constant); the bytes themselves compare exactly.
+        _ => chunks
+            .iter()
+            .flat_map(|(frame, bytes)| frame.iter().chain(bytes.iter()))
+            .copied()
+            .collect(),
+    }
+}
+
 fn read_all(sources: &[Source]) -> Result<Vec<Files>, TlsError> {
     sources.iter().map(load::read_files).collect()
 }
@@ -308,7 +346,7 @@ fn build(
         entries.push(loaded);
         warnings.extend(w);
     }
-    Ok((CertSet::new(entries, files.to_vec()), warnings))
+    Ok((CertSet::new(entries, fingerprint(files)), warnings))
 }
 
 fn log_set(set: &CertSet, warnings: &[String], message: &str) {

@@ -24,6 +24,7 @@ fn strict_refuses_warn_loads() {
         key.display().to_string(),
         "0640".to_owned(),
         format!("chmod 600 {}", key.display()),
+        format!("(owner {})", me()),
         "chown".to_owned(),
     ] {
         assert!(msg.contains(&needle), "{msg:?} lacks {needle:?}");
@@ -89,4 +90,11 @@ fn strict_on_reload_keeps_the_old_certificate() {
         "fixing the mode lets the new pair in"
     );
     assert_eq!(support::reloads(&metrics, "ok"), 1);
+}
+
+fn me() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .map(|u| u.name)
+        .unwrap()
 }

@@ -145,6 +145,8 @@ fn damaged_self_signed_pair_is_regenerated() {
     Tls::load(&support::config(&[]), dir.path(), support::metrics().tls()).unwrap();
     let cert = dir.path().join("selfsigned/fullchain.pem");
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+    let lines = Tls::check(&support::config(&[]), dir.path()).unwrap();
+    assert!(lines[0].contains("will be replaced at start"), "{lines:?}");
     Tls::load(&support::config(&[]), dir.path(), support::metrics().tls()).unwrap();
     let report =
         postern_tls::inspect::inspect(&cert, Some(&dir.path().join("selfsigned/privkey.pem")));
