@@ -71,7 +71,8 @@ impl CapabilityFilter {
             }
             let before = input.len();
             if self.literal_left > 0 {
-                let k = usize::try_from(self.literal_left).map_or(input.len(), |l| l.min(input.len()));
+                let k =
+                    usize::try_from(self.literal_left).map_or(input.len(), |l| l.min(input.len()));
                 to_client.extend_from_slice(&input[..k]);
                 self.literal_left -= k as u64;
                 input = &input[k..];
@@ -201,10 +202,12 @@ impl CapabilityFilter {
 
     fn smtp(&mut self, line: &[u8], to_client: &mut Vec<u8>) {
         let content = &line[..content_len(line)];
-        let is_250 = content.starts_with(b"250") && matches!(content.get(3), Some(b'-' | b' ') | None);
+        let is_250 =
+            content.starts_with(b"250") && matches!(content.get(3), Some(b'-' | b' ') | None);
         let more = content.get(3) == Some(&b'-');
-        let starttls =
-            is_250 && content.len() > 4 && trim_blanks(&content[4..]).eq_ignore_ascii_case(b"STARTTLS");
+        let starttls = is_250
+            && content.len() > 4
+            && trim_blanks(&content[4..]).eq_ignore_ascii_case(b"STARTTLS");
         match self.pending.take() {
             // Not the first line of the reply: drop it.
             Some(prev) if starttls && more => self.pending = Some(prev),
@@ -247,7 +250,10 @@ fn write_filtered_atoms(atoms: &[u8], out: &mut Vec<u8>) {
 /// A POP3 CAPA line: its first word is a capability name, not e.g. a `Header:`.
 fn looks_like_capability(content: &[u8]) -> bool {
     let word = split_word(content).0;
-    !word.is_empty() && word.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    !word.is_empty()
+        && word
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -274,7 +280,11 @@ mod tests {
 
     fn check(p: Protocol, input: &[u8], want: &[u8]) {
         let text = String::from_utf8_lossy(input);
-        assert_eq!(String::from_utf8_lossy(&whole(p, input)), String::from_utf8_lossy(want), "{text}");
+        assert_eq!(
+            String::from_utf8_lossy(&whole(p, input)),
+            String::from_utf8_lossy(want),
+            "{text}"
+        );
         assert_eq!(bytewise(p, input), want, "bytewise: {text}");
     }
 
@@ -322,7 +332,11 @@ mod tests {
             b"+OK\r\nCAPA\r\nTOP\r\nSTLS\r\nSASL PLAIN LOGIN\r\n.\r\n",
             b"+OK\r\nCAPA\r\nTOP\r\nSASL PLAIN LOGIN\r\n.\r\n",
         );
-        check(Protocol::Pop3, b"+OK Capability list follows\r\nstls\r\n.\r\n", b"+OK Capability list follows\r\n.\r\n");
+        check(
+            Protocol::Pop3,
+            b"+OK Capability list follows\r\nstls\r\n.\r\n",
+            b"+OK Capability list follows\r\n.\r\n",
+        );
         // A message that contains a line "STLS" after its header is not edited.
         let retr = b"+OK 30 octets\r\nSubject: x\r\n\r\nSTLS\r\n.\r\n";
         check(Protocol::Pop3, retr, retr);
@@ -340,10 +354,18 @@ mod tests {
             b"250-mx.test\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n",
             b"250-mx.test\r\n250 AUTH PLAIN\r\n",
         );
-        check(Protocol::Smtp, b"250-mx.test\r\n250 starttls \r\n", b"250 mx.test\r\n");
+        check(
+            Protocol::Smtp,
+            b"250-mx.test\r\n250 starttls \r\n",
+            b"250 mx.test\r\n",
+        );
         // The first line of a reply is the domain, never a capability.
         check(Protocol::Smtp, b"250 STARTTLS\r\n", b"250 STARTTLS\r\n");
-        check(Protocol::Smtp, b"250-STARTTLS\r\n250 OK\r\n", b"250-STARTTLS\r\n250 OK\r\n");
+        check(
+            Protocol::Smtp,
+            b"250-STARTTLS\r\n250 OK\r\n",
+            b"250-STARTTLS\r\n250 OK\r\n",
+        );
         let other = b"220 mx ESMTP\r\n535 5.7.8 STARTTLS\r\n250 2.0.0 OK\r\n";
         check(Protocol::Smtp, other, other);
     }

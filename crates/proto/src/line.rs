@@ -31,8 +31,15 @@ pub fn split_line(buf: &[u8], max: usize) -> LineSplit {
     let window = &buf[..buf.len().min(max)];
     match memchr::memchr(b'\n', window) {
         Some(i) => {
-            let content = if i > 0 && window[i - 1] == b'\r' { i - 1 } else { i };
-            LineSplit::Line { content, len: i + 1 }
+            let content = if i > 0 && window[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            LineSplit::Line {
+                content,
+                len: i + 1,
+            }
         }
         None if buf.len() >= max => LineSplit::TooLong,
         None => LineSplit::Incomplete,
@@ -94,20 +101,31 @@ pub fn trailing_literal(content: &[u8]) -> Option<Literal> {
     }
     let len = digits
         .iter()
-        .try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .unwrap_or(u64::MAX);
     Some(Literal { len, sync })
 }
 
 /// ASCII case-insensitive search for `needle` in `hay`.
 pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// `s` without leading and trailing SP / HTAB.
 pub fn trim_blanks(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(s.len());
-    let end = s.iter().rposition(|&c| c != b' ' && c != b'\t').map_or(start, |i| i + 1);
+    let start = s
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|&c| c != b' ' && c != b'\t')
+        .map_or(start, |i| i + 1);
     &s[start..end]
 }
 
@@ -117,17 +135,32 @@ mod tests {
 
     #[test]
     fn crlf_and_bare_lf_end_a_line() {
-        assert_eq!(split_line(b"a NOOP\r\nb", 100), LineSplit::Line { content: 6, len: 8 });
-        assert_eq!(split_line(b"a NOOP\nb", 100), LineSplit::Line { content: 6, len: 7 });
-        assert_eq!(split_line(b"\n", 100), LineSplit::Line { content: 0, len: 1 });
+        assert_eq!(
+            split_line(b"a NOOP\r\nb", 100),
+            LineSplit::Line { content: 6, len: 8 }
+        );
+        assert_eq!(
+            split_line(b"a NOOP\nb", 100),
+            LineSplit::Line { content: 6, len: 7 }
+        );
+        assert_eq!(
+            split_line(b"\n", 100),
+            LineSplit::Line { content: 0, len: 1 }
+        );
         assert_eq!(split_line(b"a NOOP\r", 100), LineSplit::Incomplete);
         // A bare CR is content, not a line end.
-        assert_eq!(split_line(b"a\rb\r\n", 100), LineSplit::Line { content: 3, len: 5 });
+        assert_eq!(
+            split_line(b"a\rb\r\n", 100),
+            LineSplit::Line { content: 3, len: 5 }
+        );
     }
 
     #[test]
     fn limit_counts_the_terminator() {
-        assert_eq!(split_line(b"abc\r\n", 5), LineSplit::Line { content: 3, len: 5 });
+        assert_eq!(
+            split_line(b"abc\r\n", 5),
+            LineSplit::Line { content: 3, len: 5 }
+        );
         assert_eq!(split_line(b"abcd\r\n", 5), LineSplit::TooLong);
         assert_eq!(split_line(b"abcd", 5), LineSplit::Incomplete);
         assert_eq!(split_line(b"abcde", 5), LineSplit::TooLong);
@@ -135,10 +168,25 @@ mod tests {
 
     #[test]
     fn literals() {
-        assert_eq!(trailing_literal(b"a LOGIN {5}"), Some(Literal { len: 5, sync: true }));
-        assert_eq!(trailing_literal(b"a LOGIN {5+}"), Some(Literal { len: 5, sync: false }));
-        assert_eq!(trailing_literal(b"a APPEND x ~{0}"), Some(Literal { len: 0, sync: true }));
-        assert_eq!(trailing_literal(b"a {99999999999999999999999}").map(|l| l.len), Some(u64::MAX));
+        assert_eq!(
+            trailing_literal(b"a LOGIN {5}"),
+            Some(Literal { len: 5, sync: true })
+        );
+        assert_eq!(
+            trailing_literal(b"a LOGIN {5+}"),
+            Some(Literal {
+                len: 5,
+                sync: false
+            })
+        );
+        assert_eq!(
+            trailing_literal(b"a APPEND x ~{0}"),
+            Some(Literal { len: 0, sync: true })
+        );
+        assert_eq!(
+            trailing_literal(b"a {99999999999999999999999}").map(|l| l.len),
+            Some(u64::MAX)
+        );
         assert_eq!(trailing_literal(b"a {}"), None);
         assert_eq!(trailing_literal(b"a {+}"), None);
         assert_eq!(trailing_literal(b"a {1x}"), None);
@@ -149,7 +197,16 @@ mod tests {
     fn tags() {
         assert!(is_imap_tag(b"a001"));
         assert!(is_imap_tag(b"x]y"));
-        for bad in [&b""[..], b"a+", b"a*", b"a{", b"a\"", b"a\0", b"a b", b"\xc3\xa9"] {
+        for bad in [
+            &b""[..],
+            b"a+",
+            b"a*",
+            b"a{",
+            b"a\"",
+            b"a\0",
+            b"a b",
+            b"\xc3\xa9",
+        ] {
             assert!(!is_imap_tag(bad), "{bad:?}");
         }
     }

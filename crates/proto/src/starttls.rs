@@ -89,8 +89,18 @@ impl PlainPhase {
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '-' })
             .collect();
-        let hostname = if hostname.is_empty() { "postern".to_owned() } else { hostname };
-        PlainPhase { protocol, hostname, limits, commands: 0, state: State::Command }
+        let hostname = if hostname.is_empty() {
+            "postern".to_owned()
+        } else {
+            hostname
+        };
+        PlainPhase {
+            protocol,
+            hostname,
+            limits,
+            commands: 0,
+            state: State::Command,
+        }
     }
 
     /// postern's own greeting: IMAP `* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] <hostname> ready (postern)\r\n`, POP3 `+OK ...`, SMTP `220 <hostname> ESMTP ...`.
@@ -115,7 +125,9 @@ impl PlainPhase {
                     let k = remaining.min(buf.len());
                     buf.drain(..k);
                     if k < remaining {
-                        self.state = State::SkipLiteral { remaining: remaining - k };
+                        self.state = State::SkipLiteral {
+                            remaining: remaining - k,
+                        };
                         return PlainStep::NeedMore;
                     }
                     self.state = State::RestOfCommand;
@@ -244,7 +256,9 @@ impl PlainPhase {
             (b"RSET", None) => "250 2.0.0 OK\r\n".to_owned(),
             (b"QUIT", None) => {
                 self.state = State::Finished;
-                return PlainStep::Close(format!("221 2.0.0 {h} closing connection\r\n").into_bytes());
+                return PlainStep::Close(
+                    format!("221 2.0.0 {h} closing connection\r\n").into_bytes(),
+                );
             }
             (b"STARTTLS", None) => {
                 return self.upgrade(String::from("220 2.0.0 Ready to start TLS\r\n"), buf);
@@ -252,15 +266,21 @@ impl PlainPhase {
             (b"RSET" | b"QUIT" | b"STARTTLS", Some(_)) => {
                 "501 5.5.4 Syntax error (no parameters allowed)\r\n".to_owned()
             }
-            (b"AUTH" | b"MAIL", _) => "530 5.7.0 Must issue a STARTTLS command first\r\n".to_owned(),
+            (b"AUTH" | b"MAIL", _) => {
+                "530 5.7.0 Must issue a STARTTLS command first\r\n".to_owned()
+            }
             (b"RCPT" | b"DATA", _) => "503 5.5.1 Bad sequence of commands\r\n".to_owned(),
             (b"BDAT", _) => {
                 // Chunk bytes follow the command line unannounced; they must not be parsed.
                 self.state = State::Finished;
-                let bye = format!("421 4.7.0 {h} BDAT is not accepted before STARTTLS, closing connection\r\n");
+                let bye = format!(
+                    "421 4.7.0 {h} BDAT is not accepted before STARTTLS, closing connection\r\n"
+                );
                 return PlainStep::Close(bye.into_bytes());
             }
-            (b"VRFY" | b"EXPN" | b"HELP" | b"ETRN", _) => "502 5.5.1 Command not implemented\r\n".to_owned(),
+            (b"VRFY" | b"EXPN" | b"HELP" | b"ETRN", _) => {
+                "502 5.5.1 Command not implemented\r\n".to_owned()
+            }
             _ => "500 5.5.2 Command unrecognized\r\n".to_owned(),
         };
         PlainStep::Reply(reply.into_bytes())
@@ -276,16 +296,26 @@ impl PlainPhase {
         let lit = trailing_literal(content)?;
         let tag = String::from_utf8_lossy(tag);
         let bad = format!("{tag} BAD Literals are not accepted before STARTTLS\r\n");
-        let fits = usize::try_from(lit.len).ok().filter(|&n| n <= self.limits.max_line_length);
+        let fits = usize::try_from(lit.len)
+            .ok()
+            .filter(|&n| n <= self.limits.max_line_length);
         match fits {
             Some(n) if !lit.sync => {
                 self.state = State::SkipLiteral { remaining: n };
-                Some(PlainStep::Reply(if silent { Vec::new() } else { bad.into_bytes() }))
+                Some(PlainStep::Reply(if silent {
+                    Vec::new()
+                } else {
+                    bad.into_bytes()
+                }))
             }
             _ => {
                 self.state = State::Finished;
                 let bye = "* BYE Literals are not accepted before STARTTLS, closing connection\r\n";
-                Some(PlainStep::Close(if silent { bye.into() } else { format!("{bad}{bye}").into_bytes() }))
+                Some(PlainStep::Close(if silent {
+                    bye.into()
+                } else {
+                    format!("{bad}{bye}").into_bytes()
+                }))
             }
         }
     }
@@ -294,7 +324,10 @@ impl PlainPhase {
         self.state = State::Finished;
         let discarded = buf.len();
         buf.clear();
-        PlainStep::Upgrade { reply: reply.into_bytes(), discarded }
+        PlainStep::Upgrade {
+            reply: reply.into_bytes(),
+            discarded,
+        }
     }
 
     fn close(&mut self, why: Violation) -> PlainStep {
@@ -330,7 +363,8 @@ enum Violation {
 const IMAP_CAPS: &str = "IMAP4rev1 STARTTLS LOGINDISABLED";
 
 /// POP3 CAPA before TLS: `STLS` and the response codes postern itself uses.
-const POP3_CAPA: &[u8] = b"+OK Capability list follows\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n.\r\n";
+const POP3_CAPA: &[u8] =
+    b"+OK Capability list follows\r\nSTLS\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n.\r\n";
 
 #[cfg(test)]
 mod tests;

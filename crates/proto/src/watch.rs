@@ -50,7 +50,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 
-use crate::line::{content_len, contains_ci, is_imap_tag, trailing_literal, trim_blanks};
+use crate::line::{contains_ci, content_len, is_imap_tag, trailing_literal, trim_blanks};
 use crate::Protocol;
 
 /// Bytes inspected after which the watcher stops (at the next point where nothing is held).
@@ -204,7 +204,12 @@ impl ClientWatch {
         &input[k..]
     }
 
-    fn line<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) -> &'a [u8] {
+    fn line<'a>(
+        &mut self,
+        input: &'a [u8],
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> &'a [u8] {
         let Some(i) = memchr::memchr(b'\n', input) else {
             if self.held.len() + input.len() > self.max_line_length {
                 self.over_long(input, false, to_backend, to_client);
@@ -232,7 +237,13 @@ impl ClientWatch {
     }
 
     /// `held` + `tail` is longer than the limit; `complete` when `tail` ends the line.
-    fn over_long(&mut self, tail: &[u8], complete: bool, to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+    fn over_long(
+        &mut self,
+        tail: &[u8],
+        complete: bool,
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) {
         self.inspected = self.inspected.saturating_add(tail.len());
         let refuse = match self.cmd {
             Cmd::Refused => true,
@@ -286,7 +297,9 @@ impl ClientWatch {
             // A SASL response is one base64 token; a line with a blank in it (or a command that
             // must be refused) means the server ended the exchange early, e.g. refused the
             // mechanism, and this is the next command.
-            Cmd::Sasl(_) if trim_blanks(content).contains(&b' ') || self.refusal(content).is_some() => {
+            Cmd::Sasl(_)
+                if trim_blanks(content).contains(&b' ') || self.refusal(content).is_some() =>
+            {
                 self.cmd = Cmd::New;
                 self.command(line, content, to_backend, to_client);
             }
@@ -297,7 +310,13 @@ impl ClientWatch {
         }
     }
 
-    fn command(&mut self, line: &[u8], content: &[u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+    fn command(
+        &mut self,
+        line: &[u8],
+        content: &[u8],
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) {
         let literal = match self.protocol {
             Protocol::Imap => trailing_literal(content),
             _ => None,
@@ -314,7 +333,9 @@ impl ClientWatch {
         let (kw, args) = self.keyword(content);
         let kw = kw.to_ascii_uppercase();
         match (self.protocol, &kw[..]) {
-            (Protocol::Imap, b"LOGIN") => self.imap_login(args.unwrap_or_default(), literal.map(|l| l.len)),
+            (Protocol::Imap, b"LOGIN") => {
+                self.imap_login(args.unwrap_or_default(), literal.map(|l| l.len))
+            }
             (Protocol::Imap, b"AUTHENTICATE") if literal.is_none() => self.sasl_start(args),
             (Protocol::Imap, _) => {
                 if let Some(lit) = literal {
@@ -322,14 +343,18 @@ impl ClientWatch {
                     self.cmd = Cmd::Continue;
                 }
             }
-            (Protocol::Pop3, b"USER") => self.user = clean_user(trim_blanks(args.unwrap_or_default())),
+            (Protocol::Pop3, b"USER") => {
+                self.user = clean_user(trim_blanks(args.unwrap_or_default()))
+            }
             (Protocol::Pop3, b"PASS") => self.auth_complete(),
             (Protocol::Pop3, b"APOP") => {
                 self.user = clean_user(first_word(args.unwrap_or_default()).0);
                 self.auth_complete();
             }
             // POP3 `AUTH` alone lists mechanisms (RFC 1734 clients); it is not a login.
-            (Protocol::Pop3 | Protocol::Smtp, b"AUTH") if args.is_some_and(|a| !trim_blanks(a).is_empty()) => {
+            (Protocol::Pop3 | Protocol::Smtp, b"AUTH")
+                if args.is_some_and(|a| !trim_blanks(a).is_empty()) =>
+            {
                 self.sasl_start(args);
             }
             (Protocol::Smtp, b"BDAT") => {
@@ -356,10 +381,15 @@ impl ClientWatch {
                         let forbidden = trailing_literal(content).is_some()
                             || RESERVED_ID_FIELDS.iter().any(|f| contains_ci(args, f));
                         forbidden.then(|| {
-                            format!("{tag} BAD ID fields reserved to the gateway are not accepted\r\n").into_bytes()
+                            format!(
+                                "{tag} BAD ID fields reserved to the gateway are not accepted\r\n"
+                            )
+                            .into_bytes()
                         })
                     }
-                    b"STARTTLS" => Some(format!("{tag} BAD TLS is already active\r\n").into_bytes()),
+                    b"STARTTLS" => {
+                        Some(format!("{tag} BAD TLS is already active\r\n").into_bytes())
+                    }
                     _ => None,
                 }
             }
@@ -370,7 +400,9 @@ impl ClientWatch {
             },
             Protocol::Smtp => match &kw[..] {
                 b"XCLIENT" => Some(b"550 5.7.0 XCLIENT is not accepted from clients\r\n".to_vec()),
-                b"XFORWARD" => Some(b"550 5.7.0 XFORWARD is not accepted from clients\r\n".to_vec()),
+                b"XFORWARD" => {
+                    Some(b"550 5.7.0 XFORWARD is not accepted from clients\r\n".to_vec())
+                }
                 b"STARTTLS" => Some(b"503 5.5.1 TLS is already active\r\n".to_vec()),
                 _ => None,
             },
@@ -390,7 +422,8 @@ impl ClientWatch {
 
     fn imap_login(&mut self, args: &[u8], literal: Option<u64>) {
         let args = trim_leading_blanks(args);
-        let user_is_literal = literal.is_some() && args.first() == Some(&b'{') && trailing_literal(args).is_some();
+        let user_is_literal =
+            literal.is_some() && args.first() == Some(&b'{') && trailing_literal(args).is_some();
         match literal {
             Some(n) if user_is_literal => {
                 self.user_literal.clear();
@@ -411,7 +444,9 @@ impl ClientWatch {
 
     fn sasl_start(&mut self, args: Option<&[u8]>) {
         let (mech, ir) = first_word(args.unwrap_or_default());
-        let ir = ir.map(trim_blanks).filter(|ir| !ir.is_empty() && *ir != b"=");
+        let ir = ir
+            .map(trim_blanks)
+            .filter(|ir| !ir.is_empty() && *ir != b"=");
         let mech = match &mech.to_ascii_uppercase()[..] {
             b"PLAIN" => Mech::Plain,
             b"LOGIN" => Mech::LoginUser,
@@ -514,7 +549,10 @@ fn first_word(s: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 fn trim_leading_blanks(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(s.len());
+    let start = s
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(s.len());
     &s[start..]
 }
 
@@ -544,8 +582,12 @@ fn astring(s: &[u8]) -> Vec<u8> {
 /// `a=<user>` from an OAUTHBEARER GS2 header (`n,a=user,...`), `=2C`/`=3D` unescaped.
 fn oauthbearer_user(decoded: &[u8]) -> Option<String> {
     let header = decoded.split(|&b| b == 0x01).next()?;
-    let value = header.split(|&b| b == b',').find_map(|f| f.strip_prefix(b"a="))?;
-    let text = String::from_utf8_lossy(value).replace("=2C", ",").replace("=3D", "=");
+    let value = header
+        .split(|&b| b == b',')
+        .find_map(|f| f.strip_prefix(b"a="))?;
+    let text = String::from_utf8_lossy(value)
+        .replace("=2C", ",")
+        .replace("=3D", "=");
     clean_user(text.as_bytes())
 }
 
@@ -553,7 +595,9 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    s.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// A login name fit for a log line, or None when empty.
@@ -579,8 +623,13 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// IMAP ID fields Dovecot trusts from a proxy; a client must not set them.
-const RESERVED_ID_FIELDS: &[&[u8]] =
-    &[b"x-originating-", b"x-connected-", b"x-forward-", b"x-proxy-ttl", b"x-session-"];
+const RESERVED_ID_FIELDS: &[&[u8]] = &[
+    b"x-originating-",
+    b"x-connected-",
+    b"x-forward-",
+    b"x-proxy-ttl",
+    b"x-session-",
+];
 
 #[cfg(test)]
 mod tests;

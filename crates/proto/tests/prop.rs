@@ -10,7 +10,11 @@ use proptest::prelude::*;
 const MAX_LINE: usize = 128;
 
 fn protocol() -> impl Strategy<Value = Protocol> {
-    prop_oneof![Just(Protocol::Imap), Just(Protocol::Pop3), Just(Protocol::Smtp)]
+    prop_oneof![
+        Just(Protocol::Imap),
+        Just(Protocol::Pop3),
+        Just(Protocol::Smtp)
+    ]
 }
 
 /// Mail-protocol-shaped bytes: keywords, literals, line ends and random bytes mixed.
@@ -69,7 +73,10 @@ fn split(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 /// Runs a plaintext phase over `chunks`; returns the bytes written to the client and whether
 /// (and how) it ended. Asserts the buffer bound on the way.
 fn plain(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Option<&'static str>) {
-    let limits = PlainLimits { max_line_length: MAX_LINE, max_commands: 40 };
+    let limits = PlainLimits {
+        max_line_length: MAX_LINE,
+        max_commands: 40,
+    };
     let mut ph = PlainPhase::new(p, "mx.test", limits);
     let mut buf = Vec::new();
     let mut written = Vec::new();
@@ -78,7 +85,11 @@ fn plain(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Option<&'static str>) {
         loop {
             match ph.step(&mut buf) {
                 PlainStep::NeedMore => {
-                    assert!(buf.len() < MAX_LINE, "NeedMore with {} bytes buffered", buf.len());
+                    assert!(
+                        buf.len() < MAX_LINE,
+                        "NeedMore with {} bytes buffered",
+                        buf.len()
+                    );
                     break;
                 }
                 PlainStep::Reply(r) => {

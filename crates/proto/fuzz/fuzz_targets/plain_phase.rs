@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
 use postern_proto::Protocol;
 
-const LIMITS: PlainLimits = PlainLimits { max_line_length: 256, max_commands: 64 };
+const LIMITS: PlainLimits = PlainLimits {
+    max_line_length: 256,
+    max_commands: 64,
+};
 
 fuzz_target!(|data: &[u8]| {
     let [p, size, input @ ..] = data else { return };

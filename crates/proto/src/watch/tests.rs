@@ -15,7 +15,12 @@ fn whole(p: Protocol, input: &[u8]) -> Out {
     let mut w = ClientWatch::new(p, MAX);
     let (mut backend, mut client) = (Vec::new(), Vec::new());
     w.feed(input, &mut backend, &mut client);
-    Out { backend, client, user: w.user().map(str::to_owned), done: w.is_done() }
+    Out {
+        backend,
+        client,
+        user: w.user().map(str::to_owned),
+        done: w.is_done(),
+    }
 }
 
 /// Byte-by-byte feeding; asserts on the way that no secret ever shows in Debug output.
@@ -27,12 +32,20 @@ fn bytewise(p: Protocol, input: &[u8], secret: &str) -> Out {
         let debug = format!("{w:?}");
         assert!(secret.is_empty() || !debug.contains(secret), "{debug}");
     }
-    Out { backend, client, user: w.user().map(str::to_owned), done: w.is_done() }
+    Out {
+        backend,
+        client,
+        user: w.user().map(str::to_owned),
+        done: w.is_done(),
+    }
 }
 
 /// Checks a login transcript both ways: passed through unchanged, user recorded, done.
 fn login(p: Protocol, input: &[u8], user: &str, secret: &str) {
-    for (how, out) in [("whole", whole(p, input)), ("bytewise", bytewise(p, input, secret))] {
+    for (how, out) in [
+        ("whole", whole(p, input)),
+        ("bytewise", bytewise(p, input, secret)),
+    ] {
         let text = String::from_utf8_lossy(input);
         assert_eq!(out.backend, input, "{how}: {text}");
         assert!(out.client.is_empty(), "{how}: {text}");
@@ -53,49 +66,164 @@ fn b64(s: &[u8]) -> String {
 #[test]
 fn imap_login_forms() {
     login(Protocol::Imap, b"a LOGIN bob s3cret\r\n", "bob", "s3cret");
-    login(Protocol::Imap, b"a login \"bob smith\" \"s3\\\"cret\"\r\n", "bob smith", "s3");
-    login(Protocol::Imap, b"a LOGIN \"b\\\\o\\\"b\" s3cret\r\n", "b\\o\"b", "s3cret");
-    login(Protocol::Imap, b"a LOGIN {3}\r\nbob {6}\r\ns3cret\r\n", "bob", "s3cret");
-    login(Protocol::Imap, b"a LOGIN {3+}\r\nbob {6+}\r\ns3cret\r\n", "bob", "s3cret");
-    login(Protocol::Imap, b"a LOGIN {3}\r\nbob \"s3cret\"\r\n", "bob", "s3cret");
-    login(Protocol::Imap, b"a LOGIN bob {6}\r\ns3cret\r\n", "bob", "s3cret");
-    login(Protocol::Imap, b"a LOGIN bob@example.org s3cret\n", "bob@example.org", "s3cret");
+    login(
+        Protocol::Imap,
+        b"a login \"bob smith\" \"s3\\\"cret\"\r\n",
+        "bob smith",
+        "s3",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN \"b\\\\o\\\"b\" s3cret\r\n",
+        "b\\o\"b",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN {3}\r\nbob {6}\r\ns3cret\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN {3+}\r\nbob {6+}\r\ns3cret\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN {3}\r\nbob \"s3cret\"\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN bob {6}\r\ns3cret\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        b"a LOGIN bob@example.org s3cret\n",
+        "bob@example.org",
+        "s3cret",
+    );
 }
 
 #[test]
 fn imap_authenticate_forms() {
     let plain = b64(b"\0bob\0s3cret");
-    login(Protocol::Imap, format!("a AUTHENTICATE PLAIN {plain}\r\n").as_bytes(), "bob", "s3cret");
-    login(Protocol::Imap, format!("a authenticate plain\r\n{plain}\r\n").as_bytes(), "bob", "s3cret");
-    login(Protocol::Imap, format!("a AUTHENTICATE PLAIN =\r\n{plain}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE PLAIN {plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        format!("a authenticate plain\r\n{plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE PLAIN =\r\n{plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
     let authz = b64(b"admin\0bob\0s3cret");
-    login(Protocol::Imap, format!("a AUTHENTICATE PLAIN {authz}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE PLAIN {authz}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
     let (u, pw) = (b64(b"bob"), b64(b"s3cret"));
-    login(Protocol::Imap, format!("a AUTHENTICATE LOGIN\r\n{u}\r\n{pw}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE LOGIN\r\n{u}\r\n{pw}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
     let xo = b64(b"user=bob@x.org\x01auth=Bearer t0ken\x01\x01");
-    login(Protocol::Imap, format!("a AUTHENTICATE XOAUTH2 {xo}\r\n").as_bytes(), "bob@x.org", "t0ken");
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE XOAUTH2 {xo}\r\n").as_bytes(),
+        "bob@x.org",
+        "t0ken",
+    );
     let ob = b64(b"n,a=bob=2Cx,\x01auth=Bearer t0ken\x01\x01");
-    login(Protocol::Imap, format!("a AUTHENTICATE OAUTHBEARER\r\n{ob}\r\n").as_bytes(), "bob,x", "t0ken");
+    login(
+        Protocol::Imap,
+        format!("a AUTHENTICATE OAUTHBEARER\r\n{ob}\r\n").as_bytes(),
+        "bob,x",
+        "t0ken",
+    );
 }
 
 #[test]
 fn pop3_login_forms() {
-    login(Protocol::Pop3, b"CAPA\r\nUSER bob\r\nPASS s3cret\r\n", "bob", "s3cret");
-    login(Protocol::Pop3, b"USER wrong\r\nUSER bob\r\nPASS s3cret\r\n", "bob", "s3cret");
-    login(Protocol::Pop3, b"APOP bob c4c9334bac560ecc979e58001b3e22fb\r\n", "bob", "c4c9334b");
+    login(
+        Protocol::Pop3,
+        b"CAPA\r\nUSER bob\r\nPASS s3cret\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Pop3,
+        b"USER wrong\r\nUSER bob\r\nPASS s3cret\r\n",
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Pop3,
+        b"APOP bob c4c9334bac560ecc979e58001b3e22fb\r\n",
+        "bob",
+        "c4c9334b",
+    );
     let plain = b64(b"\0bob\0s3cret");
-    login(Protocol::Pop3, format!("AUTH\r\nAUTH PLAIN {plain}\r\n").as_bytes(), "bob", "s3cret");
-    login(Protocol::Pop3, format!("AUTH PLAIN\r\n{plain}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Pop3,
+        format!("AUTH\r\nAUTH PLAIN {plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Pop3,
+        format!("AUTH PLAIN\r\n{plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
 }
 
 #[test]
 fn smtp_login_forms() {
     let plain = b64(b"\0bob\0s3cret");
-    login(Protocol::Smtp, format!("EHLO x\r\nAUTH PLAIN {plain}\r\n").as_bytes(), "bob", "s3cret");
-    login(Protocol::Smtp, format!("EHLO x\r\nauth plain\r\n{plain}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Smtp,
+        format!("EHLO x\r\nAUTH PLAIN {plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Smtp,
+        format!("EHLO x\r\nauth plain\r\n{plain}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
     let (u, pw) = (b64(b"bob"), b64(b"s3cret"));
-    login(Protocol::Smtp, format!("EHLO x\r\nAUTH LOGIN\r\n{u}\r\n{pw}\r\n").as_bytes(), "bob", "s3cret");
-    login(Protocol::Smtp, format!("EHLO x\r\nAUTH LOGIN {u}\r\n{pw}\r\n").as_bytes(), "bob", "s3cret");
+    login(
+        Protocol::Smtp,
+        format!("EHLO x\r\nAUTH LOGIN\r\n{u}\r\n{pw}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
+    login(
+        Protocol::Smtp,
+        format!("EHLO x\r\nAUTH LOGIN {u}\r\n{pw}\r\n").as_bytes(),
+        "bob",
+        "s3cret",
+    );
 }
 
 #[test]
@@ -113,7 +241,11 @@ fn sasl_cancel_keeps_watching() {
     let w = whole(Protocol::Imap, input.as_bytes());
     assert_eq!(w.user.as_deref(), Some("bob"));
     let mut w = ClientWatch::new(Protocol::Imap, MAX);
-    w.feed(b"a AUTHENTICATE PLAIN\r\n*\r\n", &mut Vec::new(), &mut Vec::new());
+    w.feed(
+        b"a AUTHENTICATE PLAIN\r\n*\r\n",
+        &mut Vec::new(),
+        &mut Vec::new(),
+    );
     assert!(!w.is_done());
 }
 
@@ -130,9 +262,15 @@ fn user_is_sanitised_and_bounded() {
     let out = whole(Protocol::Pop3, b"USER a\x1bb\x07\r\nPASS x\r\n");
     assert_eq!(out.user.as_deref(), Some("a?b?"));
     let long = format!("USER {}\r\nPASS x\r\n", "u".repeat(600));
-    assert_eq!(whole(Protocol::Pop3, long.as_bytes()).user.map(|u| u.len()), Some(MAX_USER));
+    assert_eq!(
+        whole(Protocol::Pop3, long.as_bytes()).user.map(|u| u.len()),
+        Some(MAX_USER)
+    );
     let lit = format!("a LOGIN {{600}}\r\n{} pw\r\n", "u".repeat(600));
-    assert_eq!(whole(Protocol::Imap, lit.as_bytes()).user.map(|u| u.len()), Some(MAX_USER));
+    assert_eq!(
+        whole(Protocol::Imap, lit.as_bytes()).user.map(|u| u.len()),
+        Some(MAX_USER)
+    );
 }
 
 // ---- literals and chunks pass at once ----
@@ -196,7 +334,10 @@ fn t12_imap_id_with_address_fields_is_refused() {
     let ok = b"a ID (\"name\" \"Thunderbird\")\r\n";
     assert_eq!(whole(Protocol::Imap, ok).backend, ok);
     // Pipelined: only the ID is held back.
-    let out = whole(Protocol::Imap, b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb LOGIN bob pw\r\n");
+    let out = whole(
+        Protocol::Imap,
+        b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb LOGIN bob pw\r\n",
+    );
     assert_eq!(out.backend, b"b LOGIN bob pw\r\n");
     assert_eq!(out.client, reply);
 }
@@ -204,7 +345,10 @@ fn t12_imap_id_with_address_fields_is_refused() {
 #[test]
 fn t12_imap_id_with_literal_is_refused_and_its_bytes_dropped() {
     let reply = b"a BAD ID fields reserved to the gateway are not accepted\r\n";
-    let out = whole(Protocol::Imap, b"a ID ({16+}\r\nx-originating-ip \"1.2.3.4\")\r\nb NOOP\r\n");
+    let out = whole(
+        Protocol::Imap,
+        b"a ID ({16+}\r\nx-originating-ip \"1.2.3.4\")\r\nb NOOP\r\n",
+    );
     assert_eq!(out.backend, b"b NOOP\r\n");
     assert_eq!(out.client, reply);
     // Synchronizing: the client gets the tagged reply instead of "+" and sends no literal.
@@ -218,9 +362,15 @@ fn t12_over_long_id_is_still_refused() {
     let mut id = b"a ID (\"x-originating-ip\" \"1.2.3.4\" \"pad\" \"".to_vec();
     id.extend(std::iter::repeat_n(b'x', 3 * MAX));
     id.extend_from_slice(b"\")\r\nb NOOP\r\n");
-    for out in [whole(Protocol::Imap, &id), bytewise(Protocol::Imap, &id, "")] {
+    for out in [
+        whole(Protocol::Imap, &id),
+        bytewise(Protocol::Imap, &id, ""),
+    ] {
         assert_eq!(out.backend, b"b NOOP\r\n");
-        assert_eq!(out.client, b"a BAD ID fields reserved to the gateway are not accepted\r\n");
+        assert_eq!(
+            out.client,
+            b"a BAD ID fields reserved to the gateway are not accepted\r\n"
+        );
     }
 }
 
@@ -229,7 +379,10 @@ fn t12_xclient_is_refused() {
     let out = whole(Protocol::Pop3, b"XCLIENT ADDR=1.2.3.4\r\nUSER bob\r\n");
     assert_eq!(out.backend, b"USER bob\r\n");
     assert_eq!(out.client, b"-ERR XCLIENT is not accepted from clients\r\n");
-    let out = whole(Protocol::Smtp, b"EHLO x\r\n xclient ADDR=1.2.3.4\r\nXFORWARD ADDR=1.2.3.4\r\n");
+    let out = whole(
+        Protocol::Smtp,
+        b"EHLO x\r\n xclient ADDR=1.2.3.4\r\nXFORWARD ADDR=1.2.3.4\r\n",
+    );
     assert_eq!(out.backend, b"EHLO x\r\n");
     assert_eq!(
         out.client,
@@ -240,7 +393,10 @@ fn t12_xclient_is_refused() {
 #[test]
 fn t12_refusal_still_applies_when_a_sasl_exchange_was_cut_short() {
     // The backend refused AUTHENTICATE PLAIN at once; the next line is a command, not a response.
-    let out = whole(Protocol::Imap, b"a AUTHENTICATE PLAIN\r\nb ID (\"x-originating-ip\" \"1\")\r\n");
+    let out = whole(
+        Protocol::Imap,
+        b"a AUTHENTICATE PLAIN\r\nb ID (\"x-originating-ip\" \"1\")\r\n",
+    );
     assert_eq!(out.backend, b"a AUTHENTICATE PLAIN\r\n");
     assert!(!out.client.is_empty());
     let out = whole(Protocol::Smtp, b"AUTH LOGIN\r\nXCLIENT ADDR=1.2.3.4\r\n");
@@ -253,8 +409,14 @@ fn t4_starttls_inside_tls_is_refused() {
     let out = whole(Protocol::Imap, b"a STARTTLS\r\n");
     assert!(out.backend.is_empty());
     assert_eq!(out.client, b"a BAD TLS is already active\r\n");
-    assert_eq!(whole(Protocol::Pop3, b"stls\r\n").client, b"-ERR TLS is already active\r\n");
-    assert_eq!(whole(Protocol::Smtp, b"STARTTLS\r\n").client, b"503 5.5.1 TLS is already active\r\n");
+    assert_eq!(
+        whole(Protocol::Pop3, b"stls\r\n").client,
+        b"-ERR TLS is already active\r\n"
+    );
+    assert_eq!(
+        whole(Protocol::Smtp, b"STARTTLS\r\n").client,
+        b"503 5.5.1 TLS is already active\r\n"
+    );
 }
 
 // ---- bounds ----
@@ -264,7 +426,10 @@ fn over_long_line_is_passed_and_ends_inspection() {
     let mut input = b"a SELECT ".to_vec();
     input.extend(std::iter::repeat_n(b'x', 2 * MAX));
     input.extend_from_slice(b"\r\nb NOOP\r\n");
-    for out in [whole(Protocol::Imap, &input), bytewise(Protocol::Imap, &input, "")] {
+    for out in [
+        whole(Protocol::Imap, &input),
+        bytewise(Protocol::Imap, &input, ""),
+    ] {
         assert_eq!(out.backend, input);
         assert!(out.done);
     }
