@@ -103,8 +103,7 @@ impl Workers {
         let (drain, drain_rx) = watch::channel(None);
 
         // Deal the sockets out to the workers before any thread starts.
-        let mut per_worker: Vec<Vec<(String, std::net::TcpListener, Arc<dyn Handler>, ListenerMetrics)>> =
-            (0..count).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<WorkerSocket>> = (0..count).map(|_| Vec::new()).collect();
         for l in listeners {
             for (j, socket) in l.sockets.into_iter().enumerate() {
                 per_worker[j % count].push((l.name.clone(), socket, Arc::clone(&l.handler), l.metrics.clone()));
@@ -179,9 +178,12 @@ struct WorkerCtx {
 /// Sessions open on this worker, for the drain schedule.
 type Registry = Rc<RefCell<HashMap<u64, (Instant, Rc<Notify>)>>>;
 
+/// One listening socket as dealt to a worker: listener name, socket, handler, metrics.
+type WorkerSocket = (String, std::net::TcpListener, Arc<dyn Handler>, ListenerMetrics);
+
 fn run_worker(
     runtime: tokio::runtime::Runtime,
-    sockets: Vec<(String, std::net::TcpListener, Arc<dyn Handler>, ListenerMetrics)>,
+    sockets: Vec<WorkerSocket>,
     ctx: WorkerCtx,
 ) {
     let local = tokio::task::LocalSet::new();

@@ -137,10 +137,8 @@ where
                 Poll::Pending => {}
             }
         }
-        if !leaving && !goodbye_queued {
-            if leave.as_mut().poll(cx).is_ready() {
-                leaving = true;
-            }
+        if !leaving && !goodbye_queued && leave.as_mut().poll(cx).is_ready() {
+            leaving = true;
         }
         // The goodbye goes out at a safe point: nothing half-written toward the client. A
         // read below may create one, so check again after it.
