@@ -1,0 +1,505 @@
+"""The backend pool end to end (issue 5): the real postern binary in front of several real
+Dovecots and synthetic greeters.
+
+Balancing laws (round-robin, least-connections, client-hash), health down/up with the
+`postern_backend_up` metric, failover on connect, PROXY v1/v2 and IMAP ID / POP3 XCLIENT
+forwarding seen in Dovecot's own log, exec backends (environment, no zombies), and the
+all-down goodbyes.
+
+Which server a session used is read from the `backend` field of postern's `session ended`
+line. Clients bound to 127.0.0.2, 127.0.0.3, ... play different users' addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness import Postern, closed_port, read_line, read_until_eof, tls_connect, wait_for
+from pool_util import (
+    Greeter,
+    Held,
+    backend_of,
+    imap_hello,
+    local_of,
+    read_tagged,
+    tls_from,
+    children,
+    up,
+    wait_no_children,
+    wait_up,
+)
+
+FAST_HEALTH = {"interval": "200ms", "timeout": "100ms", "fall": 2, "rise": 2}
+
+
+@pytest.fixture
+def greeters(tmp_path):
+    """make(n) -> n started Greeters on 127.0.0.1:0; all stopped after the test."""
+    made: list[Greeter] = []
+
+    def make(n: int) -> list[Greeter]:
+        gs = [Greeter(f"g{len(made) + i}").start() for i in range(n)]
+        made.extend(gs)
+        return gs
+
+    yield make
+    for g in made:
+        g.stop()
+
+
+def _imap_pool(postern_factory, servers: list[str], **backend_kw) -> Postern:
+    cfg = postern_factory.config()
+    cfg.backend("pool", servers, **backend_kw)
+    cfg.listener("imaps", "imap", "pool")
+    return postern_factory.start(cfg)
+
+
+def _session_backends(gw: Postern, ctx, n: int, source_ip: str = "127.0.0.1") -> list[str]:
+    """n sequential sessions; each one's server, read after it ended (so the pool's active
+    count is back down before the next one starts)."""
+    used = []
+    for _ in range(n):
+        mark = gw.log_mark()
+        local = imap_hello(gw.addr("imaps"), ctx, source_ip)
+        used.append(backend_of(gw, local, after=mark))
+    return used
+
+
+# ---- balancing ------------------------------------------------------------------------------
+
+
+def test_round_robin_spreads_evenly(postern_factory, dovecot, greeters, client_ctx):
+    (g,) = greeters(1)
+    servers = [dovecot.server("imap"), g.server]
+    gw = _imap_pool(postern_factory, servers, balance="round-robin")
+    used = _session_backends(gw, client_ctx, 20)
+    assert Counter(used) == {servers[0]: 10, servers[1]: 10}, used
+    # strict alternation, not merely an even total
+    assert all(a != b for a, b in zip(used, used[1:])), used
+    assert g.sessions == 10
+
+
+def test_round_robin_three_servers(postern_factory, greeters, client_ctx):
+    gs = greeters(3)
+    gw = _imap_pool(postern_factory, [g.server for g in gs], balance="round-robin")
+    used = _session_backends(gw, client_ctx, 30)
+    assert Counter(used) == {g.server: 10 for g in gs}, used
+    assert [g.sessions for g in gs] == [10, 10, 10]
+
+
+def test_least_connections_prefers_the_idle_server(postern_factory, dovecot, greeters, client_ctx):
+    (g,) = greeters(1)
+    servers = [dovecot.server("imap"), g.server]
+    gw = _imap_pool(postern_factory, servers, balance="least-connections")
+    addr = gw.addr("imaps")
+
+    held = Held(addr, client_ctx)
+    try:
+        gw.wait_metric("postern_connections_active", lambda v: v == 1, listener="imaps")
+        # which server holds it: the log line comes only at the end, so ask the gauge
+        busy = wait_for(
+            lambda: next((s for s in servers if gw.metrics().value(
+                "postern_backend_connections_active", backend="pool", server=s) == 1), None),
+            5, "one server with an active connection")
+        idle = next(s for s in servers if s != busy)
+        used = _session_backends(gw, client_ctx, 10)
+        assert used == [idle] * 10, f"busy {busy}, idle {idle}: {used}"
+
+        # two held on `busy`'s side vs none: a second held session must also go to `idle`
+        held2 = Held(addr, client_ctx)
+        try:
+            wait_for(lambda: gw.metrics().value("postern_backend_connections_active", backend="pool", server=idle) == 1,
+                     5, "the second held session on the idle server")
+        finally:
+            held2.close()
+    finally:
+        held.close()
+    # with both idle again, sequential sessions use both
+    used = _session_backends(gw, client_ctx, 6)
+    assert set(used) == set(servers), used
+
+
+def test_client_hash_sticks_and_a_departure_moves_only_its_share(postern_factory, greeters, client_ctx):
+    gs = greeters(3)
+    gw = _imap_pool(postern_factory, [g.server for g in gs], balance="client-hash", health=FAST_HEALTH)
+    addr = gw.addr("imaps")
+    clients = [f"127.0.0.{i}" for i in range(2, 62)]
+
+    def placement() -> dict[str, str]:
+        out = {}
+        for ip in clients:
+            mark = gw.log_mark()
+            local = imap_hello(addr, client_ctx, ip)
+            out[ip] = backend_of(gw, local, after=mark)
+        return out
+
+    first = placement()
+    assert placement() == first, "client-hash moved a client between two rounds with no change"
+    share = Counter(first.values())
+    assert set(share) == {g.server for g in gs}, share
+    assert min(share.values()) >= 8, f"60 clients over 3 servers, a very uneven spread: {share}"
+
+    # one user's parallel connections land together
+    ip = clients[0]
+    helds = [Held(addr, client_ctx, ip) for _ in range(4)]
+    try:
+        s = first[ip]
+        wait_for(lambda: gw.metrics().value("postern_backend_connections_active", backend="pool", server=s) == 4,
+                 5, f"4 parallel sessions of {ip} on {s}")
+    finally:
+        for h in helds:
+            h.close()
+
+    # the server with the most clients leaves
+    gone = share.most_common(1)[0][0]
+    next(g for g in gs if g.server == gone).stop()
+    wait_up(gw, "pool", gone, 0)
+    second = placement()
+    moved = {ip for ip in clients if second[ip] != first[ip]}
+    was_on_gone = {ip for ip in clients if first[ip] == gone}
+    assert moved == was_on_gone, f"moved {sorted(moved)}; expected exactly the clients of {gone}: {sorted(was_on_gone)}"
+    assert gone not in second.values()
+    assert 0.15 <= len(moved) / len(clients) <= 0.55, f"{len(moved)} of {len(clients)} moved"
+
+
+# ---- health ---------------------------------------------------------------------------------
+
+
+def test_killed_server_goes_down_and_rejoins(postern_factory, dovecot, dovecot_factory, client_ctx):
+    victim = dovecot_factory()
+    servers = [victim.server("imap"), dovecot.server("imap")]
+    gw = _imap_pool(postern_factory, servers, balance="round-robin", health=FAST_HEALTH)
+    wait_up(gw, "pool", servers[0], 1)
+    wait_up(gw, "pool", servers[1], 1)
+    assert set(_session_backends(gw, client_ctx, 4)) == set(servers)
+
+    victim.stop()
+    # fall 2 × interval 200 ms (+ timeout): well under 5 s
+    wait_up(gw, "pool", servers[0], 0, timeout=5)
+    assert up(gw, "pool", servers[1]) == 1
+    failures = []
+    used = []
+    for i in range(50):
+        mark = gw.log_mark()
+        try:
+            local = imap_hello(gw.addr("imaps"), client_ctx)
+        except (AssertionError, OSError, EOFError, TimeoutError) as e:
+            failures.append(f"session {i}: {e!r}")
+            continue
+        used.append(backend_of(gw, local, after=mark))
+    assert not failures, failures
+    assert used == [servers[1]] * 50, Counter(used)
+
+    victim.start()
+    wait_up(gw, "pool", servers[0], 1, timeout=5)
+    used = _session_backends(gw, client_ctx, 6)
+    assert Counter(used)[servers[0]] >= 2, used
+    assert gw.find_records(lambda r: r.get("message") == "backend server down" and r.get("server") == servers[0])
+    assert gw.find_records(lambda r: r.get("message") == "backend server up" and r.get("server") == servers[0])
+
+
+def test_failover_on_connect(postern_factory, dovecot, client_ctx):
+    dead = f"127.0.0.1:{closed_port()}"
+    servers = [dead, dovecot.server("imap")]
+    gw = _imap_pool(postern_factory, servers, balance="round-robin")
+    failures = []
+    used = []
+    for i in range(30):
+        mark = gw.log_mark()
+        try:
+            local = imap_hello(gw.addr("imaps"), client_ctx)
+        except (AssertionError, OSError, EOFError, TimeoutError) as e:
+            failures.append(f"session {i}: {e!r}")
+            continue
+        used.append(backend_of(gw, local, after=mark))
+    assert not failures, failures
+    assert used == [servers[1]] * 30, Counter(used)
+    m = gw.metrics()
+    assert m.value("postern_backend_connect_failures_total", backend="pool", server=dead) >= 1
+    assert m.value("postern_backend_connect_failures_total", backend="pool", server=servers[1]) == 0
+    assert m.value("postern_backend_connect_duration_seconds_count", backend="pool", server=servers[1]) >= 30
+
+
+def test_all_backends_down_goodbyes(postern_factory, client_ctx):
+    cfg = postern_factory.config()
+    for proto, lname in (("imap", "imaps"), ("pop3", "pop3s"), ("smtp", "submissions")):
+        cfg.backend(proto, [f"127.0.0.1:{closed_port()}", f"127.0.0.1:{closed_port()}"], health=FAST_HEALTH,
+                    connect_timeout="1s")
+        cfg.listener(lname, proto, proto)
+    gw = postern_factory.start(cfg)
+    expect = {"imaps": b"* BYE [UNAVAILABLE]", "pop3s": b"-ERR [SYS/TEMP]", "submissions": b"421 4.3.0"}
+
+    def check_goodbyes(phase: str) -> None:
+        for lname, prefix in expect.items():
+            s = tls_connect(gw.addr(lname), client_ctx, server_hostname="mail.test")
+            try:
+                data = read_until_eof(s, timeout=10)
+            finally:
+                s.close()
+            lines = data.split(b"\r\n")
+            assert data.startswith(prefix) and data.endswith(b"\r\n") and len(lines) == 2, f"{phase} {lname}: {data!r}"
+
+    check_goodbyes("before the health checks marked them down")
+    for b in ("imap", "pop3", "smtp"):
+        for s in gw.config.get_backend(b)["servers"]:
+            wait_up(gw, b, s, 0, timeout=5)
+    check_goodbyes("after the health checks marked them down")
+    assert gw.alive()
+    assert gw.get("/healthz").status == 200
+    wait_for(lambda: gw.get("/readyz").status == 503, 5, "/readyz 503 with every server down")
+    rec = gw.wait_session_end(listener="imaps", outcome="backend_unavailable")
+    assert rec
+
+
+# ---- client address forwarding ----------------------------------------------------------------
+
+
+def _dovecot_login_line(dv, user: str, service: str, timeout: float = 10.0) -> str:
+    pat = re.compile(rf"{service}-login: .*Login: user=<{re.escape(user)}>.*")
+
+    def find():
+        m = pat.findall(dv.log_text())
+        return m[-1] if m else None
+
+    return wait_for(find, timeout, f"Dovecot's {service}-login Login line for {user}",
+                    on_timeout=lambda: "\n".join(dv.log_text().splitlines()[-20:]))
+
+
+def _imap_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
+    """Greeting, NOOP, LOGIN, LOGOUT over a raw socket; returns every line the client got."""
+    s = tls_from(gw.addr("imaps"), ctx, source_ip)
+    try:
+        got = [read_line(s)]
+        s.sendall(b"a1 NOOP\r\n")
+        got += read_tagged(s, b"a1")
+        s.sendall(f"a2 LOGIN {user} {password}\r\n".encode())
+        got += read_tagged(s, b"a2")
+        s.sendall(b"a3 LOGOUT\r\n")
+        got += read_tagged(s, b"a3")
+        rest = read_until_eof(s)
+        got += rest.splitlines(keepends=True)
+        return got
+    finally:
+        s.close()
+
+
+def _pop3_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
+    s = tls_from(gw.addr("pop3s"), ctx, source_ip)
+    try:
+        got = [read_line(s)]
+        s.sendall(b"CAPA\r\n")
+        while True:
+            got.append(read_line(s))
+            if got[-1] == b".\r\n":
+                break
+        for cmd in (f"USER {user}", f"PASS {password}", "STAT", "QUIT"):
+            s.sendall(cmd.encode() + b"\r\n")
+            got.append(read_line(s))
+        got += read_until_eof(s).splitlines(keepends=True)
+        return got
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("version", ["proxy-v2", "proxy-v1"])
+def test_proxy_header_gives_dovecot_the_client_address(postern_factory, dovecot, client_ctx, version):
+    cfg = postern_factory.config(dovecot, protocols=("imap", "pop3"), forward_client=version,
+                                 dovecot_listeners={"imap": "imap_haproxy", "pop3": "pop3_haproxy"})
+    gw = postern_factory.start(cfg)
+    user, password = dovecot.new_user()
+    got = _imap_login_from(gw, client_ctx, user, password, "127.0.0.2")
+    assert got[0].startswith(b"* OK"), got
+    assert got[-1].startswith(b"a3 OK"), got
+    line = _dovecot_login_line(dovecot, user, "imap")
+    assert "rip=127.0.0.2," in line, line
+
+    user, password = dovecot.new_user()
+    got = _pop3_login_from(gw, client_ctx, user, password, "127.0.0.3")
+    assert got[0].startswith(b"+OK"), got
+    line = _dovecot_login_line(dovecot, user, "pop3")
+    assert "rip=127.0.0.3," in line, line
+
+
+def test_protocol_forwarding_imap_id(postern_factory, dovecot, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("imap",), forward_client="protocol")
+    gw = postern_factory.start(cfg)
+    user, password = dovecot.new_user()
+    got = _imap_login_from(gw, client_ctx, user, password, "127.0.0.2")
+    # the client sees the greeting, then only replies to its own commands: no `* ID`, no
+    # reply tagged with postern's ID tag
+    assert got[0].startswith(b"* OK"), got
+    assert [l for l in got[1:] if not l.startswith((b"a1 ", b"a2 ", b"a3 ", b"* BYE"))] == [], got
+    assert got[1].startswith(b"a1 OK"), got
+    assert got[2].startswith(b"a2 OK"), got
+    line = _dovecot_login_line(dovecot, user, "imap")
+    assert "rip=127.0.0.2," in line, line
+
+
+def test_protocol_forwarding_pop3_xclient(postern_factory, dovecot, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("pop3",), forward_client="protocol")
+    gw = postern_factory.start(cfg)
+    user, password = dovecot.new_user()
+    got = _pop3_login_from(gw, client_ctx, user, password, "127.0.0.2")
+    assert got[0].startswith(b"+OK"), got
+    # CAPA: "+OK", capability names, "." -- an XCLIENT reply leaking through would put a
+    # second status line in front of the capability list
+    assert got[1].startswith(b"+OK"), got
+    end = got.index(b".\r\n")
+    assert all(not l.startswith((b"+OK", b"-ERR")) for l in got[2:end]), got
+    user_r, pass_r, stat_r, quit_r = got[end + 1:end + 5]
+    assert user_r.startswith(b"+OK") and pass_r.startswith(b"+OK"), got
+    assert re.match(rb"\+OK \d+ \d+\r\n", stat_r), got
+    assert quit_r.startswith(b"+OK"), got
+    assert got[end + 5:] == [], got
+    line = _dovecot_login_line(dovecot, user, "pop3")
+    assert "rip=127.0.0.2," in line, line
+
+
+def test_protocol_forwarding_smtp_xclient(postern_factory, dovecot, client_ctx):
+    cfg = postern_factory.config(dovecot, protocols=("smtp",), forward_client="protocol")
+    gw = postern_factory.start(cfg)
+    user, password = dovecot.new_user()
+    s = tls_from(gw.addr("submissions"), client_ctx, "127.0.0.2")
+    try:
+        got = [read_line(s)]
+        s.sendall(b"EHLO client.test\r\n")
+        while True:
+            got.append(read_line(s))
+            if got[-1][3:4] == b" ":
+                break
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        s.sendall(f"AUTH PLAIN {token}\r\n".encode())
+        got.append(read_line(s))
+        s.sendall(b"QUIT\r\n")
+        got.append(read_line(s))
+        got += read_until_eof(s).splitlines(keepends=True)
+    finally:
+        s.close()
+    # exactly one greeting (XCLIENT's fresh 220 replaces Dovecot's first), then the EHLO reply
+    assert got[0].startswith(b"220 "), got
+    assert [l for l in got if l.startswith(b"220")] == [got[0]], got
+    assert got[1].startswith(b"250"), got
+    assert got[-2].startswith(b"235 "), got
+    assert got[-1].startswith(b"221 "), got
+    line = _dovecot_login_line(dovecot, user, "submission")
+    assert "rip=127.0.0.2," in line, line
+
+
+# ---- exec backends -----------------------------------------------------------------------------
+
+EXEC_SCRIPT = r"""#!/bin/sh
+# A stdin/stdout IMAP-ish server for postern's exec backend test.
+printf '* OK exec ready\r\n'
+while IFS= read -r line; do
+  line=$(printf '%s' "$line" | tr -d '\r')
+  tag=${line%% *}
+  cmd=${line#* }
+  case "$cmd" in
+    ENV)
+      printf '* ENV TCPREMOTEIP=%s REMOTE_HOST=%s TCPREMOTEPORT=%s PROTO=%s\r\n' \
+        "$TCPREMOTEIP" "$REMOTE_HOST" "$TCPREMOTEPORT" "$PROTO"
+      printf '%s OK ENV done\r\n' "$tag" ;;
+    SLEEP)
+      printf '%s OK sleeping\r\n' "$tag"
+      exec sleep 60 ;;
+    LOGOUT)
+      printf '* BYE bye\r\n%s OK LOGOUT done\r\n' "$tag"
+      exit 0 ;;
+    *)
+      printf '%s BAD unknown\r\n' "$tag" ;;
+  esac
+done
+"""
+
+
+def _exec_pool(postern_factory, tmp_path, max_children: int = 200, **listener_kw) -> Postern:
+    script = tmp_path / "exec-imapd.sh"
+    script.write_text(EXEC_SCRIPT)
+    script.chmod(0o755)
+    cfg = postern_factory.config()
+    cfg.data["backend"].append({"name": "uw", "exec": [str(script)], "max_children": max_children})
+    cfg.listener("imaps", "imap", "uw", **listener_kw)
+    return postern_factory.start(cfg)
+
+
+def _exec_env_session(addr, ctx, source_ip: str) -> tuple[str, dict[str, str]]:
+    s = tls_from(addr, ctx, source_ip)
+    try:
+        local = local_of(s)
+        greeting = read_line(s)
+        assert greeting == b"* OK exec ready\r\n", greeting
+        s.sendall(b"e1 ENV\r\n")
+        lines = read_tagged(s, b"e1")
+        assert lines[-1].startswith(b"e1 OK"), lines
+        env = dict(kv.split("=", 1) for kv in lines[0].decode().split()[2:])
+        s.sendall(b"e2 LOGOUT\r\n")
+        assert read_tagged(s, b"e2")[-1].startswith(b"e2 OK")
+        assert read_until_eof(s) == b""
+        return local, env
+    finally:
+        s.close()
+
+
+def test_exec_backend_environment_and_no_zombies(postern_factory, tmp_path, client_ctx):
+    gw = _exec_pool(postern_factory, tmp_path)
+    addr = gw.addr("imaps")
+    mark = gw.log_mark()
+
+    def one(i: int):
+        ip = f"127.0.0.{2 + i % 50}"
+        local, env = _exec_env_session(addr, client_ctx, ip)
+        return ip, local, env
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(100)))
+    for ip, local, env in results:
+        port = local.rsplit(":", 1)[1]
+        assert env == {"TCPREMOTEIP": ip, "REMOTE_HOST": ip, "TCPREMOTEPORT": port, "PROTO": "TCP"}, (local, env)
+    ended = gw.wait_session_end(after=mark, count=100, listener="imaps")
+    assert all(r.get("outcome") == "closed" for r in ended), Counter(r.get("outcome") for r in ended)
+    assert all(str(r.get("backend", "")).startswith("exec:") for r in ended), Counter(r.get("backend") for r in ended)
+    wait_no_children(gw.pid)
+
+
+def test_exec_child_killed_when_client_vanishes(postern_factory, tmp_path, client_ctx):
+    # after the client's EOF the relay lingers for min(idle_timeout, 30 s) waiting for the
+    # backend's side to end; a child that ignores EOF must be killed when that runs out
+    gw = _exec_pool(postern_factory, tmp_path, idle_timeout="1s")
+    mark = gw.log_mark()
+    s = tls_from(gw.addr("imaps"), client_ctx)
+    local = local_of(s)
+    read_line(s)
+    s.sendall(b"e1 SLEEP\r\n")
+    assert read_tagged(s, b"e1")[-1].startswith(b"e1 OK")
+    kids = wait_for(lambda: children(gw.pid), 5, "postern's exec child")
+    assert len(kids) == 1 and kids[0][2] == "sleep", kids
+    s.close()  # the client goes away while the child would sleep for a minute
+    gw.wait_session_end(after=mark, peer=local, timeout=10)
+    wait_no_children(gw.pid, timeout=5)
+
+
+def test_exec_max_children(postern_factory, tmp_path, client_ctx):
+    gw = _exec_pool(postern_factory, tmp_path, max_children=2)
+    addr = gw.addr("imaps")
+    held = [tls_from(addr, client_ctx) for _ in range(2)]
+    try:
+        for h in held:
+            assert read_line(h) == b"* OK exec ready\r\n"
+        s = tls_from(addr, client_ctx)
+        try:
+            data = read_until_eof(s, timeout=10)
+        finally:
+            s.close()
+        assert data.startswith(b"* BYE [UNAVAILABLE]"), data
+    finally:
+        for h in held:
+            h.close()
+    wait_no_children(gw.pid)
+    # a place is free again
+    local, env = _exec_env_session(addr, client_ctx, "127.0.0.1")
+    assert env["TCPREMOTEIP"] == "127.0.0.1"
