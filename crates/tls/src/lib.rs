@@ -15,6 +15,16 @@
 //! - A configured file that is missing is an error; the self-signed certificate in the state
 //!   directory is used only when no `[[tls.certificate]]` is configured.
 //! - No global state: the store, its metrics and the watcher are values owned by the caller.
+//!
+//! # Reload sequence
+//! 1. inotify (via `notify`) reports a change in a directory holding a certificate or key, or
+//!    in the directory a symlink resolves to (Kubernetes `..data`); or the 60 s re-check fires.
+//! 2. The watcher waits until the directory has been quiet for the debounce (200 ms).
+//! 3. All files are read; if their SHA-256 equals the served set's, nothing happens.
+//! 4. Every pair is parsed and validated; a failure is re-checked for a replacement still being
+//!    written (files changing within ~0.3 s) before it is logged and counted.
+//! 5. The new set is swapped in; handshakes from then on use it, open sessions keep theirs.
+//! 6. Watched directories are re-resolved (symlinks may now point elsewhere).
 
 mod error;
 pub mod generate;

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     /// Serialises reloads and remembers the last rejected file contents, so the periodic
     /// re-check of a still-broken file does not log and count the same failure every minute.
     reload: Mutex<Option<Vec<u8>>>,
+    /// When validity warnings were last logged; they repeat at most daily.
+    expiry_warned: Mutex<std::time::Instant>,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
             current: Arc::new(ArcSwap::from_pointee(set)),
             metrics,
             reload: Mutex::new(None),
+            expiry_warned: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -213,6 +216,31 @@ impl Shared {
         }
         self.current.store(Arc::new(set));
         self.metrics.reload_ok();
+    }
+
+    /// Repeats the expiry warnings of the served set at most once a day, so a certificate that
+    /// nears its end without any reload still shows up in the logs.
+    pub(crate) fn warn_expiring(&self) {
+        let mut last = match self.expiry_warned.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.elapsed() < EXPIRY_WARNING_EVERY {
+            return;
+        }
+        let now = load::unix_now();
+        let set = self.current.load();
+        let warnings: Vec<String> = set
+            .entries
+            .iter()
+            .flat_map(|e| e.info.validity_warnings(&e.source.cert, now))
+            .collect();
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        if !warnings.is_empty() {
+            *last = std::time::Instant::now();
+        }
     }
 
     fn reject(&self, error: &TlsError) {
@@ -386,5 +414,7 @@ fn describe(entry: &Loaded) -> String {
 /// a replacement still being written (a failure is reported after ~0.3 s of unchanged files).
 const TORN_READ_RETRIES: u32 = 3;
 const TORN_READ_MIN_WAIT: Duration = Duration::from_millis(100);
+/// How often a served certificate's expiry warning is repeated.
+const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Resumption cache size per listener.
 const SESSION_CACHE_ENTRIES: usize = 1024;

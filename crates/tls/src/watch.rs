@@ -99,6 +99,7 @@ async fn run(
             Ok(Err(_)) => {} // logged and counted by the store
             Err(error) => warn!(%error, "certificate reload task failed"),
         }
+        shared.warn_expiring();
         // Symlinks may point somewhere new (Kubernetes `..data` swap): follow them.
         if let Err(error) = dirs.update(&shared.watch_dirs()) {
             warn!(error = %error.chain(), "certificate watcher could not follow the new files; the periodic re-check still applies");
