@@ -38,6 +38,13 @@ pub enum TlsError {
         reason: String,
     },
 
+    /// Binary DER where PEM text is expected.
+    #[error("{path} is binary DER, not PEM text; convert it with `openssl x509 -inform der -in {path} -out {path}.pem` (a key: `openssl pkey -inform der -in KEY -out KEY.pem`) and point the setting at the .pem file")]
+    Der {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// No `-----BEGIN CERTIFICATE-----` block.
     #[error("no certificate in {path}: expected a PEM block `-----BEGIN CERTIFICATE-----` (leaf first, then intermediates); point `cert` at the fullchain file (certbot: fullchain.pem, Kubernetes: tls.crt)")]
     NoCertificate {

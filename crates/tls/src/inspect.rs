@@ -237,7 +237,8 @@ impl fmt::Display for Report {
         for warning in &self.warnings {
             writeln!(f, "warning:     {warning}")?;
         }
-        write!(
+        // Ends with a newline: the report is printed as a whole (`print!`).
+        writeln!(
             f,
             "result       {}",
             if self.usable { "usable" } else { "NOT usable" }

@@ -197,12 +197,8 @@ pub(crate) fn parse_chain(
     bytes: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     if looks_like_der(bytes) {
-        return Err(TlsError::Pem {
+        return Err(TlsError::Der {
             path: path.to_path_buf(),
-            reason: format!(
-                "it is binary DER, not PEM text; convert it with `openssl x509 -inform der -in {0} -out {0}.pem`",
-                path.display()
-            ),
         });
     }
     let mut chain = Vec::new();

@@ -132,6 +132,7 @@ fn der_instead_of_pem() {
     let cert = write(dir.path(), "cert.der", &p.leaf, 0o644);
     let (_, msg) = check_err(&[(cert.clone(), None)], dir.path());
     assert_names(&msg, &cert, &["binary DER", "openssl x509 -inform der"]);
+    assert!(!msg.contains("truncated"), "{msg}");
 }
 
 #[test]
