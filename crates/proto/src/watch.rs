@@ -34,11 +34,20 @@
 //! Inspection ends ([`ClientWatch::is_done`]) when the first authentication command and its
 //! data have passed (LOGIN complete; PASS or APOP; the last SASL response of a recognised
 //! mechanism; an unrecognised mechanism at once), or once more than [`INSPECT_LIMIT`] bytes
-//! were inspected, at a moment when nothing is held. A SASL exchange cancelled with `*` keeps
-//! the watch going. Limitation: after the end, commands pass unchecked, so a client whose
-//! first login fails (or that sends [`INSPECT_LIMIT`] bytes before logging in) could still
-//! send an `ID`/`XCLIENT` to the backend; backends should honour those fields only from
-//! postern's own forwarding command, which is sent first.
+//! were inspected, at a moment when nothing is held. A SASL exchange cancelled with `*`, or
+//! cut short by the server (the next line is a command), keeps the watch going.
+//!
+//! Limitation of that default (the watcher sees only the client's side): after the end,
+//! commands pass unchecked, so a client whose first login fails, that sends
+//! [`INSPECT_LIMIT`] bytes before logging in, or that sends an over-long line, can still get
+//! an `ID`/`XCLIENT` to the backend. [`ClientWatch::strict`] closes those three gaps by
+//! watching until authentication *and* the byte bound. One gap remains in both modes: a
+//! synchronizing literal the backend refuses (it answers with a tagged reply instead of
+//! `+`) makes the watcher count the client's next bytes as literal data. Backends should
+//! honour address fields only from postern's own forwarding command, which is sent first.
+//!
+//! SMTP message text after `DATA` (up to the line `.`, CRLF or bare LF) is passed unread,
+//! so a message line is never refused.
 //!
 //! Literal bytes (IMAP `{n}`/`{n+}`, SMTP `BDAT n` chunks) pass through at once, counted,
 //! never held waiting for a line end. An over-long line (more than `max_line_length` bytes
@@ -78,6 +87,11 @@ pub struct ClientWatch {
     discard_line: bool,
     /// An authentication command and its data have passed.
     authenticated: bool,
+    /// Strict mode (see [`ClientWatch::strict`]).
+    strict: bool,
+    /// Strict mode: passing the rest of an over-long line; keeps its last bytes to see
+    /// whether it announces a literal.
+    passing_line: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +114,8 @@ enum Cmd {
     Refused,
     /// The next line is a SASL client response.
     Sasl(Mech),
+    /// SMTP message text after `DATA`, up to the line `.`.
+    Body,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +143,22 @@ impl ClientWatch {
             cmd: Cmd::New,
             discard_line: false,
             authenticated: false,
+            strict: false,
+            passing_line: None,
+        }
+    }
+
+    /// A watcher in strict mode: inspection ends only once an authentication command and its
+    /// data have passed *and* more than [`INSPECT_LIMIT`] bytes were inspected, and an
+    /// over-long line is passed through without ending inspection. This closes the gaps of
+    /// the default mode for rule T12 (a refused first login, padding before the login, an
+    /// over-long line) at the cost of scanning the client's lines longer; a session that
+    /// never authenticates (a backend that greets with PREAUTH) is watched to its end.
+    /// The held partial line stays bounded by `max_line_length` either way.
+    pub fn strict(protocol: Protocol, max_line_length: usize) -> Self {
+        ClientWatch {
+            strict: true,
+            ..ClientWatch::new(protocol, max_line_length)
         }
     }
 
@@ -142,6 +174,8 @@ impl ClientWatch {
             }
             if self.data_left > 0 {
                 input = self.data(input, to_backend);
+            } else if self.passing_line.is_some() {
+                input = self.pass_line(input, to_backend);
             } else if self.discard_line {
                 let end = memchr::memchr(b'\n', input).map_or(input.len(), |i| i + 1);
                 self.inspected = self.inspected.saturating_add(end);
@@ -204,6 +238,45 @@ impl ClientWatch {
         &input[k..]
     }
 
+    /// Strict mode: the rest of an over-long line goes through unread.
+    fn pass_line<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>) -> &'a [u8] {
+        let end = memchr::memchr(b'\n', input).map_or(input.len(), |i| i + 1);
+        let chunk = &input[..end];
+        to_backend.extend_from_slice(chunk);
+        self.inspected = self.inspected.saturating_add(end);
+        let Some(tail) = self.passing_line.as_mut() else {
+            return &input[end..];
+        };
+        tail.extend_from_slice(chunk);
+        let excess = tail.len().saturating_sub(PASS_TAIL);
+        tail.drain(..excess);
+        if chunk.ends_with(b"\n") {
+            let mut tail = self.passing_line.take().unwrap_or_default();
+            self.after_over_long_line(&tail);
+            scrub(&mut tail);
+        }
+        &input[end..]
+    }
+
+    /// Strict mode: an over-long line has passed; `tail` is its end, terminator included.
+    fn after_over_long_line(&mut self, tail: &[u8]) {
+        let literal = match self.protocol {
+            Protocol::Imap => trailing_literal(&tail[..content_len(tail)]),
+            _ => None,
+        };
+        match (self.cmd, literal) {
+            (Cmd::Body, _) => {}
+            (_, Some(lit)) => {
+                self.start_data(lit.len, DataMode::Pass);
+                if self.cmd != Cmd::Login {
+                    self.cmd = Cmd::Continue;
+                }
+            }
+            (Cmd::Login | Cmd::Sasl(_), None) => self.auth_complete(),
+            (_, None) => self.cmd = Cmd::New,
+        }
+    }
+
     fn line<'a>(
         &mut self,
         input: &'a [u8],
@@ -250,7 +323,7 @@ impl ClientWatch {
             Cmd::New => {
                 let mut start = self.held.clone();
                 start.extend_from_slice(&tail[..tail.len().min(self.max_line_length)]);
-                let refusal = self.refusal(&start);
+                let refusal = self.refusal_truncated(&start);
                 scrub(&mut start);
                 match refusal {
                     Some(reply) => {
@@ -265,6 +338,15 @@ impl ClientWatch {
         if refuse {
             self.cmd = Cmd::New;
             self.discard_line = !complete;
+        } else if self.strict {
+            to_backend.extend_from_slice(&self.held);
+            to_backend.extend_from_slice(tail);
+            let keep = tail.len().saturating_sub(PASS_TAIL);
+            if complete {
+                self.after_over_long_line(&tail[keep..]);
+            } else {
+                self.passing_line = Some(tail[keep..].to_vec());
+            }
         } else {
             to_backend.extend_from_slice(&self.held);
             to_backend.extend_from_slice(tail);
@@ -306,6 +388,14 @@ impl ClientWatch {
             Cmd::Sasl(mech) => {
                 to_backend.extend_from_slice(line);
                 self.sasl_response(mech, content);
+            }
+            Cmd::Body => {
+                to_backend.extend_from_slice(line);
+                // `.` ends the text whether the line ends in CRLF or a bare LF: ending at
+                // least wherever a lenient backend ends keeps commands from passing unread.
+                if content == b"." {
+                    self.cmd = Cmd::New;
+                }
             }
         }
     }
@@ -357,6 +447,7 @@ impl ClientWatch {
             {
                 self.sasl_start(args);
             }
+            (Protocol::Smtp, b"DATA") if args.is_none() => self.cmd = Cmd::Body,
             (Protocol::Smtp, b"BDAT") => {
                 let size = first_word(args.unwrap_or_default()).0;
                 if let Some(n) = parse_u64(size) {
@@ -365,6 +456,21 @@ impl ClientWatch {
             }
             _ => {}
         }
+    }
+
+    /// [`Self::refusal`] for the start of an over-long line: an IMAP `ID` is refused whatever
+    /// the part seen, since a reserved field could sit past it.
+    fn refusal_truncated(&self, start: &[u8]) -> Option<Vec<u8>> {
+        let (kw, _) = self.keyword(start);
+        if self.protocol == Protocol::Imap && kw.eq_ignore_ascii_case(b"ID") {
+            let tag = first_word(start).0;
+            let tag = String::from_utf8_lossy(if is_imap_tag(tag) { tag } else { b"*" });
+            return Some(
+                format!("{tag} BAD ID fields reserved to the gateway are not accepted\r\n")
+                    .into_bytes(),
+            );
+        }
+        self.refusal(start)
     }
 
     /// The reply refusing `content` when it must not reach the backend.
@@ -510,16 +616,24 @@ impl ClientWatch {
     }
 
     fn check_end(&mut self) {
-        if self.done || !self.held.is_empty() || self.discard_line || self.cmd == Cmd::Refused {
+        if self.done
+            || !self.held.is_empty()
+            || self.discard_line
+            || self.passing_line.is_some()
+            || self.cmd == Cmd::Refused
+        {
             return;
         }
         if self.data_left > 0 && self.data_mode != DataMode::Pass {
             return;
         }
         let auth_over = self.authenticated && self.data_left == 0;
-        if auth_over || self.inspected > INSPECT_LIMIT {
-            self.done = true;
-        }
+        let past_limit = self.inspected > INSPECT_LIMIT;
+        self.done = if self.strict {
+            auth_over && past_limit
+        } else {
+            auth_over || past_limit
+        };
     }
 }
 
@@ -535,6 +649,7 @@ impl fmt::Debug for ClientWatch {
             .field("data_mode", &self.data_mode)
             .field("cmd", &self.cmd)
             .field("done", &self.done)
+            .field("strict", &self.strict)
             .finish_non_exhaustive()
     }
 }
@@ -621,6 +736,9 @@ const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+
+/// Bytes kept from the end of an over-long line passed in strict mode (enough for `{n+}`).
+const PASS_TAIL: usize = 32;
 
 /// IMAP ID fields Dovecot trusts from a proxy; a client must not set them.
 const RESERVED_ID_FIELDS: &[&[u8]] = &[

@@ -111,8 +111,12 @@ fn plain(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Option<&'static str>) {
     (written, None)
 }
 
-fn watch(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Option<String>) {
-    let mut w = ClientWatch::new(p, MAX_LINE);
+fn watch(p: Protocol, strict: bool, chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let mut w = if strict {
+        ClientWatch::strict(p, MAX_LINE)
+    } else {
+        ClientWatch::new(p, MAX_LINE)
+    };
     let (mut backend, mut client) = (Vec::new(), Vec::new());
     for chunk in chunks {
         if w.is_done() {
@@ -164,16 +168,20 @@ proptest! {
     }
 
     #[test]
-    fn watch_bounded_and_split_invariant(p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
-        let once = watch(p, std::slice::from_ref(&input));
-        let pieces = watch(p, &split(&input, &cuts));
+    fn watch_bounded_and_split_invariant(
+        p in protocol(),
+        strict in any::<bool>(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let once = watch(p, strict, std::slice::from_ref(&input));
+        let pieces = watch(p, strict, &split(&input, &cuts));
         prop_assert_eq!(once, pieces);
     }
 
     #[test]
-    fn watch_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
+    fn watch_arbitrary_bytes(
+        p in protocol(),
+        strict in any::<bool>(), input in prop::collection::vec(any::<u8>(), 0..600)) {
         let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(watch(p, std::slice::from_ref(&input)), watch(p, &bytewise));
+        prop_assert_eq!(watch(p, strict, std::slice::from_ref(&input)), watch(p, strict, &bytewise));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! ClientWatch: no panic, held bytes within max_line_length, nothing held once done, and the
 //! output does not depend on how the input is split into reads.
-//! Input: byte 0 picks the protocol, byte 1 the read size, the rest is the client's bytes.
+//! Input: byte 0 picks the protocol (and strict mode when >= 128), byte 1 the read size, the rest is the client's bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,13 +13,18 @@ fuzz_target!(|data: &[u8]| {
     let [p, size, input @ ..] = data else { return };
     let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
     let size = usize::from(*size).max(1);
-    let whole = run(protocol, &[input]);
+    let strict = *p >= 128;
+    let whole = run(protocol, strict, &[input]);
     let chunks: Vec<&[u8]> = input.chunks(size).collect();
-    assert_eq!(whole, run(protocol, &chunks));
+    assert_eq!(whole, run(protocol, strict, &chunks));
 });
 
-fn run(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Option<String>) {
-    let mut watch = ClientWatch::new(protocol, MAX_LINE);
+fn run(protocol: Protocol, strict: bool, chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let mut watch = if strict {
+        ClientWatch::strict(protocol, MAX_LINE)
+    } else {
+        ClientWatch::new(protocol, MAX_LINE)
+    };
     let (mut backend, mut client) = (Vec::new(), Vec::new());
     for chunk in chunks {
         if watch.is_done() {

@@ -493,3 +493,127 @@ fn bytewise_equals_one_chunk() {
         assert_eq!(a.done, b.done, "{text}");
     }
 }
+
+// ---- strict mode ----
+
+fn strict(p: Protocol, input: &[u8]) -> (Out, ClientWatch) {
+    let mut w = ClientWatch::strict(p, MAX);
+    let (mut backend, mut client) = (Vec::new(), Vec::new());
+    w.feed(input, &mut backend, &mut client);
+    let out = Out {
+        backend,
+        client,
+        user: w.user().map(str::to_owned),
+        done: w.is_done(),
+    };
+    (out, w)
+}
+
+const ID_REPLY: &[u8] = b"b BAD ID fields reserved to the gateway are not accepted\r\n";
+
+#[test]
+fn t12_strict_mode_keeps_watching_after_a_failed_login() {
+    let input =
+        b"a LOGIN bob wrong\r\nb ID (\"x-originating-ip\" \"1.2.3.4\")\r\nc LOGIN bob right\r\n";
+    let (out, _) = strict(Protocol::Imap, input);
+    assert_eq!(out.backend, b"a LOGIN bob wrong\r\nc LOGIN bob right\r\n");
+    assert_eq!(out.client, ID_REPLY);
+    assert_eq!(out.user.as_deref(), Some("bob"));
+    assert!(!out.done, "strict mode ends only past the byte bound");
+    // The default mode ends at the first login, as documented.
+    assert_eq!(whole(Protocol::Imap, input).backend, input);
+}
+
+#[test]
+fn t12_strict_mode_is_not_bypassed_by_padding_or_over_long_lines() {
+    let mut input = b"a NOOP\r\n".repeat(INSPECT_LIMIT / 8 + 10);
+    input.extend_from_slice(b"a SELECT ");
+    input.extend(std::iter::repeat_n(b'x', 3 * MAX));
+    input.extend_from_slice(b"\r\n");
+    let passed = input.len();
+    input.extend_from_slice(b"b ID (\"x-originating-ip\" \"1.2.3.4\")\r\n");
+    for chunked in [false, true] {
+        let mut w = ClientWatch::strict(Protocol::Imap, MAX);
+        let (mut backend, mut client) = (Vec::new(), Vec::new());
+        if chunked {
+            for chunk in input.chunks(100) {
+                w.feed(chunk, &mut backend, &mut client);
+                assert!(w.held_len() <= MAX);
+            }
+        } else {
+            w.feed(&input, &mut backend, &mut client);
+        }
+        assert!(
+            backend == input[..passed],
+            "{} bytes passed, want {passed}",
+            backend.len()
+        );
+        assert_eq!(client, ID_REPLY);
+        assert!(!w.is_done());
+    }
+}
+
+#[test]
+fn strict_mode_ends_past_the_bound_after_login() {
+    let mut input = b"a LOGIN bob pw\r\n".to_vec();
+    input.extend(b"a NOOP\r\n".repeat(INSPECT_LIMIT / 8 + 10));
+    let (out, w) = strict(Protocol::Imap, &input);
+    assert!(out.done);
+    assert_eq!(w.held_len(), 0);
+    assert_eq!(out.backend, input);
+}
+
+#[test]
+fn strict_mode_over_long_line_ending_in_a_literal() {
+    // The literal ("b STARTTLS\r\n") is data, not a command, even after an over-long line.
+    let mut input = b"a APPEND INBOX \"".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 2 * MAX));
+    input.extend_from_slice(b"\" {12}\r\nb STARTTLS\r\n\r\nc STARTTLS\r\n");
+    let (out, _) = strict(Protocol::Imap, &input);
+    assert!(out.backend == input[..input.len() - 12]);
+    assert_eq!(out.client, b"c BAD TLS is already active\r\n");
+    let bytewise = bytewise_strict(Protocol::Imap, &input);
+    assert!(bytewise.backend == input[..input.len() - 12]);
+}
+
+fn bytewise_strict(p: Protocol, input: &[u8]) -> Out {
+    let mut w = ClientWatch::strict(p, MAX);
+    let (mut backend, mut client) = (Vec::new(), Vec::new());
+    for b in input {
+        w.feed(std::slice::from_ref(b), &mut backend, &mut client);
+    }
+    Out {
+        backend,
+        client,
+        user: w.user().map(str::to_owned),
+        done: w.is_done(),
+    }
+}
+
+#[test]
+fn smtp_message_text_is_never_refused() {
+    let plain = b64(b"\0bob\0pw");
+    let input = format!(
+        "AUTH PLAIN {plain}\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nXCLIENT is a word\r\nSTARTTLS\r\n.\r\nXCLIENT ADDR=1.2.3.4\r\n"
+    );
+    let (out, _) = strict(Protocol::Smtp, input.as_bytes());
+    let want = input.trim_end_matches("XCLIENT ADDR=1.2.3.4\r\n");
+    assert_eq!(String::from_utf8_lossy(&out.backend), want);
+    assert_eq!(
+        out.client,
+        b"550 5.7.0 XCLIENT is not accepted from clients\r\n"
+    );
+    // A bare-LF "." also ends the text (never later than a lenient backend would).
+    let (out, _) = strict(Protocol::Smtp, b"DATA\n.\nXCLIENT ADDR=1\n");
+    assert_eq!(out.backend, b"DATA\n.\n");
+}
+
+#[test]
+fn t12_over_long_id_is_refused_even_when_the_field_comes_late() {
+    let mut id = b"b ID (\"name\" \"".to_vec();
+    id.extend(std::iter::repeat_n(b'x', 2 * MAX));
+    id.extend_from_slice(b"\" \"x-originating-ip\" \"1.2.3.4\")\r\nc NOOP\r\n");
+    let out = whole(Protocol::Imap, &id);
+    assert_eq!(out.backend, b"c NOOP\r\n");
+    assert_eq!(out.client, ID_REPLY);
+}
