@@ -185,3 +185,32 @@ impl WatchedDirs {
 
 /// The debounce never stretches beyond this many debounce periods.
 const MAX_SETTLE_FACTOR: u32 = 5;
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    use super::relevant;
+
+    #[test]
+    fn own_reads_do_not_trigger_reloads_but_writes_and_renames_do() {
+        let ignored = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        let wanted = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(notify::event::RemoveKind::Any),
+        ];
+        for kind in ignored {
+            assert!(!relevant(&Event::new(kind)), "{kind:?}");
+        }
+        for kind in wanted {
+            assert!(relevant(&Event::new(kind)), "{kind:?}");
+        }
+    }
+}

@@ -152,3 +152,113 @@ fn damaged_self_signed_pair_is_regenerated() {
         postern_tls::inspect::inspect(&cert, Some(&dir.path().join("selfsigned/privkey.pem")));
     assert!(report.usable, "{report}");
 }
+
+#[tokio::test]
+async fn certbot_live_symlinks_to_archive_are_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive/host");
+    let live = dir.path().join("live/host");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    let renew = |n: usize, p: &support::Pair| {
+        write(&archive, &format!("fullchain{n}.pem"), &p.cert_pem, 0o644);
+        write(&archive, &format!("privkey{n}.pem"), &p.key_pem, 0o600);
+        // certbot's update_symlinks: a new link under a temporary name, renamed over the old.
+        for name in ["privkey", "fullchain"] {
+            let tmp = live.join(format!("{name}.pem.new"));
+            symlink(format!("../../archive/host/{name}{n}.pem"), &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(format!("{name}.pem"))).unwrap();
+        }
+    };
+    let first = pair(&["host.test"]);
+    renew(1, &first);
+    let config = support::config(&[(live.join("fullchain.pem"), Some(live.join("privkey.pem")))]);
+    let tls = Tls::load(&config, dir.path(), support::metrics().tls()).unwrap();
+    let shutdown = CancellationToken::new();
+    let options = postern_tls::WatchOptions {
+        poll_interval: Duration::from_secs(600),
+        debounce: Duration::from_millis(25),
+    };
+    let watcher = tls.spawn_watcher_with(shutdown.clone(), options).unwrap();
+    let server = tls.server_config(b"imap");
+    assert_eq!(
+        handshake(server.clone(), None, &[]).await.unwrap().leaf,
+        first.leaf
+    );
+
+    let second = pair(&["host.test"]);
+    renew(2, &second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let seen = handshake(server.clone(), None, &[]).await.unwrap();
+        if seen.leaf == second.leaf {
+            break;
+        }
+        assert_eq!(seen.leaf, first.leaf);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "renewal not picked up within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn open_sessions_survive_a_reload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let old = pair(&["s.test"]);
+    let (cert, key) = write_pair(dir.path(), &old);
+    let tls = Tls::load(
+        &support::config(&[(cert, Some(key))]),
+        dir.path(),
+        support::metrics().tls(),
+    )
+    .unwrap();
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(b"imap"));
+    let echo = tokio::spawn(async move {
+        let mut s = acceptor.accept(server_io).await.unwrap();
+        let mut buf = [0u8; 5];
+        for _ in 0..2 {
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        }
+    });
+    let mut c = tokio_rustls::TlsConnector::from(support::client(&[]))
+        .connect(support::server_name(Some("s.test")), client_io)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 5];
+    c.write_all(b"hello").await.unwrap();
+    c.read_exact(&mut buf).await.unwrap();
+
+    let new = pair(&["s.test"]);
+    write_pair(dir.path(), &new);
+    assert!(tls.reload_now().unwrap());
+
+    c.write_all(b"again").await.unwrap();
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"again", "the open session keeps working");
+    assert_eq!(
+        c.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        &old.leaf[..]
+    );
+    tokio::time::timeout(Duration::from_secs(5), echo)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = handshake(tls.server_config(b"imap"), Some("s.test"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.leaf, new.leaf,
+        "new handshakes get the new certificate"
+    );
+}
