@@ -72,6 +72,9 @@ pub fn self_signed_pem(
     let Some(first) = names.first() else {
         return Err(fail("no name given".to_owned()));
     };
+    if days == 0 {
+        return Err(fail("--days must be at least 1".to_owned()));
+    }
     let key = KeyPair::generate_for(key_type.algorithm()).map_err(|e| fail(e.to_string()))?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(|e| fail(e.to_string()))?;
     let mut dn = DistinguishedName::new();

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 use crate::load::{self, KeyFormat};
 use crate::TlsError;
 
@@ -108,7 +106,7 @@ fn read_chain(report: &mut Report) -> Option<Vec<rustls_pki_types::CertificateDe
             cert.display()
         ));
     }
-    if let Some(warning) = chain_order_warning(&cert, &chain) {
+    if let Some(warning) = load::chain_order_warning(&cert, &chain) {
         report.warnings.push(warning);
     }
     Some(chain)
@@ -159,28 +157,6 @@ fn inspect_key(report: &mut Report, chain: Vec<rustls_pki_types::CertificateDer<
         }
         Err(error) => report.problems.push(error.to_string()),
     }
-}
-
-/// Each certificate should be issued by the next one; a reversed chain fails in clients.
-fn chain_order_warning(
-    path: &Path,
-    chain: &[rustls_pki_types::CertificateDer<'_>],
-) -> Option<String> {
-    let parsed: Vec<X509Certificate<'_>> = chain
-        .iter()
-        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
-        .collect();
-    for (i, pair) in parsed.windows(2).enumerate() {
-        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
-            return Some(format!(
-                "certificate #{} in {} was not issued by certificate #{}: the chain is out of order or holds an unrelated certificate; put the leaf first, then its issuer, then that one's issuer",
-                i + 1,
-                path.display(),
-                i + 2
-            ));
-        }
-    }
-    None
 }
 
 impl fmt::Display for Report {

@@ -181,6 +181,7 @@ pub(crate) fn load(
     }
     let certified = certify(chain, key, &source.cert, key_path, provider)?;
     warnings.extend(info.validity_warnings(&source.cert, unix_now()));
+    warnings.extend(chain_order_warning(&source.cert, &certified.cert));
     Ok((
         Loaded {
             source: source.clone(),
@@ -221,6 +222,25 @@ pub(crate) fn parse_chain(
         })?;
     }
     Ok(chain)
+}
+
+/// Each certificate should be issued by the next one; a reversed chain fails in clients.
+pub(crate) fn chain_order_warning(path: &Path, chain: &[CertificateDer<'_>]) -> Option<String> {
+    let parsed: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+        .collect();
+    for (i, pair) in parsed.windows(2).enumerate() {
+        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
+            return Some(format!(
+                "certificate #{} in {} was not issued by certificate #{}: the chain is out of order or holds an unrelated certificate; put the leaf first, then its issuer, then that one's issuer",
+                i + 1,
+                path.display(),
+                i + 2
+            ));
+        }
+    }
+    None
 }
 
 /// The PEM label a key was found under, for `cert inspect`.

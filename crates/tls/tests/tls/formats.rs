@@ -5,7 +5,7 @@ use std::path::Path;
 use postern_tls::Tls;
 
 use crate::load_errors::{openssl, s};
-use crate::support::{self, chained, handshake, pair, write, write_pair};
+use crate::support::{self, chained, handshake, pair, write, write_pair, Pair};
 
 /// Generates a key with openssl (`genpkey` args), optionally converts it to the traditional
 /// format (PKCS#1 / SEC1), and issues a certificate for it with rcgen.
@@ -181,5 +181,31 @@ fn check_summarises_each_certificate() {
     assert!(
         !empty.path().join("selfsigned").exists(),
         "check never generates"
+    );
+}
+
+#[test]
+fn a_chain_out_of_order_loads_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _) = chained(&["chain.test"]);
+    let stranger = pair(&["other.test"]);
+    let bad = Pair {
+        cert_pem: format!(
+            "{}{}",
+            p.cert_pem
+                .split_inclusive("-----END CERTIFICATE-----\n")
+                .next()
+                .unwrap(),
+            stranger.cert_pem
+        ),
+        ..p
+    };
+    let (cert, key) = write_pair(dir.path(), &bad);
+    let lines = Tls::check(&support::config(&[(cert.clone(), Some(key))]), dir.path()).unwrap();
+    assert!(
+        lines.iter().any(|l| l.starts_with("warning:")
+            && l.contains("not issued by certificate #2")
+            && l.contains(&cert.display().to_string())),
+        "{lines:?}"
     );
 }

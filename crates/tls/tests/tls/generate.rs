@@ -176,3 +176,17 @@ async fn no_configured_certificate_generates_then_reuses_a_self_signed_pair() {
         .unwrap();
     assert_eq!(first.leaf, second.leaf, "the pair is reused across starts");
 }
+
+#[test]
+fn generate_refuses_no_names_and_zero_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = write_self_signed(&[], dir.path(), 30, KeyType::EcdsaP256).unwrap_err();
+    assert!(err.to_string().contains("no name given"), "{err}");
+    let err =
+        write_self_signed(&["a.test".to_owned()], dir.path(), 0, KeyType::EcdsaP256).unwrap_err();
+    assert!(
+        err.to_string().contains("--days must be at least 1"),
+        "{err}"
+    );
+    assert!(!dir.path().join("privkey.pem").exists());
+}
