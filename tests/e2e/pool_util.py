@@ -21,21 +21,43 @@ from harness import Postern, read_line, wait_for
 from harness.clients import DEFAULT_TIMEOUT
 
 
+class Silent:
+    """A listener that accepts (the kernel's backlog does) but never greets: a hung server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Greeter:
     """A tiny IMAP-shaped server in a thread: greets `* OK ready <name>`, answers every
     `TAG CMD ...` line with `TAG OK CMD done` (LOGOUT: `* BYE` + tagged OK, then close).
 
-    `path` makes it listen on a unix socket instead of 127.0.0.1:0. `stop()` closes the
+    `path` makes it listen on a unix socket instead of 127.0.0.1:0; `greeting` replaces the
+    greeting line (e.g. a refusing `* BYE`). `stop()` closes the
     listener and every open connection (the server "dies"); `start()` listens again on the
     same address. `sessions` counts connections that sent a command other than postern's
     health-probe LOGOUT.
     """
 
-    def __init__(self, name: str, path: Optional[Path] = None) -> None:
+    def __init__(self, name: str, path: Optional[Path] = None, greeting: Optional[bytes] = None) -> None:
         self.name = name
         self.path = path
+        self.greeting = greeting or f"* OK ready {name}\r\n".encode()
         self.port = 0
         self.sessions = 0
+        # monotonic accept time of each counted session's connection (warm spares are older
+        # than the client connection they end up serving)
+        self.session_accepted: list[float] = []
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._lsock: Optional[socket.socket] = None
@@ -74,10 +96,11 @@ class Greeter:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        accepted = time.monotonic()
         counted = False
         try:
             conn.settimeout(30)
-            conn.sendall(f"* OK ready {self.name}\r\n".encode())
+            conn.sendall(self.greeting)
             buf = b""
             while True:
                 chunk = conn.recv(4096)
@@ -95,6 +118,7 @@ class Greeter:
                         counted = True
                         with self._lock:
                             self.sessions += 1
+                            self.session_accepted.append(accepted)
                     if cmd == b"LOGOUT":
                         conn.sendall(b"* BYE " + self.name.encode() + b" logging out\r\n" + tag + b" OK LOGOUT done\r\n")
                         return
@@ -108,6 +132,12 @@ class Greeter:
                 conn.close()
             except OSError:
                 pass
+
+    @property
+    def open_conns(self) -> int:
+        """Connections open right now (sessions, probes, warm spares)."""
+        with self._lock:
+            return len(self._conns)
 
     def stop(self) -> None:
         if self._lsock is not None:
