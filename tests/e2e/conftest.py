@@ -213,8 +213,11 @@ class PosternFactory:
                 # it died during the test (or the test killed it): report only unexpected deaths
                 p._join_reader()
                 p.returncode = p.proc.returncode
-                if p.returncode != 0 and not getattr(p, "killed_by_test", False):
+                if p.returncode != 0 and not p.killed_by_test:
                     problems.append(f"postern (pid {p.pid}) exited by itself with rc {p.returncode}\n{tail(p.log_text(), 30)}")
+                continue
+            if p.killed_by_test:
+                p.kill()
                 continue
             try:
                 rc = p.stop()

@@ -239,7 +239,10 @@ def test_session_user_captured_per_protocol(gateway: Postern, dovecot, client_ct
     for listener in ("imaps", "pop3s", "submissions"):
         rec = gateway.wait_session_end(after=mark, listener=listener)[0]
         assert rec["user"] == user, rec
-        assert rec["outcome"] == "closed", rec
+        # not asserting `closed` here: stdlib clients close right after the goodbye, often with
+        # postern's close_notify unread (the kernel then resets), and Dovecot's submission
+        # resets after 221 itself; test_json_session_log_line checks `closed` on a clean close
+        assert rec["outcome"] in ("closed", "client_error", "backend_error"), rec
 
 
 def test_no_password_in_any_log_line(gateway: Postern, dovecot, client_ctx, certs):

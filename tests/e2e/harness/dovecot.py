@@ -293,9 +293,26 @@ service submission-login {{
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start `dovecot -F` and wait until IMAP, POP3 and submission answer their greetings."""
+        """Start `dovecot -F` and wait until IMAP, POP3 and submission answer their greetings.
+
+        The ports were free when picked, but another process on the machine may take one before
+        Dovecot binds it: then new ports are picked and the start is retried (3 tries). Ports
+        are only re-picked on the first start, so a restart keeps the addresses postern uses.
+        """
         if self.running():
             return
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                self._started_once = True
+                return
+            except DovecotError as e:
+                if "Address already in use" not in str(e) or getattr(self, "_started_once", False) or attempt == 2:
+                    raise
+                self.ports = {n: free_port() for n in LISTENERS}
+                self.conf_path.write_text(self._config())
+
+    def _start_once(self, timeout: float) -> None:
         out = open(self.root / "dovecot.stdout", "ab")
         try:
             self.proc = subprocess.Popen(

@@ -227,6 +227,8 @@ class Postern:
         self.listeners: dict[str, list[tuple[str, int]]] = {}
         self.admin: Optional[tuple[str, int]] = None
         self.returncode: Optional[int] = None
+        # set by kill() (or by a test that ends the process on purpose): a non-zero exit is expected
+        self.killed_by_test = False
 
     # ---- process -------------------------------------------------------------------------------
 
@@ -333,6 +335,7 @@ class Postern:
         return self.returncode
 
     def kill(self) -> None:
+        self.killed_by_test = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
