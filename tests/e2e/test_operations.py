@@ -346,6 +346,43 @@ def test_drain_goodbye_never_lands_inside_a_literal(postern_factory, dovecot, cl
         assert rest.startswith(b")\r\nf1 OK"), rest[:200]
 
 
+def test_drain_closes_stuck_sessions_when_the_grace_ends(postern_factory, dovecot, big_message, client_ctx):
+    """Sessions that cannot take a goodbye (a client that stopped reading mid-FETCH, a TCP
+    connection that never sends its ClientHello) are closed when the grace ends; postern
+    logs how many were left and still exits 0 on time."""
+    grace = 2.0
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("server").update(shutdown_grace="2s", drain_spread="1s")
+    p = postern_factory.start(cfg)
+    addr = p.addr("imaps")
+    stuck = ImapConn.tls(addr, client_ctx, timeout=30, rcvbuf=64 * 1024)
+    stuck.login(big_message.user, big_message.password)
+    stuck.command("s1", "SELECT INBOX")
+    stuck.send(b"f1 FETCH 1 (BODY.PEEK[])\r\n")
+    stuck.read_line()  # the literal has started; from now on this client reads nothing
+    silent = socket.create_connection(addr, timeout=5)
+    wait_for(lambda: p.metrics().value("postern_connections_active", listener="imaps") >= 2, 5, "both sessions to be open")
+
+    mark = p.log_mark()
+    t0 = time.monotonic()
+    p.signal(signal.SIGTERM)
+    rc = wait_exit(p, grace + 10)
+    took = time.monotonic() - t0
+    try:
+        assert rc == 0, f"exit code {rc}\n{tail(p.log_text(), 20)}"
+        assert grace <= took <= grace + 1.5, f"exited {took:.2f}s after SIGTERM; grace {grace}s"
+        left = _one(p, "shutdown grace elapsed; closing remaining sessions", mark)
+        end = _one(p, "exit", mark)
+        print(f"exit {took:.2f}s after SIGTERM; {left['sessions']} session(s) left at the grace end")
+        assert int(left["sessions"]) >= 1 and int(end["sessions_left"]) == int(left["sessions"]), (left, end)
+        assert end["interrupted"] in (False, "false"), end
+        silent.settimeout(5)
+        assert silent.recv(100) == b"", "the silent connection got bytes instead of a close"
+    finally:
+        silent.close()
+        stuck.close()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_second_signal_ends_drain_at_once(postern_factory, dovecot, client_ctx, sig):
     cfg = postern_factory.config(dovecot, protocols=("imap",))
@@ -377,10 +414,10 @@ def test_second_signal_ends_drain_at_once(postern_factory, dovecot, client_ctx, 
 # ---- privilege drop ----------------------------------------------------------------------------
 
 
-def _install_cert(pair, cert_path: Path, key_path: Path) -> None:
+def _install_cert(pair, cert_path: Path, key_path: Path, key_owner: int = NOBODY) -> None:
     """Put a certificate in place the way an admin (or certbot hook) should for a dropped
     postern: cert 0644, key owned by the service user 0600, each file swapped in by rename."""
-    for src, dst, mode, uid in ((pair.key, key_path, 0o600, NOBODY), (pair.cert, cert_path, 0o644, 0)):
+    for src, dst, mode, uid in ((pair.key, key_path, 0o600, key_owner), (pair.cert, cert_path, 0o644, 0)):
         tmp = dst.with_name(f".{dst.name}.new")
         shutil.copyfile(src, tmp)
         os.chown(tmp, uid, NOGROUP)
@@ -466,6 +503,31 @@ def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovec
     finally:
         notify.close()
         shutil.rmtree(nd, ignore_errors=True)
+
+
+def test_privilege_drop_rotation_unreadable_by_the_user_is_refused_loudly(postern_factory, dovecot):
+    """The wrong ownership (key root 0600): postern starts (it reads the key as root), but a
+    rotation cannot be read after the drop. It must say so, count it, and keep serving the
+    previous certificate rather than fail handshakes."""
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    tls_dir = cfg.workdir / "tls"
+    tls_dir.mkdir()
+    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    first = make_self_signed(cfg.workdir / "gen1", stem="first")
+    _install_cert(first, cert_path, key_path, key_owner=0)
+    cfg.section("tls").update(watch=True, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    cfg.section("server").update(user="nobody", group="nogroup")
+    p = postern_factory.start(cfg)
+    addr = p.addr("imaps")
+    errors_before = p.metrics().value("postern_certificate_reloads_total", result="error")
+    mark = p.log_mark()
+
+    _install_cert(make_self_signed(cfg.workdir / "gen2", stem="second"), cert_path, key_path, key_owner=0)
+    p.wait_metric("postern_certificate_reloads_total", lambda v: v >= errors_before + 1, 10, result="error")
+    rejected = p.wait_for_record(lambda r: r.get("level") in ("WARN", "ERROR") and "reload" in str(r.get("message", "")), 5, after=mark)
+    text = " ".join(str(v) for v in rejected[0].values())
+    assert str(key_path) in text and "permission" in text.lower(), f"the warning must name {key_path} and the permission problem: {rejected[0]}"
+    assert _served_cert(addr) == _der(first.cert), "a failed reload must keep the previous certificate"
 
 
 @pytest.mark.parametrize(
@@ -577,3 +639,17 @@ def test_address_in_use_is_one_clear_error(postern_factory, dovecot, postern_bin
     assert what in mentions[0], f"the message must name {what}: {mentions[0]}"
     assert "in use" in mentions[0], mentions[0]
     assert '"ready"' not in out, out
+
+
+@pytest.mark.parametrize(
+    "server, key",
+    [({"shutdown_grace": "5s", "drain_spread": "10s"}, "server.drain_spread"), ({"shutdown_grace": "soon"}, "server.shutdown_grace")],
+    ids=["spread-over-grace", "bad-grace"],
+)
+def test_bad_drain_settings_are_config_errors(postern_factory, dovecot, postern_bin, server, key):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("server").update(server)
+    res = run_expecting_failure(postern_bin, cfg.write())
+    assert res.returncode == 2, f"exit {res.returncode}, want 2\n{res.stdout}"
+    assert key in res.stdout, f"the message must name {key}:\n{res.stdout}"
+    assert not PANIC_MARKERS.search(res.stdout), res.stdout
