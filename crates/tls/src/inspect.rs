@@ -161,12 +161,10 @@ fn inspect_key(report: &mut Report, chain: Vec<rustls_pki_types::CertificateDer<
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "certificate  {} ({} in chain)",
-            self.cert.display(),
-            self.chain_len
-        )?;
+        match self.chain_len {
+            0 => writeln!(f, "certificate  {}", self.cert.display())?,
+            n => writeln!(f, "certificate  {} ({n} in chain)", self.cert.display())?,
+        }
         if let Some(subject) = &self.subject {
             writeln!(f, "subject      {subject}")?;
         }
