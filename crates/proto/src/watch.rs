@@ -40,17 +40,23 @@
 //! Limitation of that default (the watcher sees only the client's side): after the end,
 //! commands pass unchecked, so a client whose first login fails, that sends
 //! [`INSPECT_LIMIT`] bytes before logging in, or that sends an over-long line, can still get
-//! an `ID`/`XCLIENT` to the backend. [`ClientWatch::strict`] closes those three gaps by
-//! watching until authentication *and* the byte bound. One gap remains in both modes: a
-//! synchronizing literal the backend refuses (it answers with a tagged reply instead of
-//! `+`) makes the watcher count the client's next bytes as literal data. Backends should
-//! honour address fields only from postern's own forwarding command, which is sent first.
+//! an `ID`/`XCLIENT` to the backend; and a literal the backend refuses (a tagged reply
+//! instead of `+`) makes the watcher count the client's next bytes as literal data, unread.
+//! [`ClientWatch::strict`] closes these gaps: it watches until authentication *and* the byte
+//! bound, passes over-long lines without ending, and also reads IMAP literal data as the
+//! commands it would be had the backend refused the literal (holding at most one partial
+//! line of it, until its line end). Without the backend's replies one gap stays even then: a
+//! client that fails a login and then sends more than [`INSPECT_LIMIT`] bytes is no longer
+//! watched. Backends should still honour address fields only from postern's own forwarding
+//! command, which is sent first.
 //!
 //! SMTP message text after `DATA` (up to the line `.`, CRLF or bare LF) is passed unread,
 //! so a message line is never refused.
 //!
 //! Literal bytes (IMAP `{n}`/`{n+}`, SMTP `BDAT n` chunks) pass through at once, counted,
-//! never held waiting for a line end. An over-long line (more than `max_line_length` bytes
+//! never held waiting for a line end (strict mode: see above; the bytes after the last line
+//! end of IMAP literal data wait for the next line end, which a client always sends without
+//! waiting for the server). An over-long line (more than `max_line_length` bytes
 //! without a line end) that is not refused is passed through and ends inspection.
 
 use std::fmt;
@@ -92,6 +98,12 @@ pub struct ClientWatch {
     /// Strict mode: passing the rest of an over-long line; keeps its last bytes to see
     /// whether it announces a literal.
     passing_line: Option<Vec<u8>>,
+    /// Strict mode, IMAP: how many bytes at the start of `held` are literal data (the start
+    /// of a line as the backend would read it had it refused the literal).
+    held_literal: usize,
+    /// Strict mode, IMAP: passing literal data up to the next line end unchecked (the
+    /// shadow line was over-long).
+    shadow_passing: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,16 +157,21 @@ impl ClientWatch {
             authenticated: false,
             strict: false,
             passing_line: None,
+            held_literal: 0,
+            shadow_passing: false,
         }
     }
 
     /// A watcher in strict mode: inspection ends only once an authentication command and its
-    /// data have passed *and* more than [`INSPECT_LIMIT`] bytes were inspected, and an
-    /// over-long line is passed through without ending inspection. This closes the gaps of
+    /// data have passed *and* more than [`INSPECT_LIMIT`] bytes were inspected; an over-long
+    /// line is passed through without ending inspection; IMAP literal data is also checked as
+    /// the commands it would be had the backend refused the literal. This closes the gaps of
     /// the default mode for rule T12 (a refused first login, padding before the login, an
-    /// over-long line) at the cost of scanning the client's lines longer; a session that
-    /// never authenticates (a backend that greets with PREAUTH) is watched to its end.
-    /// The held partial line stays bounded by `max_line_length` either way.
+    /// over-long line, a refused literal; see the module docs for the one that remains) at
+    /// the cost of scanning the client's lines longer: a session that never authenticates
+    /// (a backend that greets with PREAUTH) is watched to its end. Recommended when the
+    /// backend trusts postern's `ID`/`XCLIENT` (`forward_client = "protocol"`). Held bytes
+    /// stay bounded by `max_line_length` either way.
     pub fn strict(protocol: Protocol, max_line_length: usize) -> Self {
         ClientWatch {
             strict: true,
@@ -172,7 +189,9 @@ impl ClientWatch {
                 to_backend.extend_from_slice(input);
                 return;
             }
-            if self.data_left > 0 {
+            if self.data_left > 0 && self.shadowed() {
+                input = self.shadow_data(input, to_backend, to_client);
+            } else if self.data_left > 0 {
                 input = self.data(input, to_backend);
             } else if self.passing_line.is_some() {
                 input = self.pass_line(input, to_backend);
@@ -238,6 +257,107 @@ impl ClientWatch {
         &input[k..]
     }
 
+    /// Strict mode, IMAP, a literal being passed: its bytes are also read as lines.
+    ///
+    /// The watcher cannot see whether the backend accepted a literal; had it refused one
+    /// (a tagged reply instead of `+`), the backend reads the "literal" bytes as commands.
+    /// So each line of literal data is checked as a command too, and held until its line end
+    /// (bounded by `max_line_length`). That never stalls a client: after a literal's bytes a
+    /// client always sends on to a line end without waiting for the server. A line that would
+    /// be a reserved `ID` is taken as proof the literal was refused: it is answered, dropped,
+    /// and the bytes after it are read as commands.
+    fn shadowed(&self) -> bool {
+        self.strict && self.protocol == Protocol::Imap && self.data_mode != DataMode::Drop
+    }
+
+    fn shadow_data<'a>(
+        &mut self,
+        input: &'a [u8],
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> &'a [u8] {
+        let k = usize::try_from(self.data_left).map_or(input.len(), |left| left.min(input.len()));
+        let chunk = &input[..k];
+        if self.data_mode == DataMode::CaptureUser {
+            let room = MAX_USER.saturating_sub(self.user_literal.len());
+            self.user_literal.extend_from_slice(&chunk[..room.min(k)]);
+        }
+        let mut pos = 0;
+        while let Some(i) = memchr::memchr(b'\n', &chunk[pos..]) {
+            let piece = &chunk[pos..pos + i + 1];
+            pos += i + 1;
+            if std::mem::take(&mut self.shadow_passing) {
+                to_backend.extend_from_slice(piece);
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.held);
+            line.extend_from_slice(piece);
+            self.held_literal = 0;
+            // A shadow line longer than the limit is judged like an over-long line.
+            let over_long = line.len() > self.max_line_length;
+            if let Some(reply) = self.shadow_refusal(&line[..content_len(&line)], over_long) {
+                scrub(&mut line);
+                return self.literal_refused(reply, &input[pos..], pos, to_client);
+            }
+            to_backend.extend_from_slice(&line);
+            scrub(&mut line);
+        }
+        let rest = &chunk[pos..];
+        if self.shadow_passing {
+            to_backend.extend_from_slice(rest);
+        } else if self.held.len() + rest.len() > self.max_line_length {
+            let mut start = self.held.clone();
+            start.extend_from_slice(&rest[..rest.len().min(self.max_line_length)]);
+            let refusal = self.shadow_refusal(&start, true);
+            scrub(&mut start);
+            if let Some(reply) = refusal {
+                self.discard_line = true;
+                return self.literal_refused(reply, &input[k..], k, to_client);
+            }
+            to_backend.extend_from_slice(&self.held);
+            to_backend.extend_from_slice(rest);
+            scrub(&mut self.held);
+            self.held_literal = 0;
+            self.shadow_passing = true;
+        } else {
+            self.held.extend_from_slice(rest);
+            self.held_literal += rest.len();
+        }
+        self.data_left -= k as u64;
+        self.inspected = self.inspected.saturating_add(k);
+        if self.data_left == 0 {
+            if self.data_mode == DataMode::CaptureUser {
+                self.user = clean_user(&self.user_literal);
+                scrub(&mut self.user_literal);
+            }
+            if std::mem::take(&mut self.shadow_passing) {
+                // The over-long line goes on past the literal: pass it to its end.
+                self.passing_line = Some(Vec::new());
+            }
+        }
+        &input[k..]
+    }
+
+    /// A shadow line showed the backend refused the literal: answer, drop the line, and read
+    /// what follows (`after`, at `consumed` bytes into the input) as commands.
+    fn literal_refused<'a>(
+        &mut self,
+        reply: Vec<u8>,
+        after: &'a [u8],
+        consumed: usize,
+        to_client: &mut Vec<u8>,
+    ) -> &'a [u8] {
+        to_client.extend_from_slice(&reply);
+        scrub(&mut self.held);
+        scrub(&mut self.user_literal);
+        self.held_literal = 0;
+        self.shadow_passing = false;
+        self.data_left = 0;
+        self.cmd = Cmd::New;
+        self.inspected = self.inspected.saturating_add(consumed);
+        after
+    }
+
     /// Strict mode: the rest of an over-long line goes through unread.
     fn pass_line<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>) -> &'a [u8] {
         let end = memchr::memchr(b'\n', input).map_or(input.len(), |i| i + 1);
@@ -299,11 +419,23 @@ impl ClientWatch {
         }
         self.inspected = self.inspected.saturating_add(head.len());
         if self.held.is_empty() {
-            self.on_line(head, to_backend, to_client);
+            self.on_line(head, 0, to_backend, to_client);
         } else {
+            let literal_prefix = std::mem::take(&mut self.held_literal);
             let mut line = std::mem::take(&mut self.held);
             line.extend_from_slice(head);
-            self.on_line(&line, to_backend, to_client);
+            let shadow = if literal_prefix > 0 {
+                self.shadow_refusal(&line[..content_len(&line)], false)
+            } else {
+                None
+            };
+            match shadow {
+                Some(reply) => {
+                    to_client.extend_from_slice(&reply);
+                    self.cmd = Cmd::New;
+                }
+                None => self.on_line(&line, literal_prefix, to_backend, to_client),
+            }
             scrub(&mut line);
         }
         rest
@@ -318,6 +450,19 @@ impl ClientWatch {
         to_client: &mut Vec<u8>,
     ) {
         self.inspected = self.inspected.saturating_add(tail.len());
+        if std::mem::take(&mut self.held_literal) > 0 {
+            let mut start = self.held.clone();
+            start.extend_from_slice(&tail[..tail.len().min(self.max_line_length)]);
+            let shadow = self.shadow_refusal(&start, true);
+            scrub(&mut start);
+            if let Some(reply) = shadow {
+                to_client.extend_from_slice(&reply);
+                self.cmd = Cmd::New;
+                self.discard_line = !complete;
+                scrub(&mut self.held);
+                return;
+            }
+        }
         let refuse = match self.cmd {
             Cmd::Refused => true,
             Cmd::New => {
@@ -355,8 +500,17 @@ impl ClientWatch {
         scrub(&mut self.held);
     }
 
-    fn on_line(&mut self, line: &[u8], to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
-        let content = &line[..content_len(line)];
+    /// A complete line; its first `skip` bytes are the end of a literal (strict mode), so
+    /// they are forwarded but not parsed.
+    fn on_line(
+        &mut self,
+        line: &[u8],
+        skip: usize,
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) {
+        let end = content_len(line);
+        let content = &line[skip.min(end)..end];
         let literal = match self.protocol {
             Protocol::Imap => trailing_literal(content),
             _ => None,
@@ -461,38 +615,41 @@ impl ClientWatch {
     /// [`Self::refusal`] for the start of an over-long line: an IMAP `ID` is refused whatever
     /// the part seen, since a reserved field could sit past it.
     fn refusal_truncated(&self, start: &[u8]) -> Option<Vec<u8>> {
-        let (kw, _) = self.keyword(start);
-        if self.protocol == Protocol::Imap && kw.eq_ignore_ascii_case(b"ID") {
-            let tag = first_word(start).0;
-            let tag = String::from_utf8_lossy(if is_imap_tag(tag) { tag } else { b"*" });
-            return Some(
-                format!("{tag} BAD ID fields reserved to the gateway are not accepted\r\n")
-                    .into_bytes(),
-            );
+        self.shadow_refusal(start, true)
+            .or_else(|| self.refusal(start))
+    }
+
+    /// The refusal of an IMAP `ID` carrying a reserved field or a literal (always, when
+    /// `truncated`: the field could sit past the part seen). None for anything else.
+    fn shadow_refusal(&self, content: &[u8], truncated: bool) -> Option<Vec<u8>> {
+        if self.protocol != Protocol::Imap {
+            return None;
         }
-        self.refusal(start)
+        let (kw, args) = self.keyword(content);
+        if !kw.eq_ignore_ascii_case(b"ID") {
+            return None;
+        }
+        let args = args.unwrap_or_default();
+        let forbidden = truncated
+            || trailing_literal(content).is_some()
+            || RESERVED_ID_FIELDS.iter().any(|f| contains_ci(args, f));
+        let tag = first_word(content).0;
+        let tag = String::from_utf8_lossy(if is_imap_tag(tag) { tag } else { b"*" });
+        forbidden.then(|| {
+            format!("{tag} BAD ID fields reserved to the gateway are not accepted\r\n").into_bytes()
+        })
     }
 
     /// The reply refusing `content` when it must not reach the backend.
     fn refusal(&self, content: &[u8]) -> Option<Vec<u8>> {
-        let (kw, args) = self.keyword(content);
+        let (kw, _) = self.keyword(content);
         let kw = kw.to_ascii_uppercase();
         match self.protocol {
             Protocol::Imap => {
                 let tag = first_word(content).0;
                 let tag = String::from_utf8_lossy(if is_imap_tag(tag) { tag } else { b"*" });
                 match &kw[..] {
-                    b"ID" => {
-                        let args = args.unwrap_or_default();
-                        let forbidden = trailing_literal(content).is_some()
-                            || RESERVED_ID_FIELDS.iter().any(|f| contains_ci(args, f));
-                        forbidden.then(|| {
-                            format!(
-                                "{tag} BAD ID fields reserved to the gateway are not accepted\r\n"
-                            )
-                            .into_bytes()
-                        })
-                    }
+                    b"ID" => self.shadow_refusal(content, false),
                     b"STARTTLS" => {
                         Some(format!("{tag} BAD TLS is already active\r\n").into_bytes())
                     }

@@ -617,3 +617,107 @@ fn t12_over_long_id_is_refused_even_when_the_field_comes_late() {
     assert_eq!(out.backend, b"c NOOP\r\n");
     assert_eq!(out.client, ID_REPLY);
 }
+
+// ---- strict mode: literal bytes are also read as the commands they would be if refused ----
+
+#[test]
+fn t12_strict_mode_refused_literal_cannot_smuggle_an_id() {
+    // The backend answers `a BAD` to XYZ instead of "+": the "literal" is really a command.
+    let id = b"b ID (\"x-originating-ip\" \"1.2.3.4\")\r\n";
+    let mut input = format!("a XYZ {{{}}}\r\n", id.len()).into_bytes();
+    let announce = input.clone();
+    input.extend_from_slice(id);
+    input.extend_from_slice(b"c NOOP\r\n");
+    let mut want = announce.clone();
+    want.extend_from_slice(b"c NOOP\r\n");
+    let (out, _) = strict(Protocol::Imap, &input);
+    assert_eq!(
+        String::from_utf8_lossy(&out.backend),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(out.client, ID_REPLY);
+    let out = bytewise_strict(Protocol::Imap, &input);
+    assert_eq!(
+        String::from_utf8_lossy(&out.backend),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(out.client, ID_REPLY);
+    // The default mode passes it as literal data (the documented gap).
+    assert_eq!(whole(Protocol::Imap, &input).backend, input);
+}
+
+#[test]
+fn strict_mode_literal_tail_waits_only_for_its_line_end() {
+    let mut w = ClientWatch::strict(Protocol::Imap, MAX);
+    let (mut backend, mut client) = (Vec::new(), Vec::new());
+    w.feed(b"a APPEND x {7}\r\n", &mut backend, &mut client);
+    assert_eq!(backend, b"a APPEND x {7}\r\n");
+    w.feed(b"hi\r\nyo", &mut backend, &mut client);
+    assert_eq!(backend, b"a APPEND x {7}\r\nhi\r\n");
+    w.feed(b"u", &mut backend, &mut client);
+    w.feed(b"\r\n", &mut backend, &mut client);
+    assert_eq!(backend, b"a APPEND x {7}\r\nhi\r\nyou\r\n");
+    assert_eq!(w.held_len(), 0);
+    assert!(client.is_empty());
+}
+
+#[test]
+fn strict_mode_logins_and_literals_still_pass_unchanged() {
+    for input in [
+        &b"a LOGIN {3}\r\nbob {2}\r\npw\r\n"[..],
+        b"a LOGIN {3+}\r\nbob \"pw\"\r\n",
+        b"a LOGIN bob {2}\r\npw\r\n",
+    ] {
+        for out in [
+            strict(Protocol::Imap, input).0,
+            bytewise_strict(Protocol::Imap, input),
+        ] {
+            assert_eq!(out.backend, input);
+            assert_eq!(out.user.as_deref(), Some("bob"));
+        }
+    }
+    // Literal text that merely looks like commands (other than a reserved ID) is data.
+    let input = b"a APPEND x {26}\r\nb STARTTLS\r\nc ID (\"a\" \"b\")\r\n\r\nd NOOP\r\n";
+    assert_eq!(strict(Protocol::Imap, input).0.backend, input);
+    assert_eq!(bytewise_strict(Protocol::Imap, input).backend, input);
+}
+
+#[test]
+fn strict_mode_long_literal_without_line_ends_passes() {
+    let mut input = b"a APPEND x {3000}\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 3000));
+    input.extend_from_slice(b" y\r\nc STARTTLS\r\n");
+    let want = &input[..input.len() - 12];
+    let (out, w) = strict(Protocol::Imap, &input);
+    assert!(out.backend == want, "{}", out.backend.len());
+    assert_eq!(out.client, b"c BAD TLS is already active\r\n");
+    assert_eq!(w.held_len(), 0);
+    let out = bytewise_strict(Protocol::Imap, &input);
+    assert!(out.backend == want, "{}", out.backend.len());
+}
+
+#[test]
+fn strict_mode_over_long_id_inside_a_literal_is_refused() {
+    let mut id = b"b ID (\"".to_vec();
+    id.extend(std::iter::repeat_n(b'x', 2 * MAX));
+    id.extend_from_slice(b"\")\r\n");
+    let mut input = format!("a XYZ {{{}}}\r\n", id.len()).into_bytes();
+    let announce = input.clone();
+    input.extend_from_slice(&id);
+    input.extend_from_slice(b"c NOOP\r\n");
+    let mut want = announce;
+    want.extend_from_slice(b"c NOOP\r\n");
+    for out in [
+        strict(Protocol::Imap, &input).0,
+        bytewise_strict(Protocol::Imap, &input),
+    ] {
+        assert!(
+            out.backend == want,
+            "{} bytes: {:?} / client {:?}",
+            out.backend.len(),
+            String::from_utf8_lossy(&out.backend[out.backend.len().saturating_sub(40)..]),
+            String::from_utf8_lossy(&out.client)
+        );
+        assert_eq!(out.client, ID_REPLY);
+    }
+}
