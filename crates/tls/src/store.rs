@@ -74,8 +74,9 @@ pub(crate) struct Shared {
     provider: Arc<CryptoProvider>,
     current: Arc<ArcSwap<CertSet>>,
     metrics: TlsMetrics,
-    /// Serialises reloads and remembers the last rejected file contents, so the periodic
-    /// re-check of a still-broken file does not log and count the same failure every minute.
+    /// Serialises reloads and remembers the last failure (the rejected files' fingerprint, or
+    /// the read error's text), so the periodic re-check of a still-broken file does not log
+    /// and count the same failure every minute.
     reload: Mutex<Option<Vec<u8>>>,
     /// When validity warnings were last logged; they repeat at most daily.
     expiry_warned: Mutex<std::time::Instant>,
@@ -190,12 +191,16 @@ impl Shared {
                     continue;
                 }
             }
-            // Unreadable files have no bytes to remember: every such attempt counts.
-            let failed = files.as_deref().map(fingerprint);
-            let repeated = failed.is_some() && *last_failed == failed;
+            // The same bytes failing again (or the same file unreadable for the same reason,
+            // e.g. after a privilege drop) is one failure, not one per minute.
+            let failed = match files.as_deref() {
+                Some(files) => fingerprint(files),
+                None => error.chain().into_bytes(),
+            };
+            let repeated = last_failed.as_ref() == Some(&failed);
             if !repeated {
                 self.reject(&error);
-                *last_failed = failed;
+                *last_failed = Some(failed);
             }
             return Err((error, repeated));
         }

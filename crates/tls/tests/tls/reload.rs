@@ -80,6 +80,16 @@ async fn reload_now_publishes_changes_only_and_counts_each_broken_content_once()
         2,
         "new broken bytes count again"
     );
+    std::fs::remove_file(dir.path().join("cert.pem")).unwrap();
+    for _ in 0..3 {
+        let err = tls.reload_now().unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+    assert_eq!(
+        support::reloads(&metrics, "error"),
+        3,
+        "an unreadable file counts once while the reason stays the same"
+    );
 }
 
 #[tokio::test]
