@@ -83,7 +83,8 @@ impl Tls {
     /// When `tls.watch` is on: watches the certificate files and their directories and
     /// re-checks every 60 s; on a change (debounced) reloads the whole set and swaps it in, or
     /// keeps the old one and counts an error. Runs on the current tokio runtime until
-    /// `shutdown` is cancelled. When `tls.watch` is off the returned task ends at once.
+    /// `shutdown` is cancelled. When `tls.watch` is off, or only the self-signed pair from the
+    /// state directory is served, the returned task ends at once.
     pub fn spawn_watcher(
         &self,
         shutdown: tokio_util::sync::CancellationToken,

@@ -41,7 +41,9 @@ pub(crate) fn spawn(
     options: WatchOptions,
 ) -> Result<JoinHandle<()>, TlsError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime)?;
-    if !shared.watch {
+    // The self-signed pair is postern's own and changes only at start (regeneration); after a
+    // privilege drop its 0700 directory may not even be readable any more.
+    if !shared.watch || shared.sources.iter().all(|s| s.self_signed) {
         return Ok(runtime.spawn(async {}));
     }
     // Capacity 1: a pending wake-up already covers every later event of the burst.

@@ -170,6 +170,15 @@ async fn no_configured_certificate_generates_then_reuses_a_self_signed_pair() {
         "{lines:?}"
     );
 
+    // Nothing to watch: postern's own pair changes only at start.
+    let task = tls
+        .spawn_watcher(tokio_util::sync::CancellationToken::new())
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+
     let again = Tls::load(&support::config(&[]), &state, support::metrics().tls()).unwrap();
     let second = support::handshake(again.server_config(b"imap"), None, &[])
         .await
