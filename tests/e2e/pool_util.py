@@ -60,6 +60,9 @@ class Greeter:
         self.session_accepted: list[float] = []
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        # connection -> accept time, while it has received no byte (a warm spare, or a probe
+        # that has not sent its LOGOUT yet)
+        self._silent: dict[socket.socket, float] = {}
         self._lsock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -93,6 +96,7 @@ class Greeter:
                 return
             with self._lock:
                 self._conns.add(conn)
+                self._silent[conn] = time.monotonic()
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -107,6 +111,8 @@ class Greeter:
                 if not chunk:
                     return
                 buf += chunk
+                with self._lock:
+                    self._silent.pop(conn, None)
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     parts = line.strip().split(None, 2)
@@ -128,6 +134,7 @@ class Greeter:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                self._silent.pop(conn, None)
             try:
                 conn.close()
             except OSError:
@@ -138,6 +145,13 @@ class Greeter:
         """Connections open right now (sessions, probes, warm spares)."""
         with self._lock:
             return len(self._conns)
+
+    def idle_for(self, age: float) -> int:
+        """Connections open at least `age` seconds that never sent a byte: warm spares (a
+        health probe sends its LOGOUT right after the greeting)."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for t in self._silent.values() if now - t >= age)
 
     def stop(self) -> None:
         if self._lsock is not None:

@@ -232,7 +232,8 @@ def test_warm_spares_serve_sessions(postern_factory, greeters, client_ctx):
     gw = _imap_pool(postern_factory, [g.server], warm=2)
     for i in range(5):
         # spares are (re)filled in the background; each session must then take one
-        wait_for(lambda: g.open_conns >= 2, 5, "2 warm spare connections at the greeter")
+        # (50 ms old and silent: the pool has surely read their greetings and queued them)
+        wait_for(lambda: g.idle_for(0.05) >= 2, 5, "2 warm spare connections at the greeter")
         t_client = time.monotonic()
         s = tls_from(gw.addr("imaps"), client_ctx)
         try:
@@ -245,6 +246,22 @@ def test_warm_spares_serve_sessions(postern_factory, greeters, client_ctx):
             s.close()
         assert g.sessions == i + 1
         assert g.session_accepted[-1] < t_client, f"session {i} got a fresh connection, not a warm spare"
+
+
+def test_client_hash_is_the_same_in_another_postern_instance(postern_factory, greeters, client_ctx):
+    """Rendezvous hashing on the client address: a second postern (servers listed in another
+    order) puts every client on the same server, so a farm of gateways agrees."""
+    gs = greeters(3)
+    servers = [g.server for g in gs]
+    gw1 = _imap_pool(postern_factory, servers, balance="client-hash")
+    gw2 = _imap_pool(postern_factory, list(reversed(servers)), balance="client-hash")
+    for ip in (f"127.0.0.{i}" for i in range(2, 22)):
+        placed = []
+        for gw in (gw1, gw2):
+            mark = gw.log_mark()
+            local = imap_hello(gw.addr("imaps"), client_ctx, ip)
+            placed.append(backend_of(gw, local, after=mark))
+        assert placed[0] == placed[1], f"{ip}: {placed}"
 
 
 # ---- health ---------------------------------------------------------------------------------
@@ -297,6 +314,36 @@ def test_refusing_greeting_marks_down_and_fails_over(postern_factory, greeters, 
         assert up(gw, "pool", good.server) == 1
     finally:
         busy.stop()
+
+
+def test_passive_health_marks_down_without_probes(postern_factory, greeters, client_ctx):
+    """Session connect failures count: with probes a minute apart, the failures of real
+    sessions alone take the server down (and the sessions themselves fail over)."""
+    victim, other = greeters(2)
+    servers = [victim.server, other.server]
+    gw = _imap_pool(postern_factory, servers, balance="round-robin",
+                    health={"interval": "60s", "timeout": "1s", "fall": 2, "rise": 2})
+    assert set(_session_backends(gw, client_ctx, 2)) == set(servers)
+    victim.stop()
+    used = _session_backends(gw, client_ctx, 6)
+    assert used == [other.server] * 6, used
+    wait_up(gw, "pool", victim.server, 0, timeout=2)
+    down = gw.find_records(lambda r: r.get("message") == "backend server down" and r.get("server") == victim.server)
+    assert down and str(down[0].get("source")).startswith("session"), down
+    assert gw.metrics().value("postern_backend_connect_failures_total", backend="pool", server=victim.server) >= 2
+
+
+def test_probes_mark_a_hung_server_down(postern_factory, dovecot, client_ctx):
+    hung = Silent()
+    try:
+        servers = [hung.server, dovecot.server("imap")]
+        gw = _imap_pool(postern_factory, servers, health=FAST_HEALTH)
+        wait_up(gw, "pool", hung.server, 0, timeout=5)
+        assert up(gw, "pool", servers[1]) == 1
+        used = _session_backends(gw, client_ctx, 4)
+        assert used == [servers[1]] * 4, used
+    finally:
+        hung.close()
 
 
 def test_failover_on_connect(postern_factory, dovecot, client_ctx):
@@ -405,7 +452,9 @@ def _pop3_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str)
 @pytest.mark.parametrize("version", ["proxy-v2", "proxy-v1"])
 def test_proxy_header_gives_dovecot_the_client_address(postern_factory, dovecot, client_ctx, version):
     cfg = postern_factory.config(dovecot, protocols=("imap", "pop3"), forward_client=version,
-                                 dovecot_listeners={"imap": "imap_haproxy", "pop3": "pop3_haproxy"})
+                                 dovecot_listeners={"imap": "imap_haproxy", "pop3": "pop3_haproxy"},
+                                 health=FAST_HEALTH)
+    probes_before = dovecot.log_text().count("Aborted login by logging out")
     gw = postern_factory.start(cfg)
     user, password = dovecot.new_user()
     got = _imap_login_from(gw, client_ctx, user, password, "127.0.0.2")
@@ -419,6 +468,13 @@ def test_proxy_header_gives_dovecot_the_client_address(postern_factory, dovecot,
     assert got[0].startswith(b"+OK"), got
     line = _dovecot_login_line(dovecot, user, "pop3")
     assert "rip=127.0.0.3," in line, line
+
+    # health probes on the haproxy listeners (a LOCAL header, then the greeting) pass: after
+    # more than `fall` probe rounds both servers are still up
+    wait_for(lambda: dovecot.log_text().count("Aborted login by logging out") >= probes_before + 8, 10,
+             "postern's health probes in Dovecot's log")
+    assert up(gw, "imap", dovecot.server("imap_haproxy")) == 1
+    assert up(gw, "pop3", dovecot.server("pop3_haproxy")) == 1
 
 
 def test_protocol_forwarding_imap_id(postern_factory, dovecot, client_ctx):
@@ -489,7 +545,7 @@ def test_pop3_xclient_refused_by_untrusted_dovecot(postern_factory, dovecot_fact
     finally:
         s.close()
     assert data.startswith(b"-ERR [SYS/TEMP]") and data.count(b"\r\n") == 1, data
-    assert gw.find_records(lambda r: "trusted" in str(r.get("error", ""))), gw.log_text()[-3000:]
+    gw.wait_for_record(lambda r: "trusted" in str(r.get("error", "")), what="a log line with the XCLIENT refusal")
 
 
 def test_protocol_forwarding_pop3_xclient(postern_factory, dovecot, client_ctx):
@@ -663,3 +719,36 @@ def test_exec_max_children(postern_factory, tmp_path, client_ctx):
     # a place is free again
     local, env = _exec_env_session(addr, client_ctx, "127.0.0.1")
     assert env["TCPREMOTEIP"] == "127.0.0.1"
+
+
+def test_exec_child_that_never_greets(postern_factory, tmp_path, client_ctx):
+    script = tmp_path / "mute.sh"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    cfg = postern_factory.config()
+    cfg.data["backend"].append({"name": "mute", "exec": [str(script)], "connect_timeout": "500ms"})
+    cfg.listener("imaps", "imap", "mute")
+    gw = postern_factory.start(cfg)
+    s = tls_from(gw.addr("imaps"), client_ctx)
+    try:
+        data = read_until_eof(s, timeout=10)
+    finally:
+        s.close()
+    assert data.startswith(b"* BYE [UNAVAILABLE]") and data.count(b"\r\n") == 1, data
+    wait_no_children(gw.pid, timeout=5)
+
+
+def test_exec_program_missing(postern_factory, tmp_path, client_ctx):
+    missing = tmp_path / "no-such-imapd"
+    cfg = postern_factory.config()
+    cfg.data["backend"].append({"name": "gone", "exec": [str(missing)]})
+    cfg.listener("imaps", "imap", "gone")
+    gw = postern_factory.start(cfg)
+    s = tls_from(gw.addr("imaps"), client_ctx)
+    try:
+        data = read_until_eof(s, timeout=10)
+    finally:
+        s.close()
+    assert data.startswith(b"* BYE [UNAVAILABLE]") and data.count(b"\r\n") == 1, data
+    assert str(missing) in gw.log_text(), "the log should name the program that could not start"
+    assert gw.alive()
