@@ -14,11 +14,12 @@ import ssl
 import subprocess
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness import Postern
+from harness import Dovecot, Postern
 from harness.util import tail
 
 # Python's ssl module raises this when the peer closes TCP without a TLS close_notify.
@@ -363,3 +364,49 @@ def run_expecting_failure(binary: Path, config_path: Path, timeout: float = 30.0
 
 PANIC_MARKERS = re.compile(r"panicked at|stack backtrace|RUST_BACKTRACE|Traceback", re.IGNORECASE)
 
+
+
+class ZlibDovecot(Dovecot):
+    """A Dovecot that offers IMAP COMPRESS=DEFLATE (RFC 4978), as many production ones do."""
+
+    def _config(self) -> str:
+        return super()._config() + (
+            "\nmail_plugins = $mail_plugins zlib\n"
+            "protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n"
+        )
+
+
+class Deflated:
+    """The client side of an IMAP session after COMPRESS DEFLATE: raw deflate both ways."""
+
+    def __init__(self, conn: LineConn) -> None:
+        self.conn = conn
+        self.out = zlib.compressobj(wbits=-15)
+        self.inflate = zlib.decompressobj(wbits=-15)
+        self.text = bytearray()
+        self.raw = bytearray(conn.buf)  # anything already read past the OK belongs to the stream
+        conn.buf.clear()
+        self.text += self.inflate.decompress(bytes(self.raw))
+
+    def send(self, line: bytes) -> None:
+        self.conn.send(self.out.compress(line) + self.out.flush(zlib.Z_SYNC_FLUSH))
+
+    def read_until(self, marker: bytes, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.text:
+            if not self.conn._fill(deadline):
+                raise EOFError(f"closed before {marker!r}; got {bytes(self.text[-200:])!r}")
+            chunk = bytes(self.conn.buf)
+            self.conn.buf.clear()
+            self.raw += chunk
+            self.text += self.inflate.decompress(chunk)
+        return bytes(self.text)
+
+    def read_to_eof(self, timeout: float) -> None:
+        """Everything until the close; zlib.error if the bytes are not one deflate stream."""
+        deadline = time.monotonic() + timeout
+        while self.conn._fill(deadline):
+            chunk = bytes(self.conn.buf)
+            self.conn.buf.clear()
+            self.raw += chunk
+            self.text += self.inflate.decompress(chunk)
