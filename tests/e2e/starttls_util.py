@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -32,7 +32,13 @@ class LineClient:
     seen from the client side: a test must notice them, not silently drop them).
     """
 
+    # set by a test module to `lambda: len(postern.records)`: each client then remembers how
+    # many log records existed before it connected, so its `session ended` line is found
+    # among later records only (client ports are reused within a run)
+    log_mark_source: Optional[Callable[[], int]] = None
+
     def __init__(self, addr: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.log_mark = LineClient.log_mark_source() if LineClient.log_mark_source else 0
         self.addr = addr
         self.timeout = timeout
         self.sock: socket.socket = socket.create_connection(addr, timeout=timeout)
