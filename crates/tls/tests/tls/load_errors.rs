@@ -288,7 +288,7 @@ fn half_a_self_signed_pair_is_an_error() {
 }
 
 pub(crate) fn openssl(args: &[&str]) {
-    let out = Command::new("/usr/bin/openssl")
+    let out = Command::new("openssl")
         .args(args)
         .output()
         .expect("openssl runs");
