@@ -293,9 +293,15 @@ impl ClientWatch {
             let mut line = std::mem::take(&mut self.held);
             line.extend_from_slice(piece);
             self.held_literal = 0;
-            // A shadow line longer than the limit is judged like an over-long line.
+            // A shadow line longer than the limit is judged on its first `max_line_length`
+            // bytes, like an over-long line (the same bytes whatever the read sizes).
             let over_long = line.len() > self.max_line_length;
-            if let Some(reply) = self.shadow_refusal(&line[..content_len(&line)], over_long) {
+            let judged = if over_long {
+                &line[..self.max_line_length]
+            } else {
+                &line[..content_len(&line)]
+            };
+            if let Some(reply) = self.shadow_refusal(judged, over_long) {
                 scrub(&mut line);
                 return self.literal_refused(reply, &input[pos..], pos, to_client);
             }
@@ -306,8 +312,7 @@ impl ClientWatch {
         if self.shadow_passing {
             to_backend.extend_from_slice(rest);
         } else if self.held.len() + rest.len() > self.max_line_length {
-            let mut start = self.held.clone();
-            start.extend_from_slice(&rest[..rest.len().min(self.max_line_length)]);
+            let mut start = self.line_start(rest);
             let refusal = self.shadow_refusal(&start, true);
             scrub(&mut start);
             if let Some(reply) = refusal {
@@ -356,6 +361,15 @@ impl ClientWatch {
         self.cmd = Cmd::New;
         self.inspected = self.inspected.saturating_add(consumed);
         after
+    }
+
+    /// The first `max_line_length` bytes of the line made of `held` and then `tail`: what an
+    /// over-long line is judged on, the same bytes however the line was split into reads.
+    fn line_start(&self, tail: &[u8]) -> Vec<u8> {
+        let mut start = self.held.clone();
+        let room = self.max_line_length.saturating_sub(start.len());
+        start.extend_from_slice(&tail[..tail.len().min(room)]);
+        start
     }
 
     /// Strict mode: the rest of an over-long line goes through unread.
@@ -451,8 +465,7 @@ impl ClientWatch {
     ) {
         self.inspected = self.inspected.saturating_add(tail.len());
         if std::mem::take(&mut self.held_literal) > 0 {
-            let mut start = self.held.clone();
-            start.extend_from_slice(&tail[..tail.len().min(self.max_line_length)]);
+            let mut start = self.line_start(tail);
             let shadow = self.shadow_refusal(&start, true);
             scrub(&mut start);
             if let Some(reply) = shadow {
@@ -466,8 +479,7 @@ impl ClientWatch {
         let refuse = match self.cmd {
             Cmd::Refused => true,
             Cmd::New => {
-                let mut start = self.held.clone();
-                start.extend_from_slice(&tail[..tail.len().min(self.max_line_length)]);
+                let mut start = self.line_start(tail);
                 let refusal = self.refusal_truncated(&start);
                 scrub(&mut start);
                 match refusal {
