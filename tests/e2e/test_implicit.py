@@ -249,11 +249,14 @@ def test_backend_stopped_mid_session(postern_factory, dovecot_factory, client_ct
     assert gw.alive()
 
 
-def test_garbage_instead_of_client_hello(gateway: Postern, mailbox, client_ctx):
+def test_garbage_instead_of_client_hello(postern_factory, dovecot, mailbox, client_ctx):
+    # a postern of its own: the failure counter must move by exactly one
+    gw = postern_factory.start(postern_factory.config(dovecot, protocols=("imap",)))
     failures = "postern_tls_handshake_failures_total"
-    before = gateway.metrics().value(failures, listener="imaps")
+    assert gw.metrics().value(failures, listener="imaps") == 0
+    mark = gw.log_mark()
 
-    raw = socket.create_connection(gateway.addr("imaps"), timeout=10)
+    raw = socket.create_connection(gw.addr("imaps"), timeout=10)
     try:
         raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 4)
         reply = read_until_eof(raw, timeout=15)
@@ -265,11 +268,18 @@ def test_garbage_instead_of_client_hello(gateway: Postern, mailbox, client_ctx):
     if reply:
         assert reply[0] == 0x15, reply
 
-    gateway.wait_metric(failures, lambda v: v == before + 1, what="handshake failure counted", listener="imaps")
+    gw.wait_metric(failures, lambda v: v == 1, what="handshake failure counted", listener="imaps")
+    m = gw.metrics()
+    assert m.value("postern_connections_accepted_total", listener="imaps") == 1
+    # nothing reached the backend
+    assert m.value("postern_backend_connect_duration_seconds_count", backend="imap") == 0
+    assert m.value("postern_bytes_total", listener="imaps") == 0
+    ended = gw.find_records(lambda r: r.get("message") == "session ended", after=mark)
+    assert all(r.get("outcome") == "tls_error" and not r.get("backend") for r in ended), ended
 
     # and the listener still serves
-    m = _imap_select(gateway.addr("imaps"), client_ctx, mailbox.user, mailbox.password)
-    assert m.logout()[0] == "BYE"
+    s = _imap_select(gw.addr("imaps"), client_ctx, mailbox.user, mailbox.password)
+    assert s.logout()[0] == "BYE"
 
 
 def test_client_hello_then_silence_is_not_relayed(gateway: Postern, client_ctx):
