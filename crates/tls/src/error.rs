@@ -100,7 +100,7 @@ pub enum TlsError {
     },
 
     /// `key_permissions = "strict"` and the key is readable/writable by group or others.
-    #[error("private key {path} (owner {owner}) has mode {mode:04o}: group or others can read or write it, and tls.key_permissions = \"strict\" refuses it; run `chmod 600 {path}`, and if postern runs as a user other than {owner}, also `chown <that user> {path}` so it can still read the key on reload (Kubernetes: set `defaultMode: 0400` on the secret volume); or set tls.key_permissions = \"warn\"")]
+    #[error("private key {path} (owner {owner}) has mode {mode:04o}: group or others can read or write it, and tls.key_permissions = \"strict\" refuses it; run `chmod 600 {path}`, and if postern runs as a user other than {owner}, also `chown <that user> {path}` so it can still read the key on reload (Kubernetes: a Secret volume with fsGroup is always group-readable; keep key_permissions = \"warn\" there, see deploy/README.md); or set tls.key_permissions = \"warn\"")]
     KeyPermissions {
         /// The key file.
         path: PathBuf,

@@ -393,7 +393,7 @@ pub(crate) fn permission_problem(path: &Path, mode: u32, owner: u32) -> Option<S
     let p = path.display();
     let owner = user_name(owner);
     Some(format!(
-        "private key {p} (owner {owner}) has mode {mode:04o}: group or others can read or write it; run `chmod 600 {p}`, and if postern runs as a user other than {owner}, also `chown <that user> {p}` so it can still read the key on reload (Kubernetes: set `defaultMode: 0400` on the secret volume); tls.key_permissions = \"strict\" refuses such a key"
+        "private key {p} (owner {owner}) has mode {mode:04o}: group or others can read or write it; run `chmod 600 {p}`, and if postern runs as a user other than {owner}, also `chown <that user> {p}` so it can still read the key on reload (Kubernetes: a Secret volume with fsGroup is always group-readable; keep key_permissions = \"warn\" there, see deploy/README.md); tls.key_permissions = \"strict\" refuses such a key"
     ))
 }
 
