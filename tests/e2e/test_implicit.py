@@ -484,3 +484,47 @@ def test_check_config_missing_certificate_file(postern_factory, postern_bin, dov
 def test_check_config_bad_duration(postern_factory, postern_bin, dovecot):
     out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.get_backend("imap").update(connect_timeout="soon"))
     assert "connect_timeout" in out, out
+
+
+# ---- half-close and byte integrity with a scripted backend ---------------------------------------
+
+
+def test_client_half_close_reaches_backend_and_reply_comes_back(postern_factory, client_ctx):
+    """The client sends data, then close_notify + FIN, and keeps reading. postern must pass the
+    EOF on to the backend as a FIN (not a reset, not a full close), and relay the backend's
+    answer, written after that EOF, completely; then end the TLS session cleanly."""
+    from harness import MemoryTlsClient, ReadAllBackend
+
+    payload = b"".join(b"%08d payload line from the backend\r\n" % i for i in range(30000))  # ~1.1 MB
+    backend = ReadAllBackend(payload=payload).start()
+    try:
+        cfg = postern_factory.config()
+        cfg.backend("scripted", [backend.server])
+        cfg.listener("imaps", "imap", "scripted")
+        gw = postern_factory.start(cfg)
+        mark = gw.log_mark()
+
+        c = MemoryTlsClient(gw.addr("imaps"), client_ctx, server_hostname="mail.test")
+        assert c.read_line() == backend.greeting
+        sent = b"".join(b"c%06d some client bytes\r\n" % i for i in range(20000))  # ~520 kB
+        c.send(sent)
+        c.close_write()
+        data, how = c.read_to_end()
+        c.close()
+
+        assert data == backend.reply_for(sent)
+        assert how == "close_notify", how
+        # (health probes are conversations too: pick the client's by its first bytes)
+        conv = wait_for(
+            lambda: [c for c in backend.with_data() if c.received.startswith(sent[:8])],
+            10,
+            "the backend to finish the client's conversation",
+        )[0]
+        assert conv.fin and not conv.reset
+        assert conv.received == sent
+        rec = gw.wait_session_end(after=mark, listener="imaps")[0]
+        assert rec["bytes_up"] == len(sent)
+        assert rec["bytes_down"] == len(backend.greeting) + len(data)
+        assert rec["outcome"] == "closed", rec
+    finally:
+        backend.stop()

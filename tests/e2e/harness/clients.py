@@ -185,3 +185,98 @@ class CountingClient:
             self.sock.close()
         except OSError:
             pass
+
+
+class MemoryTlsClient:
+    """A TLS client on ssl.MemoryBIO, so it can send close_notify (and FIN its write side)
+    and then keep reading: the half-close that SSLSocket cannot express."""
+
+    def __init__(self, addr: tuple[str, int], ctx: ssl.SSLContext, server_hostname: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.sock = socket.create_connection(addr, timeout=timeout)
+        self.timeout = timeout
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.obj.do_handshake()
+                self._flush()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._feed(deadline):
+                    raise EOFError("closed during the TLS handshake")
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _feed(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"nothing from the server within {self.timeout}s")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self._in.write_eof()
+            return False
+        self._in.write(data)
+        return True
+
+    def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        self._flush()
+
+    def close_write(self) -> None:
+        """Send close_notify, then shut down the TCP write side (FIN). Reading goes on."""
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self._flush()
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        """Application data until the server ends the session; returns (data, how) with how =
+        "close_notify" (clean TLS close), "eof" (TCP close without close_notify) or "reset"."""
+        deadline = time.monotonic() + self.timeout
+        buf = bytearray()
+        while True:
+            try:
+                chunk = self.obj.read(65536)
+                if not chunk:
+                    return bytes(buf), "close_notify"
+                buf += chunk
+                continue
+            except ssl.SSLZeroReturnError:
+                return bytes(buf), "close_notify"
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLEOFError:
+                return bytes(buf), "eof"
+            try:
+                if not self._feed(deadline):
+                    continue  # let obj.read() report how the stream ended
+            except ConnectionResetError:
+                return bytes(buf), "reset"
+
+    def read_line(self) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            try:
+                buf += self.obj.read(1)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            if not self._feed(deadline):
+                raise EOFError(f"closed after {bytes(buf)!r}")
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
