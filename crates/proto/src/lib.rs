@@ -40,8 +40,9 @@
 //! - T9 (line length, command count; the timeout is the caller's, with
 //!   `PlainPhase::timeout_goodbye`): `starttls::tests::t9_*`.
 //! - T10 (ALPN), T11 (no plaintext fallback): TLS and listener crates; nothing here.
-//! - T12 (client-supplied `ID x-originating-*`, `XCLIENT`): `ClientWatch`,
-//!   `watch::tests::t12_*`.
+//! - T12 (client-supplied `ID x-originating-*`, `XCLIENT`): `ClientWatch` refuses them
+//!   while it watches; `ClientWatch::strict` watches long enough to close the gaps of the
+//!   default (see the `watch` module docs). `watch::tests::t12_*`.
 //! - T13 (SMTP DATA smuggling): not applicable, nothing here parses past authentication.
 //!
 //! Property tests (`tests/prop.rs`) and the cargo-fuzz targets in `fuzz/` (not part of the

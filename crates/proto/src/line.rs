@@ -41,7 +41,7 @@ pub fn split_line(buf: &[u8], max: usize) -> LineSplit {
                 len: i + 1,
             }
         }
-        None if buf.len() >= max => LineSplit::TooLong,
+        None if !buf.is_empty() && buf.len() >= max => LineSplit::TooLong,
         None => LineSplit::Incomplete,
     }
 }
@@ -164,6 +164,9 @@ mod tests {
         assert_eq!(split_line(b"abcd\r\n", 5), LineSplit::TooLong);
         assert_eq!(split_line(b"abcd", 5), LineSplit::Incomplete);
         assert_eq!(split_line(b"abcde", 5), LineSplit::TooLong);
+        // An empty buffer is never over-long, whatever the limit.
+        assert_eq!(split_line(b"", 0), LineSplit::Incomplete);
+        assert_eq!(split_line(b"a", 0), LineSplit::TooLong);
     }
 
     #[test]
