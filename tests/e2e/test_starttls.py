@@ -11,18 +11,17 @@ so the last test can assert that no postern log line ever carried one.
 
 from __future__ import annotations
 
+import imaplib
+import os
+import poplib
 import re
+import smtplib
 import socket
 import ssl
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-
-import imaplib
-import poplib
-import smtplib
 
 import pytest
 
@@ -94,7 +93,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(test_root: Path, postern_bin: Path, certs, smtp_sink) -> Iterator[Env]:
     root = test_root / "starttls"
-    dv = Dovecot(root / "dovecot", name="dovetest-starttls", users=dict(USERS), spare_users=0, relay_port=smtp_sink.port)
+    dv = Dovecot(root / "dovecot", name=f"dovetest-starttls-{os.getpid()}", users=dict(USERS), spare_users=0, relay_port=smtp_sink.port)
     # ssl = yes: this Dovecot advertises STARTTLS/STLS on its plain ports, which postern must strip
     conf = dv.conf_path.read_text()
     assert "ssl = no\n" in conf
@@ -112,6 +111,8 @@ def env(test_root: Path, postern_bin: Path, certs, smtp_sink) -> Iterator[Env]:
         cfg.listener(f"{proto}-st-1s", proto, bname, tls="starttls", plaintext_timeout="1s")
         cfg.listener(f"{proto}-dead-st", proto, f"{bname}-dead", tls="starttls")
         cfg.listener(f"{proto}-implicit", proto, bname)
+    # short, so the handshake-timeout test after STARTTLS is quick; ample for loopback
+    cfg.section("tls")["handshake_timeout"] = "2s"
     # debug: more log lines that could leak a secret, and the reasons behind each outcome
     cfg.section("log")["level"] = "debug"
     p = Postern(postern_bin, cfg, cfg.workdir)
@@ -338,6 +339,42 @@ def test_smtp_post_tls_ehlo_without_starttls(env: Env, client_ctx):
         assert b"AUTH" in keywords, lines
         c.cmd(b"QUIT")
         assert c.read_to_eof().startswith(b"221")
+
+
+def test_post_login_capabilities_without_starttls(env: Env, client_ctx):
+    """The filter keeps working after authentication (when postern stops inspecting the
+    client's side): post-login CAPABILITY / CAPA / EHLO never offer a second upgrade."""
+    with open_starttls("imap", env.addr("imap-st"), client_ctx) as c:
+        c.cmd(b"a LOGIN st-misc " + USERS["st-misc"].encode())
+        assert c.tagged(b"a")[-1].startswith(b"a OK")
+        for i in range(2):
+            c.cmd(b"c%d CAPABILITY" % i)
+            lines = c.tagged(b"c%d" % i)
+            assert lines[-1].startswith(b"c%d OK" % i) and b"STARTTLS" not in b"".join(lines), lines
+        c.cmd(b"z LOGOUT")
+        c.read_to_eof()
+    with open_starttls("pop3", env.addr("pop3-st"), client_ctx) as c:
+        c.cmd(b"USER st-misc")
+        c.line()
+        c.cmd(b"PASS " + USERS["st-misc"].encode())
+        assert c.line().startswith(b"+OK")
+        c.cmd(b"CAPA")
+        lines = c.pop3_multi()
+        assert lines[0].startswith(b"+OK") and b"STLS\r\n" not in lines, lines
+        c.cmd(b"QUIT")
+        c.read_to_eof()
+    with open_starttls("smtp", env.addr("smtp-st"), client_ctx) as c:
+        for i in range(2):
+            c.cmd(b"EHLO client%d.test" % i)
+            lines = c.smtp_reply()
+            assert lines[-1].startswith(b"250 ") and not any(b"STARTTLS" in ln for ln in lines), lines
+        c.cmd(b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]))
+        assert c.smtp_reply()[-1].startswith(b"235")
+        c.cmd(b"EHLO client9.test")
+        lines = c.smtp_reply()
+        assert lines[-1].startswith(b"250 ") and not any(b"STARTTLS" in ln for ln in lines), lines
+        c.cmd(b"QUIT")
+        c.read_to_eof()
 
 
 # ---- authentication before STARTTLS (T4, T11) --------------------------------------------------
@@ -752,6 +789,23 @@ def test_plaintext_timeout_is_for_the_whole_phase_slowloris(env: Env):
     assert replies and replies[-1] == TIMEOUT_BYE["imap"], replies[-3:]
 
 
+@pytest.mark.parametrize("proto", PROTOS)
+def test_silence_after_go_ahead_hits_the_handshake_timeout(env: Env, proto):
+    """T9: after the go-ahead the TLS handshake has `tls.handshake_timeout` (2s here)."""
+    before = env.postern.metrics().value("postern_tls_handshake_failures_total", listener=f"{proto}-st", reason="timeout")
+    with LineClient(env.addr(f"{proto}-st")) as c:
+        c.line()
+        c.cmd({"imap": b"a STARTTLS", "pop3": b"STLS", "smtp": b"STARTTLS"}[proto])
+        assert GO_AHEAD[proto] in c.line()
+        t0 = time.monotonic()
+        got = c.read_to_eof(timeout=8)
+        elapsed = time.monotonic() - t0
+    assert got == b"", got  # no plaintext goodbye once TLS was promised
+    assert 1.5 <= elapsed < 5, elapsed
+    assert env.ended(c)["outcome"] == "tls_error"
+    env.postern.wait_metric("postern_tls_handshake_failures_total", lambda v: v >= before + 1, listener=f"{proto}-st", reason="timeout")
+
+
 # ---- STARTTLS twice (T4) ---------------------------------------------------------------------
 
 
@@ -891,6 +945,10 @@ def test_imap_id_x_originating_ip_refused(env: Env, client_ctx, mode):
         c.cmd(b'b id ("name" "t" "X-Connected-IP" "%s")' % ip.encode())
         lines = c.tagged(b"b")
         assert len(lines) == 1 and (lines[0].startswith(b"b BAD") or lines[0].startswith(b"b NO")), lines
+        # the field name as a non-synchronizing literal: its bytes follow at once
+        c.send(b'l ID ({16+}\r\nx-originating-ip "%s")\r\n' % ip.encode())
+        lines = c.tagged(b"l")
+        assert len(lines) == 1 and (lines[0].startswith(b"l BAD") or lines[0].startswith(b"l NO")), lines
         # an ID without such fields is the client's right and reaches Dovecot
         c.cmd(b'c ID ("name" "pytest")')
         lines = c.tagged(b"c")
