@@ -343,8 +343,9 @@ def wait_exit(p: Postern, timeout: float) -> int:
     return rc
 
 
-def run_expecting_failure(binary: Path, config_path: Path, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def run_expecting_failure(binary: Path, config_path: Path, timeout: float = 30.0, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`postern run -c PATH` for a config that must not start; stdout+stderr as text.
+    `prefix` runs it through another command (e.g. setpriv to start as another user).
 
     Not through postern_factory: its teardown treats a non-zero exit as a failure.
     """
@@ -354,7 +355,7 @@ def run_expecting_failure(binary: Path, config_path: Path, timeout: float = 30.0
     env["RUST_BACKTRACE"] = "1"  # a panic would then show its backtrace, which the tests reject
     try:
         return subprocess.run(
-            [str(binary), "run", "-c", str(config_path)],
+            [*prefix, str(binary), "run", "-c", str(config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, timeout=timeout, env=env,
         )

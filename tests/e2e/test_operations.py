@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port, http_get, imaps, make_message, make_self_signed, wait_for
+from harness import Postern, free_port, http_get, imaps, make_message, make_self_signed, wait_for
 from harness.util import tail
 from ops_util import (
     PANIC_MARKERS,
@@ -624,6 +624,49 @@ def test_privilege_drop_to_unknown_account_refuses_to_start(postern_factory, dov
     assert '"ready"' not in out and "dropped privileges" not in out, out
 
 
+def test_setuid_refused_when_not_started_as_root(postern_factory, dovecot, postern_bin):
+    """Started as an ordinary user with server.user set to another account, the drop cannot
+    happen: postern refuses to start (exit 2) and says why."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    tls_dir = cfg.workdir / "tls"
+    tls_dir.mkdir()
+    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    _install_cert(make_self_signed(cfg.workdir / "gen", stem="c"), cert_path, key_path)
+    cfg.section("tls").update(watch=False, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    cfg.section("server").update(user="daemon")
+    res = run_expecting_failure(postern_bin, cfg.write(), prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"))
+    out = res.stdout
+    assert res.returncode == 2, f"exit {res.returncode}, want 2\n{out}"
+    assert "server.user" in out and "daemon" in out, out
+    assert not PANIC_MARKERS.search(out), out
+
+
+@pytest.mark.xfail(strict=True, reason='postern bug: server.user = "root" logs `dropped privileges uid=0` and serves as root')
+def test_user_root_is_not_reported_as_a_privilege_drop(postern_factory, dovecot, postern_bin):
+    """`user = "root"` drops nothing. postern must not log `dropped privileges` with uid 0 and
+    serve on as root as if all were well: it should refuse (exit 2 naming server.user) or at
+    least warn that it keeps running as root."""
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("server").update(user="root")
+    p = Postern(postern_bin, cfg, cfg.workdir)
+    p.start(wait_ready=False)
+    try:
+        wait_for(lambda: (not p.alive()) or p.find_records(_msg("ready")), 20, "postern to start or exit")
+        if not p.alive():
+            rc = wait_exit(p, 5)
+            assert rc == 2 and "server.user" in p.log_text(), f"exit {rc}\n{p.log_text()}"
+            return
+        ids = proc_ids(p.pid)[str(p.pid)]
+        claims = p.find_records(lambda r: r.get("message") == "dropped privileges" and int(r.get("uid", -1)) == 0)
+        warned = p.find_records(lambda r: r.get("level") in ("WARN", "ERROR") and "root" in str(r))
+        assert not claims, f"logged {claims[0]} while Uid is {ids['Uid']}"
+        assert warned, "serving as root with server.user = root and no warning"
+    finally:
+        p.kill()
+
+
 # ---- sd_notify ---------------------------------------------------------------------------------
 
 
@@ -730,3 +773,75 @@ def test_bad_drain_settings_are_config_errors(postern_factory, dovecot, postern_
     assert res.returncode == 2, f"exit {res.returncode}, want 2\n{res.stdout}"
     assert key in res.stdout, f"the message must name {key}:\n{res.stdout}"
     assert not PANIC_MARKERS.search(res.stdout), res.stdout
+
+
+def _free_low_port() -> int:
+    """A port below 1024 that nothing on 127.0.0.1 uses right now (checked by binding it as root)."""
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+def test_bind_below_1024_without_privilege_is_one_clear_error(postern_factory, dovecot, postern_bin):
+    """Started as an ordinary user (no CAP_NET_BIND_SERVICE), a listener on a port below 1024
+    fails with one message that names the address, the listener and the fix."""
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 700:
+        pytest.skip("this host lets every user bind low ports (net.ipv4.ip_unprivileged_port_start)")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    tls_dir = cfg.workdir / "tls"
+    tls_dir.mkdir()
+    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    _install_cert(make_self_signed(cfg.workdir / "gen", stem="c"), cert_path, key_path)
+    cfg.section("tls").update(watch=False, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    low = f"127.0.0.1:{_free_low_port()}"
+    cfg.get_listener("imaps")["listen"] = [low]
+    res = run_expecting_failure(postern_bin, cfg.write(), prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"))
+    out = res.stdout
+    assert res.returncode == 1, f"exit {res.returncode}, want 1\n{out}"
+    assert not PANIC_MARKERS.search(out), out
+    mentions = [line for line in out.splitlines() if low in line]
+    assert len(mentions) == 1, f"want one message naming {low}:\n{out}"
+    assert "imaps" in mentions[0] and "permission denied" in mentions[0].lower(), mentions[0]
+    assert "CAP_NET_BIND_SERVICE" in mentions[0], f"the message should name the capability that fixes it: {mentions[0]}"
+
+
+def test_every_listen_address_refuses_during_the_drain(postern_factory, dovecot, client_ctx):
+    """Two listeners, one of them on IPv4 and IPv6, two workers (two SO_REUSEPORT sockets per
+    address): while a session keeps the drain going, every address refuses new connects."""
+    cfg = postern_factory.config(dovecot, protocols=("imap", "pop3"))
+    cfg.get_listener("imaps")["listen"] = ["127.0.0.1:0", "[::1]:0"]
+    cfg.section("server").update(workers=2, shutdown_grace="60s")
+    p = postern_factory.start(cfg)
+    addrs = [a for name in ("imaps", "pop3s") for a in p.listeners[name]]
+    assert len(addrs) == 3, p.listeners
+    user, password = dovecot.new_user()
+    (conn,) = _open_idle_sessions(p.addr("imaps"), client_ctx, user, password, 1)
+
+    def refused(addr) -> bool:
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            try:
+                s.connect(addr)
+                return False
+            except ConnectionRefusedError:
+                return True
+
+    assert not any(refused(a) for a in addrs), "a listen address refused before the drain"
+    p.signal(signal.SIGTERM)
+    for a in addrs:
+        wait_for(lambda: refused(a), 2, f"{a} to refuse new connects")
+    # a few more tries per address: no socket of the reuseport group may still accept
+    assert all(refused(a) for a in addrs for _ in range(20)), "an address accepted again during the drain"
+    assert p.alive(), "the drain should still be waiting for the open session"
+    assert p.get("/readyz").status == 503
+    p.signal(signal.SIGTERM)
+    assert wait_exit(p, 10) == 0
+    conn.close()
