@@ -544,7 +544,9 @@ def report(runs: dict[str, list[dict]]) -> str:
         ("CPU / GiB client→backend (s)", ("up", "cpu_s_per_gib"), "{:.2f}"),
     ]
     names = list(runs)
-    lines = ["| metric (median [min–max]) | " + " | ".join(names) + " | postern/haproxy | postern/stunnel |",
+    ours = next((n for n in names if n.startswith("postern")), "postern")
+    theirs = [next((n for n in names if n.startswith(p)), p) for p in ("haproxy", "stunnel")]
+    lines = ["| metric (median [min–max]) | " + " | ".join(names) + f" | {ours}/{theirs[0]} | {ours}/{theirs[1]} |",
              "|---" * (len(names) + 3) + "|"]
     for label, path, fmt in rows:
         s = summarize(runs, path)
@@ -556,9 +558,11 @@ def report(runs: dict[str, list[dict]]) -> str:
             else:
                 cells.append("–")
         ratio = []
-        for other in ("haproxy", "stunnel"):
-            if "postern" in s and other in s and s[other][0]:
-                ratio.append(f"{s['postern'][0] / s[other][0]:.2f}")
+        ours = next((n for n in names if n.startswith("postern")), None)
+        for prefix in ("haproxy", "stunnel"):
+            other = next((n for n in names if n.startswith(prefix)), None)
+            if ours in s and other in s and s[other][0]:
+                ratio.append(f"{s[ours][0] / s[other][0]:.2f}")
             else:
                 ratio.append("–")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratio) + " |")

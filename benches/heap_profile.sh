@@ -70,7 +70,38 @@ echo "postern pid $ppid: $(grep -E 'VmRSS|RssAnon' /proc/$ppid/status | tr -s ' 
 kill -TERM "$ppid"
 exec 3>&-
 wait "$hpid" || true
-f=$(ls "$w"/heap*.zst "$w"/heap*.gz 2>/dev/null | head -1)
-heaptrack_print -f "$f" --print-peaks 1 --print-allocators 0 --print-temporary 0 --print-leaks 0 \
-  --peak-limit 15 --sub-peak-limit 4 | tee "$w/peaks.txt"
+f=""
+for c in "$w"/heap*.zst "$w"/heap*.gz; do [ -e "$c" ] && f=$c; done
+[ -n "$f" ] || { echo "no heaptrack data in $w" >&2; exit 1; }
+# Bytes live at the peak (all sessions idle), per session, by allocation site: the chain of
+# non-generic frames below the last postern frame (handler.rs, relay.rs, worker.rs, ...).
+heaptrack_print -f "$f" --print-peaks 0 --print-allocators 0 --print-temporary 0 \
+  --flamegraph-cost-type peak -F "$w/stacks.txt" >/dev/null
+python3 - "$w/stacks.txt" "$n" <<'PY'
+import collections, re, sys
+path, n = sys.argv[1], int(sys.argv[2])
+ours = re.compile(r"\((handler|relay|worker|listener|starttls|dial|pool|stream)\.rs\)")
+generic = re.compile(r"^_R|^(alloc|allocate|alloc_impl|alloc_impl_runtime|finish_grow|grow_amortized|grow_one|"
+                     r"reserve|do_reserve_and_handle|with_capacity|with_capacity_in|try_allocate_in|new|from|into|"
+                     r"call_once|clone|__rust_alloc|malloc|to_vec|map|and_then|unwrap_or_else|extend_with|resize|"
+                     r"pin|box_new_uninit|push|push_back|push_mut|push_back_mut|poll|try_with|with)\b|OPENSSL_(z)?malloc")
+sites, total = collections.Counter(), 0
+for line in open(path):
+    stack, _, cost = line.rstrip("\n").rpartition(" ")
+    cost = int(cost)
+    total += cost
+    frames = stack.split(";")
+    idx = [i for i, f in enumerate(frames) if ours.search(f)]
+    if not idx:
+        sites["(not under a session or worker: process-wide)"] += cost
+        continue
+    rest = [f.split(" (")[0] + "@" + f.rsplit("(", 1)[-1].rstrip(")")
+            for f in frames[idx[-1] + 1 :] if " (" in f and not generic.search(f)]
+    where = frames[idx[-1]]
+    sites[where + ": " + (" > ".join(rest[-4:]) or "direct allocation (e.g. Box::pin of a future)")] += cost
+print(f"heap live at peak: {total} bytes; per session (/{n}): {total / n:.0f}")
+print(f"{'bytes':>10} {'per session':>11}  site (last postern file: allocation chain)")
+for site, cost in sites.most_common(20):
+    print(f"{cost:>10} {cost / n:>11.0f}  {site[:220]}")
+PY
 echo "full data: $f (heaptrack_print -f $f); work dir $w"
