@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from harness import Dovecot, Postern, PosternConfig, closed_port, curl, make_message, wait_for
+from harness import Dovecot, Postern, PosternConfig, curl, make_message, wait_for
 from harness.util import tail
 from starttls_util import (
     GO_AHEAD,
@@ -103,10 +103,15 @@ def env(test_root: Path, postern_bin: Path, certs, smtp_sink) -> Iterator[Env]:
         dv.deliver("st-fetch", m)
     dv.start()
 
+    # a bound but never listening socket: connects are refused, and while it is held no
+    # other process (other suites run at the same time) can take the port
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_server = "127.0.0.1:%d" % dead.getsockname()[1]
     cfg = PosternConfig(root / "postern", certs)
     for proto, bname, dl in (("imap", "imap", "imap"), ("pop3", "pop3", "pop3"), ("smtp", "submission", "submission")):
         cfg.backend(bname, [dv.server(dl)])
-        cfg.backend(f"{bname}-dead", [f"127.0.0.1:{closed_port()}"], connect_timeout="1s")
+        cfg.backend(f"{bname}-dead", [dead_server], connect_timeout="1s")
         cfg.listener(f"{proto}-st", proto, bname, tls="starttls")
         cfg.listener(f"{proto}-st-1s", proto, bname, tls="starttls", plaintext_timeout="1s")
         cfg.listener(f"{proto}-dead-st", proto, f"{bname}-dead", tls="starttls")
@@ -124,6 +129,7 @@ def env(test_root: Path, postern_bin: Path, certs, smtp_sink) -> Iterator[Env]:
         LineClient.log_mark_source = None
         rc = p.stop() if p.proc is not None else 0
         dv.stop()
+        dead.close()
     assert rc == 0, f"postern exited with {rc} on SIGTERM\n{tail(p.log_text(), 30)}"
 
 
@@ -244,12 +250,42 @@ def served(s_client_stdout: bytes) -> bytes:
 
 def test_curl_imap_ssl_reqd_listing(env: Env):
     host, port = env.addr("imap-st")
-    res = curl("--ssl-reqd", "--cacert", str(env.certs.cert), "-u", f"st-fetch:{USERS['st-fetch']}", f"imap://{host}:{port}/")
+    mark = env.mark()
+    auth = ("--ssl-reqd", "--cacert", str(env.certs.cert), "-u", f"st-fetch:{USERS['st-fetch']}")
+    res = curl(*auth, f"imap://{host}:{port}/")
     assert res.returncode == 0, res.stderr
     assert "INBOX" in res.stdout, res.stdout
-    res = curl("--ssl-reqd", "--cacert", str(env.certs.cert), "-u", f"st-fetch:{USERS['st-fetch']}", f"imap://{host}:{port}/INBOX?ALL")
+    res = curl(*auth, f"imap://{host}:{port}/INBOX?ALL")
     assert res.returncode == 0, res.stderr
     assert "* SEARCH 1 2" in res.stdout, res.stdout
+    env.postern.wait_session_end(after=mark, count=2, listener="imap-st", user="st-fetch")
+
+
+def test_curl_pop3_ssl_reqd_listing(env: Env):
+    host, port = env.addr("pop3-st")
+    mark = env.mark()
+    res = curl("--ssl-reqd", "--cacert", str(env.certs.cert), "-u", f"st-fetch:{USERS['st-fetch']}", f"pop3://{host}:{port}/")
+    assert res.returncode == 0, res.stderr
+    listing = [line.split() for line in res.stdout.strip().splitlines()]
+    assert listing == [["1", str(len(env.messages[0]))], ["2", str(len(env.messages[1]))]], res.stdout
+    env.postern.wait_session_end(after=mark, listener="pop3-st", user="st-fetch")
+
+
+def test_curl_smtp_ssl_reqd_submission(env: Env, smtp_sink, tmp_path):
+    host, port = env.addr("smtp-st")
+    marker = f"curl-starttls-{time.time_ns()}"
+    msg = tmp_path / "msg.eml"
+    msg.write_bytes(make_message(marker, "sent by curl through STARTTLS\n"))
+    mark = env.mark()
+    res = curl(
+        "--ssl-reqd", "--cacert", str(env.certs.cert), "-u", f"st-smtp:{USERS['st-smtp']}",
+        "--mail-from", "st-smtp@mail.test", "--mail-rcpt", "curl@example.org", "-T", str(msg),
+        f"smtp://{host}:{port}/client.test",
+    )
+    assert res.returncode == 0, res.stderr
+    got = smtp_sink.wait_for_message(marker.encode())
+    assert got.rcpt_tos == ("curl@example.org",)
+    env.postern.wait_session_end(after=mark, listener="smtp-st", user="st-smtp")
 
 
 # ---- capability snapshots before and after TLS (T6, T7) --------------------------------------
