@@ -275,9 +275,11 @@ def test_killed_server_goes_down_and_rejoins(postern_factory, dovecot, dovecot_f
     wait_up(gw, "pool", servers[1], 1)
     assert set(_session_backends(gw, client_ctx, 4)) == set(servers)
 
+    t_stopped = time.monotonic()
     victim.stop()
     # fall 2 × interval 200 ms (+ timeout): well under 5 s
     wait_up(gw, "pool", servers[0], 0, timeout=5)
+    print(f"down seen {time.monotonic() - t_stopped:.3f}s after SIGTERM to Dovecot")
     assert up(gw, "pool", servers[1]) == 1
     failures = []
     used = []
@@ -293,7 +295,9 @@ def test_killed_server_goes_down_and_rejoins(postern_factory, dovecot, dovecot_f
     assert used == [servers[1]] * 50, Counter(used)
 
     victim.start()
+    t_started = time.monotonic()
     wait_up(gw, "pool", servers[0], 1, timeout=5)
+    print(f"up seen {time.monotonic() - t_started:.3f}s after Dovecot's start returned")
     used = _session_backends(gw, client_ctx, 6)
     assert Counter(used)[servers[0]] >= 2, used
     assert gw.find_records(lambda r: r.get("message") == "backend server down" and r.get("server") == servers[0])
@@ -511,6 +515,44 @@ def test_protocol_forwarding_keeps_early_client_bytes_in_order(postern_factory, 
     assert got[2].startswith(b"* CAPABILITY") and got[3].startswith(b"p2 OK"), got
     assert got[4].startswith(b"* BYE") and got[5].startswith(b"p3 OK"), got
     assert len(got) == 6, got
+
+
+def test_client_cannot_spoof_its_address_with_id_or_xclient(postern_factory, dovecot, client_ctx):
+    """With `protocol` forwarding Dovecot believes whatever postern's connection says; a
+    client's own ID x-originating-ip / XCLIENT must not reach it, so the log keeps the real
+    address."""
+    cfg = postern_factory.config(dovecot, protocols=("imap", "pop3"), forward_client="protocol")
+    gw = postern_factory.start(cfg)
+
+    user, password = dovecot.new_user()
+    s = tls_from(gw.addr("imaps"), client_ctx, "127.0.0.2")
+    try:
+        assert read_line(s).startswith(b"* OK")
+        s.sendall(b'c1 ID ("x-originating-ip" "192.0.2.66" "x-originating-port" "4242")\r\n')
+        reply = read_tagged(s, b"c1")
+        assert reply[-1].startswith(b"c1 BAD"), reply
+        s.sendall(f"c2 LOGIN {user} {password}\r\nc3 LOGOUT\r\n".encode())
+        assert read_tagged(s, b"c2")[-1].startswith(b"c2 OK")
+        assert read_tagged(s, b"c3")[-1].startswith(b"c3 OK")
+    finally:
+        s.close()
+    line = _dovecot_login_line(dovecot, user, "imap")
+    assert "rip=127.0.0.2," in line, line
+
+    user, password = dovecot.new_user()
+    s = tls_from(gw.addr("pop3s"), client_ctx, "127.0.0.2")
+    try:
+        assert read_line(s).startswith(b"+OK")
+        s.sendall(b"XCLIENT ADDR=192.0.2.66 PORT=4242\r\n")
+        assert read_line(s).startswith(b"-ERR")
+        for cmd in (f"USER {user}", f"PASS {password}", "QUIT"):
+            s.sendall(cmd.encode() + b"\r\n")
+            assert read_line(s).startswith(b"+OK")
+    finally:
+        s.close()
+    line = _dovecot_login_line(dovecot, user, "pop3")
+    assert "rip=127.0.0.2," in line, line
+    assert "192.0.2.66" not in dovecot.log_text()
 
 
 @pytest.mark.parametrize("forward", ["proxy-v2", "proxy-v1", "protocol"])
@@ -752,3 +794,44 @@ def test_exec_program_missing(postern_factory, tmp_path, client_ctx):
     assert data.startswith(b"* BYE [UNAVAILABLE]") and data.count(b"\r\n") == 1, data
     assert str(missing) in gw.log_text(), "the log should name the program that could not start"
     assert gw.alive()
+
+
+def test_exec_real_dovecot_imap_preauth(postern_factory, dovecot, mailbox, test_root, client_ctx):
+    """A real stdin/stdout IMAP server per session: Dovecot's `imap` binary, started
+    pre-authenticated as the mailbox's user (as rsh/ssh-style IMAP does): `* PREAUTH`
+    greeting, the mailbox's messages byte for byte, LOGOUT, the child gone."""
+    conf_dir = test_root / f"exec-imap-{mailbox.user}"
+    conf_dir.mkdir(mode=0o755)
+    conf = conf_dir / "imap.conf"
+    conf.write_text(f"mail_location = maildir:{dovecot.root}/mail/%u/Maildir\nlog_path = /dev/stderr\n"
+                    f"base_dir = {conf_dir}/run\n")
+    conf.chmod(0o644)
+    argv = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            "/usr/bin/env", f"USER={mailbox.user}", f"HOME={dovecot.root}/mail/{mailbox.user}",
+            "/usr/lib/dovecot/imap", "-c", str(conf)]
+    cfg = postern_factory.config()
+    cfg.data["backend"].append({"name": "dvexec", "exec": argv})
+    cfg.listener("imaps", "imap", "dvexec")
+    gw = postern_factory.start(cfg)
+    for _ in range(3):
+        s = tls_from(gw.addr("imaps"), client_ctx)
+        try:
+            greeting = read_line(s)
+            assert greeting.startswith(b"* PREAUTH") and f"Logged in as {mailbox.user}".encode() in greeting, greeting
+            s.sendall(b"b1 SELECT INBOX\r\n")
+            lines = read_tagged(s, b"b1")
+            assert b"* 2 EXISTS\r\n" in lines and lines[-1].startswith(b"b1 OK"), lines
+            s.sendall(b"b2 FETCH 1 BODY.PEEK[]\r\n")
+            head = read_line(s)
+            size = int(re.search(rb"\{(\d+)\}\r\n$", head).group(1))
+            body = b""
+            while len(body) < size:
+                body += s.recv(size - len(body))
+            assert body == mailbox.messages[0]
+            assert read_tagged(s, b"b2")[-1].startswith(b"b2 OK")
+            s.sendall(b"b3 LOGOUT\r\n")
+            assert read_tagged(s, b"b3")[-1].startswith(b"b3 OK")
+            assert read_until_eof(s) == b""
+        finally:
+            s.close()
+    wait_no_children(gw.pid)
