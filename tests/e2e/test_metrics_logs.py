@@ -270,3 +270,36 @@ def test_no_password_in_any_log_line(gateway: Postern, dovecot, client_ctx, cert
     for line in gateway.lines:
         for secret in secrets:
             assert secret not in line, line
+
+
+def test_text_log_format_session_line(postern_factory, dovecot, mailbox, client_ctx):
+    """`[log] format = "text"`: one readable line per session with every SPEC §5 field as
+    key=value, and no terminal colour codes (the log usually goes to a file or journald)."""
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("log")["format"] = "text"
+    gw = postern_factory.start(cfg)
+    mark = gw.log_mark()
+    m = imaps(gw.addr("imaps"), client_ctx)
+    m.login(mailbox.user, mailbox.password)
+    m.logout()
+    rec = gw.wait_session_end(after=mark, listener="imaps")[0]
+    missing = [f for f in SESSION_FIELDS if f not in rec]
+    assert not missing, f"text session line lacks {missing}: {rec}"
+    assert rec["user"] == mailbox.user
+    for line in gw.lines:
+        assert "\x1b[" not in line, f"ANSI escape in a text log line: {line!r}"
+        assert not line.lstrip().startswith("{"), f"JSON line in text mode: {line!r}"
+
+
+def test_certificate_expiry_metric_matches_certificate(fresh_gateway: Postern, certs):
+    import datetime
+
+    out = subprocess.run(["openssl", "x509", "-in", str(certs.cert), "-noout", "-enddate"], capture_output=True, text=True, check=True, timeout=30).stdout
+    not_after = datetime.datetime.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.timezone.utc)
+    m = fresh_gateway.metrics()
+    series = m.find("postern_certificate_expiry_timestamp_seconds")
+    assert series, "no postern_certificate_expiry_timestamp_seconds series"
+    names = {s.labels.get("name") for s in series}
+    assert "mail.test" in names, names  # the first SAN
+    value = m.value("postern_certificate_expiry_timestamp_seconds", name="mail.test")
+    assert value == pytest.approx(not_after.timestamp(), abs=1.0)

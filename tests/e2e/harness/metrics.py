@@ -49,20 +49,21 @@ class Metrics:
     helps: dict[str, str] = field(default_factory=dict)
     text: str = ""
 
-    def find(self, name: str, **labels: str) -> list[Sample]:
-        """Samples called `name` whose labels include every given label (a subset match)."""
-        return [s for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    # the metric name is positional-only, so a label called `name` (certificate expiry) works
+    def find(self, metric: str, /, **labels: str) -> list[Sample]:
+        """Samples called `metric` whose labels include every given label (a subset match)."""
+        return [s for s in self.samples if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())]
 
-    def value(self, name: str, default: Optional[float] = 0.0, **labels: str) -> Optional[float]:
+    def value(self, metric: str, /, default: Optional[float] = 0.0, **labels: str) -> Optional[float]:
         """The sum over matching samples; `default` when none match (a labelled series that
         was never touched is usually absent from the exposition)."""
-        found = self.find(name, **labels)
+        found = self.find(metric, **labels)
         if not found:
             return default
         return sum(s.value for s in found)
 
-    def has(self, name: str, **labels: str) -> bool:
-        return bool(self.find(name, **labels))
+    def has(self, metric: str, /, **labels: str) -> bool:
+        return bool(self.find(metric, **labels))
 
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")

@@ -402,17 +402,17 @@ class Postern:
             raise AssertionError(f"/metrics answered {resp.status}: {resp.text[:500]}")
         return parse_exposition(resp.text)
 
-    def wait_metric(self, name: str, pred: Callable[[float], bool], timeout: float = 10.0, what: str = "", **labels: str) -> float:
-        """Poll /metrics until `pred(value)` holds for metric `name` (summed over `labels`)."""
+    def wait_metric(self, metric: str, pred: Callable[[float], bool], /, timeout: float = 10.0, what: str = "", **labels: str) -> float:
+        """Poll /metrics until `pred(value)` holds for `metric` (summed over `labels`)."""
         last: list[Optional[float]] = [None]
 
         def check():
-            v = self.metrics().value(name, **labels)
+            v = self.metrics().value(metric, **labels)
             last[0] = v
             return (True, v) if pred(v) else None
 
         try:
-            return wait_for(check, timeout, what or f"{name}{labels}", interval=0.02)[1]
+            return wait_for(check, timeout, what or f"{metric}{labels}", interval=0.02)[1]
         except AssertionError as e:
             raise AssertionError(f"{e} (last value {last[0]})") from None
 
