@@ -54,6 +54,15 @@ USERS = {u: f"{PASSWORD_MARK}-{i:02d}" for i, u in enumerate(USER_NAMES)}
 # every secret the tests put on the wire (passwords and SASL blobs that carry them)
 SECRETS: set[bytes] = set(p.encode() for p in USERS.values())
 
+
+
+def sasl_plain(user: str, password: str) -> bytes:
+    """The SASL PLAIN response for user/password, remembered as a secret."""
+    blob = plain_b64(user, password)
+    SECRETS.add(blob)
+    return blob
+
+
 DISCARDED = "postern_starttls_discarded_bytes_total"
 
 # Stock clients (imaplib, poplib, smtplib) close their socket right after the QUIT/LOGOUT
@@ -404,7 +413,7 @@ def test_post_login_capabilities_without_starttls(env: Env, client_ctx):
             c.cmd(b"EHLO client%d.test" % i)
             lines = c.smtp_reply()
             assert lines[-1].startswith(b"250 ") and not any(b"STARTTLS" in ln for ln in lines), lines
-        c.cmd(b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]))
+        c.cmd(b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]))
         assert c.smtp_reply()[-1].startswith(b"235")
         c.cmd(b"EHLO client9.test")
         lines = c.smtp_reply()
@@ -422,7 +431,7 @@ def test_imap_login_and_authenticate_before_starttls_refused(env: Env):
         c.line()
         c.cmd(b"a LOGIN st-misc " + pw)
         assert c.line().startswith(b"a NO [PRIVACYREQUIRED] ")
-        c.cmd(b"b AUTHENTICATE PLAIN " + plain_b64("st-misc", pw.decode()))
+        c.cmd(b"b AUTHENTICATE PLAIN " + sasl_plain("st-misc", pw.decode()))
         assert c.line().startswith(b"b NO [PRIVACYREQUIRED] ")
         c.cmd(b"c authenticate plain")
         assert c.line().startswith(b"c NO [PRIVACYREQUIRED] ")
@@ -437,7 +446,7 @@ def test_imap_login_and_authenticate_before_starttls_refused(env: Env):
 def test_pop3_user_pass_auth_before_stls_refused(env: Env):
     with LineClient(env.addr("pop3-st")) as c:
         c.line()
-        for cmd in (b"USER st-misc", b"PASS " + USERS["st-misc"].encode(), b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]), b"APOP st-misc 0123456789abcdef0123456789abcdef", b"user st-misc"):
+        for cmd in (b"USER st-misc", b"PASS " + USERS["st-misc"].encode(), b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]), b"APOP st-misc 0123456789abcdef0123456789abcdef", b"user st-misc"):
             c.cmd(cmd)
             assert c.line().startswith(b"-ERR"), cmd
         c.cmd(b"NOOP")
@@ -451,7 +460,7 @@ def test_smtp_auth_and_mail_before_starttls_refused(env: Env):
         c.line()
         c.cmd(b"EHLO client.test")
         c.smtp_reply()
-        for cmd in (b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]), b"AUTH LOGIN", b"MAIL FROM:<a@mail.test>", b"mail from:<a@mail.test>"):
+        for cmd in (b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]), b"AUTH LOGIN", b"MAIL FROM:<a@mail.test>", b"mail from:<a@mail.test>"):
             c.cmd(cmd)
             assert c.smtp_reply() == [b"530 5.7.0 Must issue a STARTTLS command first\r\n"], cmd
         c.cmd(b"RCPT TO:<b@example.org>")
@@ -511,7 +520,7 @@ def test_smtp_session_fixation_not_authenticated_after_tls(env: Env, client_ctx)
         c.line()
         c.cmd(b"EHLO client.test")
         c.smtp_reply()
-        c.cmd(b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]))
+        c.cmd(b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]))
         assert c.line().startswith(b"530 5.7.0")
         c.cmd(b"STARTTLS")
         assert GO_AHEAD["smtp"] in c.line()
@@ -542,7 +551,7 @@ def test_smtp_after_tls_mail_without_new_ehlo(env: Env, smtp_sink, client_ctx):
         c.cmd(b"STARTTLS")
         assert GO_AHEAD["smtp"] in c.line()
         c.start_tls(client_ctx)
-        c.cmd(b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]))
+        c.cmd(b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]))
         auth = c.smtp_reply()
         c.cmd(b"MAIL FROM:<st-misc@mail.test>")
         mail = c.smtp_reply()
@@ -567,7 +576,7 @@ def test_smtp_after_tls_ehlo_reaches_backend(env: Env, smtp_sink, client_ctx):
     with open_starttls("smtp", env.addr("smtp-st"), client_ctx) as c:
         c.cmd(b"EHLO post-tls-helo.test")
         c.smtp_reply()
-        c.cmd(b"AUTH PLAIN " + plain_b64("st-misc", USERS["st-misc"]))
+        c.cmd(b"AUTH PLAIN " + sasl_plain("st-misc", USERS["st-misc"]))
         assert c.smtp_reply()[-1].startswith(b"235 ")
         for cmd in (b"MAIL FROM:<st-misc@mail.test>", b"RCPT TO:<t5@example.org>", b"DATA"):
             c.cmd(cmd)
@@ -1032,7 +1041,7 @@ def test_smtp_xclient_refused(env: Env, client_ctx, mode):
         c.smtp_reply()
         c.cmd(b"XCLIENT ADDR=%s" % ip.encode())
         assert c.smtp_reply()[-1].startswith(b"550 "), "XCLIENT from the client was not refused"
-        c.cmd(b"AUTH PLAIN " + plain_b64("st-t12-smtp", USERS["st-t12-smtp"]))
+        c.cmd(b"AUTH PLAIN " + sasl_plain("st-t12-smtp", USERS["st-t12-smtp"]))
         assert c.smtp_reply()[-1].startswith(b"235 ")
         c.cmd(b"QUIT")
         c.read_to_eof()
@@ -1078,12 +1087,11 @@ def test_address_claim_after_failed_login_refused(env: Env, client_ctx, proto):
         else:
             c.cmd(b"EHLO client.test")
             c.smtp_reply()
-            c.cmd(b"AUTH PLAIN " + plain_b64(user, "wrong-password"))
+            c.cmd(b"AUTH PLAIN " + sasl_plain(user, "wrong-password"))
             assert c.smtp_reply()[-1].startswith(b"535")
             c.cmd(b"XCLIENT ADDR=%s" % ip.encode())
             claim = c.smtp_reply()
-            c.cmd(b"AUTH PLAIN " + plain_b64(user, pw))
-            SECRETS.add(plain_b64(user, pw))
+            c.cmd(b"AUTH PLAIN " + sasl_plain(user, pw))
             c.smtp_reply()
             c.cmd(b"QUIT")
         c.read_to_eof()
@@ -1137,10 +1145,9 @@ def test_user_after_failed_first_login_is_the_authenticated_one(env: Env, client
         else:
             c.cmd(b"EHLO client.test")
             c.smtp_reply()
-            c.cmd(b"AUTH PLAIN " + plain_b64("nosuch-typo", "wrong-password"))
+            c.cmd(b"AUTH PLAIN " + sasl_plain("nosuch-typo", "wrong-password"))
             assert c.smtp_reply()[-1].startswith(b"535")
-            c.cmd(b"AUTH PLAIN " + plain_b64(user, pw))
-            SECRETS.add(plain_b64(user, pw))
+            c.cmd(b"AUTH PLAIN " + sasl_plain(user, pw))
             assert c.smtp_reply()[-1].startswith(b"235")
             c.cmd(b"QUIT")
         c.read_to_eof()
@@ -1182,12 +1189,10 @@ def test_imap_user_capture(env: Env, client_ctx, mode, form):
         elif form == "literal-plus":
             c.send(b"a LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(user), user.encode(), len(pw), pw))
         elif form == "sasl-ir":
-            blob = plain_b64(user, pw.decode())
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw.decode())
             c.cmd(b"a AUTHENTICATE PLAIN " + blob)
         else:
-            blob = plain_b64(user, pw.decode())
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw.decode())
             c.cmd(b"a AUTHENTICATE PLAIN")
             assert c.line().startswith(b"+")
             c.cmd(blob)
@@ -1217,12 +1222,10 @@ def test_pop3_user_capture(env: Env, client_ctx, mode, form):
             assert c.line().startswith(b"+OK")
             c.cmd(b"PASS " + pw.encode())
         elif form == "auth-plain":
-            blob = plain_b64(user, pw)
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw)
             c.cmd(b"AUTH PLAIN " + blob)
         else:
-            blob = plain_b64(user, pw)
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw)
             c.cmd(b"AUTH PLAIN")
             assert c.line().startswith(b"+")
             c.cmd(blob)
@@ -1249,12 +1252,10 @@ def test_smtp_user_capture(env: Env, client_ctx, mode, form):
         c.cmd(b"EHLO client.test")
         c.smtp_reply()
         if form == "auth-plain":
-            blob = plain_b64(user, pw)
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw)
             c.cmd(b"AUTH PLAIN " + blob)
         elif form == "auth-plain-continuation":
-            blob = plain_b64(user, pw)
-            SECRETS.add(blob)
+            blob = sasl_plain(user, pw)
             c.cmd(b"AUTH PLAIN")
             assert c.line().startswith(b"334")
             c.cmd(blob)
