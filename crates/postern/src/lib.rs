@@ -123,6 +123,10 @@ impl Gateway {
                 max_plaintext_commands: l.max_plaintext_commands,
                 hostname: hostname.clone(),
                 keepalive: CLIENT_KEEPALIVE,
+                strict_watch: matches!(
+                    config.backends[l.backend].forward_client,
+                    postern_config::ForwardClient::None | postern_config::ForwardClient::Protocol
+                ),
             };
             let handler = SessionHandler::new(settings, tls.server_config(l.protocol.alpn()), Arc::clone(&pools[l.backend]), metrics.listener(&l.name));
             worker_listeners.push(WorkerListener { name: l.name.clone(), sockets, handler: Arc::new(handler), metrics: metrics.listener(&l.name) });

@@ -47,6 +47,10 @@ pub struct SessionSettings {
     pub hostname: String,
     /// Send TCP keepalive probes to idle clients after this long.
     pub keepalive: Duration,
+    /// Watch client commands in `proto::watch`'s strict mode: right when the backend may
+    /// trust postern's own address (forward_client `none` or `protocol`), so that a client's
+    /// `ID x-originating-ip` / `XCLIENT` can never reach it (rule T12).
+    pub strict_watch: bool,
 }
 
 /// Runs sessions for one listener; plugged into the listener crate's workers.
@@ -170,7 +174,8 @@ impl SessionHandler {
                 (greeting, Some(CapabilityFilter::new(s.protocol)))
             }
         };
-        let filters = Filters { watch: Some(ClientWatch::new(s.protocol, s.max_line_length)), caps };
+        let watch = if s.strict_watch { ClientWatch::strict(s.protocol, s.max_line_length) } else { ClientWatch::new(s.protocol, s.max_line_length) };
+        let filters = Filters { watch: Some(watch), caps };
         let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.

@@ -205,8 +205,13 @@ where
     C: AsyncRead + Unpin,
     B: AsyncWrite + Unpin,
 {
-    poll_dir(cx, client, backend, d, |input, out| {
+    poll_dir(cx, client, backend, d, |input, out, eof| {
         let Some(w) = watch.as_mut() else { return false };
+        if eof {
+            w.flush(out);
+            *watch = None;
+            return true;
+        }
         w.feed(input, out, reply_to_client);
         if let Some(u) = w.user() {
             if user.as_deref() != Some(u) {
@@ -232,8 +237,13 @@ where
     B: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
-    poll_dir(cx, backend, client, d, |input, out| {
+    poll_dir(cx, backend, client, d, |input, out, eof| {
         let Some(f) = caps.as_mut() else { return false };
+        if eof {
+            f.flush(out);
+            *caps = None;
+            return true;
+        }
         f.feed(input, out);
         if f.is_done() {
             *caps = None;
@@ -245,13 +255,14 @@ where
 /// Moves bytes from `r` to `w` until `r` would block, `w` pushes back, or EOF has been
 /// passed on (then returns `Ready(Ok)`).
 ///
-/// `filter(input, out)` may rewrite a chunk: it returns `true` after putting the bytes to
-/// write into `out`, or `false` to write `input` unchanged.
+/// `filter(input, out, eof)` may rewrite a chunk: it returns `true` after putting the bytes
+/// to write into `out`, or `false` to write `input` unchanged. At EOF it is called once with
+/// `eof = true` and no input, to flush whatever it still holds.
 fn poll_dir<R, W, F>(cx: &mut Context<'_>, r: &mut R, w: &mut W, d: &mut Dir, mut filter: F) -> Poll<Result<(), Failure>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: FnMut(&[u8], &mut Vec<u8>) -> bool,
+    F: FnMut(&[u8], &mut Vec<u8>, bool) -> bool,
 {
     for _ in 0..MAX_READS_PER_POLL {
         // 1. Bytes left over from an earlier write go first.
@@ -295,11 +306,15 @@ where
             let n = rb.filled().len();
             if n == 0 {
                 d.eof = true;
+                let mut held = Vec::new();
+                if filter(&[], &mut held, true) {
+                    d.pending.extend_from_slice(&held);
+                }
                 return Poll::Ready(Ok(()));
             }
             d.bytes += n as u64;
             let mut rewritten = Vec::new();
-            let data: &[u8] = if filter(&scratch[..n], &mut rewritten) { &rewritten } else { &scratch[..n] };
+            let data: &[u8] = if filter(&scratch[..n], &mut rewritten, false) { &rewritten } else { &scratch[..n] };
             if let Some(&last) = data.last() {
                 d.at_line_start = last == b'\n';
             }

@@ -3,6 +3,7 @@ use std::time::Duration;
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use postern_proto::watch::ClientWatch;
 
 fn counters() -> Counters {
     let m = postern_metrics::Metrics::new("test").listener("t");
@@ -85,4 +86,45 @@ async fn goodbye_waits_for_a_line_boundary() {
     client.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b")\r\n* BYE [UNAVAILABLE] shutting down\r\n");
     assert!(matches!(task.await.unwrap(), RelayEnd::Shutdown));
+}
+
+#[tokio::test]
+async fn watch_captures_the_user_and_flushes_a_partial_line_at_eof() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None };
+        let end = relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
+        (end, user)
+    });
+    client.write_all(b"a LOGIN alice Pw-Secret\r\nb NOOP").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"a LOGIN alice Pw-Secret\r\nb NOOP");
+    backend.shutdown().await.unwrap();
+    let (end, user) = task.await.unwrap();
+    assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+    assert_eq!(user.as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn client_address_claims_are_answered_by_postern_not_forwarded() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None };
+        relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
+    });
+    client.write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n").await.unwrap();
+    let mut line = vec![0u8; 7];
+    backend.read_exact(&mut line).await.unwrap();
+    assert_eq!(line, b"b NOOP\r");
+    let mut reply = [0u8; 6];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"a BAD ");
 }
