@@ -155,6 +155,8 @@ def test_20mib_message_fetched_intact(gateway: Postern, big_message, client_ctx)
 def test_200_concurrent_sessions(gateway: Postern, mailbox, client_ctx):
     n = 200
     addr = gateway.addr("imaps")
+    accepted_before = gateway.metrics().value("postern_connections_accepted_total", listener="imaps")
+    fds_before = _open_fds(gateway.pid)
 
     def one(i: int) -> str:
         m = imaps(addr, client_ctx, timeout=60)
@@ -175,6 +177,15 @@ def test_200_concurrent_sessions(gateway: Postern, mailbox, client_ctx):
     assert not failures, failures[:5]
     print(f"{n} concurrent IMAPS sessions in {elapsed:.2f}s")
     assert gateway.alive()
+    gateway.wait_metric("postern_connections_active", lambda v: v == 0, what="no session left active", listener="imaps")
+    assert gateway.metrics().value("postern_connections_accepted_total", listener="imaps") == accepted_before + n
+    # every session's sockets are released (a leak of one fd per session would show as +200)
+    wait_for(lambda: _open_fds(gateway.pid) <= fds_before + 8, 10,
+             f"postern's open fds back near {fds_before}", on_timeout=lambda: f"now {_open_fds(gateway.pid)}")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 # ---- failure cases ----------------------------------------------------------------------------

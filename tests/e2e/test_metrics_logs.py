@@ -44,9 +44,9 @@ MUST_EXIST_AFTER_A_SESSION = (
 )
 
 
-def _counting_imap_session(addr, ctx, user, password, sni="mail.test"):
+def _counting_imap_session(addr, ctx, user, password, sni="mail.test", source=None):
     """Open a TLS session, return (client, local 'ip:port'). The greeting is read."""
-    sock = tls_connect(addr, ctx, server_hostname=sni)
+    sock = tls_connect(addr, ctx, server_hostname=sni, source=source)
     c = CountingClient(sock)
     greeting = c.read_line()
     assert greeting.startswith(b"* OK"), greeting
@@ -106,7 +106,9 @@ def test_session_moves_metrics(fresh_gateway: Postern, mailbox, client_ctx):
 def test_json_session_log_line(fresh_gateway: Postern, mailbox, client_ctx, dovecot):
     gw = fresh_gateway
     mark = gw.log_mark()
-    c, local = _counting_imap_session(gw.addr("imaps"), client_ctx, mailbox.user, mailbox.password, sni="mail.test")
+    # from 127.0.0.2, so `peer` is visibly the client's address, not postern's or the backend's
+    c, local = _counting_imap_session(gw.addr("imaps"), client_ctx, mailbox.user, mailbox.password, sni="mail.test", source=("127.0.0.2", 0))
+    assert local.startswith("127.0.0.2:")
     _finish_imap_session(c, mailbox.user, mailbox.password)
     rec = gw.wait_session_end(after=mark, listener="imaps", peer=local)[0]
 
