@@ -134,6 +134,8 @@ def test_curl_rejects_wrong_certificate_name(gateway: Postern, mailbox, certs):
 
 @pytest.mark.slow
 def test_20mib_message_fetched_intact(gateway: Postern, big_message, client_ctx):
+    down = {"listener": "imaps", "direction": "backend_to_client"}
+    down_before = gateway.metrics().value("postern_bytes_total", **down)
     m = imaps(gateway.addr("imaps"), client_ctx, timeout=60)
     try:
         m.login(big_message.user, big_message.password)
@@ -149,6 +151,8 @@ def test_20mib_message_fetched_intact(gateway: Postern, big_message, client_ctx)
         print(f"20 MiB fetched through postern in {elapsed:.2f}s")
     finally:
         m.logout()
+    gateway.wait_metric("postern_bytes_total", lambda v: v >= down_before + len(big_message.data),
+                        what="the 20 MiB counted in bytes_total backend_to_client", **down)
 
 
 @pytest.mark.slow
