@@ -3,16 +3,20 @@
 The real postern binary in front of a real Dovecot, with real TLS clients:
 
 - drain: SIGTERM with idle IMAP sessions, a 20 MiB FETCH in flight and a client loop
-  connecting: new connects refused from the first moment, /readyz 503, the transfer completes
-  intact, the idle sessions get `* BYE [UNAVAILABLE] shutting down` spread over
-  `server.drain_spread` (oldest first), exit 0 within the grace, the drain logged;
-- a second signal ends the drain at once;
-- privilege drop to nobody:nogroup (the suite runs as root): ids of every thread from /proc,
-  sessions work, a certificate rotation is picked up by the dropped process; an unknown
-  user or group refuses to start (exit 2);
+  connecting: new connects refused from the first moment (every address, every reuseport
+  socket), /readyz 503, the transfer completes intact, the idle sessions get
+  `* BYE [UNAVAILABLE] shutting down` spread over `server.drain_spread` oldest first, exit 0
+  within the grace, the drain logged; the goodbye of each protocol and of STARTTLS listeners
+  in their plaintext phase; no goodbye inside an IMAP literal or a COMPRESS=DEFLATE stream;
+  stuck sessions closed when the grace ends; a second signal ends the drain at once;
+- privilege drop to nobody:nogroup (the suite runs as root): ids and capabilities of every
+  thread from /proc, sessions work, a certificate rotation is picked up by the dropped
+  process (and one it cannot read is refused loudly); an unknown user or group, or a drop
+  asked of a non-root process, refuses to start (exit 2);
 - sd_notify: READY=1 only once the ports accept connections, WATCHDOG=1 when asked,
   STOPPING=1 on SIGTERM;
-- a listen address that is taken: exit 1 with one message naming the address and listener.
+- bind errors: a taken address, a low port without privilege: exit 1 with one message naming
+  the address and the listener; bad drain settings: exit 2.
 """
 
 from __future__ import annotations
@@ -39,12 +43,12 @@ from harness.util import tail
 from ops_util import (
     PANIC_MARKERS,
     ConnectLoop,
+    Deflated,
     IdleWatcher,
     ImapConn,
     LineConn,
     NotifySocket,
     ZlibDovecot,
-    Deflated,
     proc_ids,
     run_expecting_failure,
     wait_exit,
@@ -514,7 +518,7 @@ def _der(pem_path: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem_path.read_text())
 
 
-def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovecot, mailbox, test_root):
+def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovecot, mailbox):
     cfg = postern_factory.config(dovecot, protocols=("imap",))
     # The documented layout: directory root:nogroup 0750, certificate 0644, key nobody 0600.
     tls_dir = cfg.workdir / "tls"
@@ -573,7 +577,7 @@ def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovec
         finally:
             m.logout()
 
-        _, ready, _ = notify.wait_for("READY", "1", 5)
+        notify.wait_for("READY", "1", 5)
         p.signal(signal.SIGTERM)
         notify.wait_for("STOPPING", "1", 5)
         assert wait_exit(p, 10) == 0
@@ -711,7 +715,7 @@ def test_sd_notify_ready_only_after_ports_bound_and_stopping_on_sigterm(postern_
     assert http_get(addrs["admin"], "/healthz").status == 200
 
     p.signal(signal.SIGTERM)
-    _, stopping, raw = notify_socket.wait_for("STOPPING", "1", 5)
+    notify_socket.wait_for("STOPPING", "1", 5)
     assert wait_exit(p, 10) == 0
     kinds = [("READY" in f, "STOPPING" in f) for _, f, _ in notify_socket.received]
     assert kinds.count((True, False)) == 1, f"READY=1 sent more than once: {[r for _, _, r in notify_socket.received]}"
@@ -725,7 +729,7 @@ def test_sd_notify_watchdog_pings_when_asked(postern_factory, dovecot, notify_so
     pings = []
     deadline = time.monotonic() + 3
     while len(pings) < 3:
-        at, f, raw = notify_socket.recv(max(0.01, deadline - time.monotonic()))
+        at, f, _ = notify_socket.recv(max(0.01, deadline - time.monotonic()))
         if f.get("WATCHDOG") == "1":
             pings.append(at)
     gaps = [b - a for a, b in zip(pings, pings[1:])]
