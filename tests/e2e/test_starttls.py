@@ -70,7 +70,7 @@ DISCARDED = "postern_starttls_discarded_bytes_total"
 # kernel answers with a reset, and postern logs outcome=client_error for a session that ended
 # normally (postern bug, pinned by test_reset_after_quit_is_a_normal_close). Tighten to
 # {"closed"} once that is fixed.
-NORMAL_END = {"closed", "client_error"}
+NORMAL_END = {"closed"}
 PROTOS = ("imap", "pop3", "smtp")
 
 
@@ -1053,11 +1053,8 @@ def test_smtp_xclient_refused(env: Env, client_ctx, mode):
 # limitation): a client-supplied address claim sent then reaches a backend that trusts postern.
 
 
-XFAIL_CLAIM = pytest.mark.xfail(strict=True, reason="postern bug: client ID x-originating-ip / XCLIENT passes to the backend once a first login failed (ClientWatch stops after the first auth command)")
-XFAIL_USER = pytest.mark.xfail(strict=True, reason="postern bug: session log `user` is the name of the first (failed) login attempt, not the authenticated one")
 
 
-@XFAIL_CLAIM
 @pytest.mark.parametrize("proto", PROTOS)
 def test_address_claim_after_failed_login_refused(env: Env, client_ctx, proto):
     ip = {"imap": "1.2.3.10", "pop3": "1.2.3.11", "smtp": "1.2.3.12"}[proto]
@@ -1100,7 +1097,6 @@ def test_address_claim_after_failed_login_refused(env: Env, client_ctx, proto):
     assert ip not in env.dovecot.log_text()
 
 
-@pytest.mark.xfail(strict=True, reason="postern bug: client ID x-originating-ip passes to the backend after 16 KiB of pre-login traffic (ClientWatch INSPECT_LIMIT)")
 def test_imap_id_claim_after_16k_of_prelogin_traffic_refused(env: Env, client_ctx):
     ip = "1.2.3.13"
     user = "st-limit-imap"
@@ -1119,7 +1115,6 @@ def test_imap_id_claim_after_16k_of_prelogin_traffic_refused(env: Env, client_ct
     assert ip not in login, f"the client's claim {claim!r} reached Dovecot: {login}"
 
 
-@XFAIL_USER
 @pytest.mark.parametrize("proto", PROTOS)
 def test_user_after_failed_first_login_is_the_authenticated_one(env: Env, client_ctx, proto):
     """SPEC §5: `user` is the name the client authenticated as, not a first attempt that failed."""
@@ -1292,7 +1287,6 @@ def test_no_backend_goodbye_after_starttls(env: Env, client_ctx, proto):
 # ---- a reset after the last reply is a normal end ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="postern bug: a client reset after QUIT/LOGOUT was answered and the backend closed is logged as outcome=client_error")
 @pytest.mark.parametrize("proto", PROTOS)
 def test_reset_after_quit_is_a_normal_close(env: Env, client_ctx, proto):
     """What imaplib/poplib/smtplib do: read the QUIT reply, then close the socket without

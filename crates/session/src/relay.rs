@@ -132,6 +132,7 @@ where
         if !up.done {
             match poll_up(cx, client, backend, &mut up, &mut down.pending, &mut filters.watch, user) {
                 Poll::Ready(Ok(())) => up.done = true,
+                Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => up.done = true,
                 Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
                 Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
                 Poll::Pending => {}
@@ -158,6 +159,7 @@ where
                 match poll_down(cx, backend, client, &mut down, &mut filters.caps) {
                     Poll::Ready(Ok(())) => down.done = true,
                     Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+                    Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => down.done = true,
                     Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
                     Poll::Pending => {}
                 }
@@ -189,6 +191,17 @@ where
     totals.up = up.bytes;
     totals.down = down.bytes;
     end
+}
+
+/// A client that resets the connection once either side has already said goodbye (EOF) is
+/// just closing: mail clients commonly close their socket after `* BYE` / `+OK` / `221`
+/// without reading postern's close_notify, and the kernel answers that with a reset.
+fn ends_quietly(e: &io::Error, up: &Dir, down: &Dir) -> bool {
+    let reset_like = matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    );
+    reset_like && (up.eof || down.eof)
 }
 
 /// Client → backend, through the command watch while it is active.
