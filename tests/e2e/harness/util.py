@@ -8,6 +8,7 @@ failure in bounded time, never as a hang.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -27,20 +28,43 @@ class WaitTimeout(AssertionError):
 _handed_out: set[int] = set()
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on `host` that was free a moment ago (bind to :0, read it, close).
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
 
-    Nothing keeps it reserved, so use it right away. The kernel may hand the same port out
-    twice in a row, so a port is never returned twice within one test run.
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on `host` that is free now, chosen OUTSIDE the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding :0 gives) can be taken as the local port of
+    any outgoing connection on the machine, e.g. by a health probe while a test has Dovecot
+    stopped, and the restart then fails with "Address already in use". Ports below (or above)
+    the ephemeral range are only ever taken by explicit binds. Never returns a port twice in
+    one test run. Nothing reserves the port: use it right away.
     """
-    for _ in range(1000):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no unused free port found in 1000 tries")
+    lo, hi = _ephemeral_range()
+    if lo - 10000 >= 2000:
+        choices = (10000, lo - 1)
+    elif 65535 - hi >= 2000:
+        choices = (hi + 1, 65535)
+    else:
+        choices = (1024, 65535)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(2000):
+        port = random.randint(*choices)
+        if port in _handed_out:
+            continue
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found on {host} in {choices} after 2000 tries")
 
 
 def closed_port(host: str = LOOPBACK) -> int:
