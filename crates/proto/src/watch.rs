@@ -30,27 +30,42 @@
 //! A refused IMAP command's non-synchronizing literal bytes are dropped; for a synchronizing
 //! literal the client got a tagged reply instead of `+` and so sends no literal bytes.
 //!
-//! # Ending
-//! Inspection ends ([`ClientWatch::is_done`]) when the first authentication command and its
-//! data have passed (LOGIN complete; PASS or APOP; the last SASL response of a recognised
-//! mechanism; an unrecognised mechanism at once), or once more than [`INSPECT_LIMIT`] bytes
-//! were inspected, at a moment when nothing is held. A SASL exchange cancelled with `*`, or
-//! cut short by the server (the next line is a command), keeps the watch going.
+//! # Ending: the backend decides
+//! The watch also reads the backend's replies ([`ClientWatch::backend`]), and inspection
+//! ends ([`ClientWatch::is_done`]) only once the backend has *confirmed* authentication
+//! (IMAP tagged `OK` to the LOGIN/AUTHENTICATE tag; POP3 `+OK` to PASS/APOP/AUTH or to a
+//! SASL response it asked for; SMTP `235`), or greeted with IMAP `* PREAUTH`, at a moment
+//! when nothing is held. A failed login (NO/BAD, `-ERR`, `5xx`) drops its name and the watch
+//! goes on, so a client cannot fail a login and then send a claim. [`ClientWatch::user`] is
+//! only ever a confirmed name (SPEC §5: the name the client authenticated as).
 //!
-//! Limitation of that default (the watcher sees only the client's side): after the end,
-//! commands pass unchecked, so a client whose first login fails, that sends
-//! [`INSPECT_LIMIT`] bytes before logging in, or that sends an over-long line, can still get
-//! an `ID`/`XCLIENT` to the backend; and a literal the backend refuses (a tagged reply
-//! instead of `+`) makes the watcher count the client's next bytes as literal data, unread.
-//! [`ClientWatch::strict`] closes these gaps: it watches until authentication *and* the byte
-//! bound, passes over-long lines without ending, and also reads IMAP literal data as the
-//! commands it would be had the backend refused the literal (holding at most one partial
-//! line of it, until its line end). Without the backend's replies one gap stays even then: a
-//! client that fails a login and then sends more than [`INSPECT_LIMIT`] bytes is no longer
-//! watched. Backends should still honour address fields only from postern's own forwarding
-//! command, which is sent first.
+//! Matching replies to commands: IMAP by tag (several commands may be in flight; `+`
+//! continuations and untagged lines are not completions; `{n}` at the end of a backend line
+//! announces n literal bytes, skipped unread). POP3 and SMTP replies come in order: every
+//! command line and SASL response line forwarded is one entry of a bounded queue, every
+//! final reply line (POP3 `+OK`/`-ERR`/`+ `, SMTP `NNN ` after any `NNN-` lines, a POP3
+//! multi-line `+OK` body up to `.`) takes one. A SASL response line confirms only when the
+//! backend had asked for it with a continuation (`+ `/`334`). Whenever the count could be
+//! wrong (an empty or over-long line, a full queue, a reply line of unknown form) no login
+//! is confirmed any more: the watch then stays on to the session's end, the safe side.
+//! SMTP message text starts only at the backend's `354` to DATA (a refused DATA leaves the
+//! next lines commands, as the backend reads them).
 //!
-//! SMTP message text after `DATA` (up to the line `.`, CRLF or bare LF) is passed unread,
+//! The strict mode ([`ClientWatch::strict`]) has no byte bound before confirmation; the
+//! default mode also ends once more than [`INSPECT_LIMIT`] client bytes were inspected, or
+//! at an over-long line. Held memory stays bounded either way: one client line
+//! (`max_line_length`), [`REPLY_HEAD`] + [`PASS_TAIL`] bytes of a backend line, 64 commands
+//! in flight with their tags (64 bytes at most) and names ([`MAX_USER`]).
+//!
+//! Remaining limits: the caller must pass the backend's bytes in the order read, and its
+//! greeting before any client byte (a POP3 greeting fed late would be counted as a reply).
+//! In IMAP a command hidden from the watch (inside a synchronizing literal the backend
+//! refused, where the watch reads literal data) that reuses the tag of a later failing
+//! LOGIN could have its `OK` taken for that LOGIN; strict mode checks such literal data for
+//! reserved `ID` fields, but does not track the tags in it. Backends should still honour
+//! address fields only from postern's own forwarding command, which is sent first.
+//!
+//! SMTP message text after `DATA` and its `354` (up to the line `.`, CRLF or bare LF) is passed unread,
 //! so a message line is never refused.
 //!
 //! Literal bytes (IMAP `{n}`/`{n+}`, SMTP `BDAT n` chunks) pass through at once, counted,
@@ -59,6 +74,7 @@
 //! waiting for the server). An over-long line (more than `max_line_length` bytes
 //! without a line end) that is not refused is passed through and ends inspection.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -91,8 +107,22 @@ pub struct ClientWatch {
     cmd: Cmd,
     /// Dropping the rest of an over-long refused line.
     discard_line: bool,
-    /// An authentication command and its data have passed.
-    authenticated: bool,
+    /// The login name of the authentication command the client is sending (not yet
+    /// confirmed by the backend; a name, never a password).
+    pending_user: Option<String>,
+    /// Commands whose backend reply is awaited, oldest first: POP3 and SMTP every command
+    /// line (replies come in order), IMAP only the authentication commands (matched by tag).
+    /// At most [`MAX_IN_FLIGHT`] entries.
+    in_flight: VecDeque<InFlight>,
+    /// POP3/SMTP: replies can no longer be matched to commands (an over-long or empty line, a
+    /// full queue, an unknown reply line); from then on no login is confirmed.
+    lost: bool,
+    /// POP3/SMTP: the last reply was a SASL continuation, so the next line answers it.
+    sasl_open: bool,
+    /// The backend confirmed authentication (or greeted with IMAP `PREAUTH`).
+    confirmed: bool,
+    /// The backend's reply line being read.
+    reply: ReplyReader,
     /// Strict mode (see [`ClientWatch::strict`]).
     strict: bool,
     /// Strict mode: passing the rest of an over-long line; keeps its last bytes to see
@@ -137,6 +167,52 @@ enum Mech {
     LoginPassword,
     XOAuth2,
     OAuthBearer,
+    /// A mechanism whose exchange is not understood: responses pass, nothing is captured,
+    /// the backend's final reply ends it.
+    Unknown,
+}
+
+/// A command sent to the backend whose reply is awaited.
+#[derive(Debug)]
+struct InFlight {
+    /// IMAP: the command's tag (at most [`MAX_TAG`] bytes); empty for POP3/SMTP.
+    tag: Vec<u8>,
+    kind: Kind,
+    /// The login name this command authenticates as, once the client has sent it all.
+    user: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Other,
+    /// POP3 `USER`: a failure forgets the name.
+    User,
+    /// POP3 command whose `+OK` starts a multi-line reply ending with `.`.
+    Multi,
+    /// An authentication command: its final success reply confirms the login.
+    Auth,
+    /// A SASL client response line (POP3/SMTP): confirms only when the backend asked for it.
+    Response,
+    /// SMTP `DATA`: `354` starts the message text.
+    Data,
+}
+
+/// The backend's current reply line, kept only as far as needed: its first
+/// [`REPLY_HEAD`] bytes (tag and status) and its last [`PASS_TAIL`] bytes (an IMAP literal).
+#[derive(Debug, Default)]
+struct ReplyReader {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    /// Bytes of the line so far.
+    len: usize,
+    /// IMAP literal bytes still to skip.
+    literal_left: u64,
+    /// IMAP: the line continues a response after a literal (it is not a response start).
+    continuation: bool,
+    /// POP3: inside a multi-line `+OK` reply, up to the line `.`.
+    multi: bool,
+    /// At least one line was read (the first is the greeting, when the caller passes it).
+    seen_line: bool,
 }
 
 impl ClientWatch {
@@ -154,7 +230,12 @@ impl ClientWatch {
             user_literal: Vec::new(),
             cmd: Cmd::New,
             discard_line: false,
-            authenticated: false,
+            pending_user: None,
+            in_flight: VecDeque::new(),
+            lost: false,
+            sasl_open: false,
+            confirmed: false,
+            reply: ReplyReader::default(),
             strict: false,
             passing_line: None,
             held_literal: 0,
@@ -162,16 +243,13 @@ impl ClientWatch {
         }
     }
 
-    /// A watcher in strict mode: inspection ends only once an authentication command and its
-    /// data have passed *and* more than [`INSPECT_LIMIT`] bytes were inspected; an over-long
-    /// line is passed through without ending inspection; IMAP literal data is also checked as
-    /// the commands it would be had the backend refused the literal. This closes the gaps of
-    /// the default mode for rule T12 (a refused first login, padding before the login, an
-    /// over-long line, a refused literal; see the module docs for the one that remains) at
-    /// the cost of scanning the client's lines longer: a session that never authenticates
-    /// (a backend that greets with PREAUTH) is watched to its end. Recommended when the
-    /// backend trusts postern's `ID`/`XCLIENT` (`forward_client = "protocol"`). Held bytes
-    /// stay bounded by `max_line_length` either way.
+    /// A watcher in strict mode: inspection ends only once the backend confirmed
+    /// authentication (see [`ClientWatch::backend`]), with no byte bound before; an
+    /// over-long line is passed through without ending inspection; IMAP literal data is also
+    /// checked as the commands it would be had the backend refused the literal. Recommended
+    /// when the backend trusts postern's `ID`/`XCLIENT` (`forward_client = "protocol"`). A
+    /// session that never authenticates is watched to its end. Held bytes stay bounded by
+    /// `max_line_length` (client) and [`REPLY_HEAD`] + [`PASS_TAIL`] (backend) either way.
     pub fn strict(protocol: Protocol, max_line_length: usize) -> Self {
         ClientWatch {
             strict: true,
@@ -210,13 +288,53 @@ impl ClientWatch {
         }
     }
 
-    /// The login name once seen.
+    /// The login name the backend confirmed (None before its success reply, and for a
+    /// mechanism whose name cannot be read).
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
 
-    /// True once inspection has ended: from then on the caller copies bytes without calling
-    /// feed(). When it turns true, nothing is held.
+    /// Feeds bytes the backend sent toward the client (the relay passes them on unchanged;
+    /// this only observes). Lets the watch see the greeting (IMAP `* PREAUTH`: already
+    /// authenticated, done) and the outcome of each authentication command: IMAP tagged
+    /// OK/NO/BAD for the LOGIN/AUTHENTICATE tag, POP3 `+OK`/`-ERR` to PASS / APOP / AUTH (the
+    /// final response after any `+ ` continuations), SMTP `235` / other final codes to AUTH
+    /// (`334` is a continuation). On success the pending user becomes [`Self::user`] and the
+    /// watch ends as soon as nothing is held; on failure the pending user is dropped and
+    /// watching goes on.
+    ///
+    /// Feed the backend's greeting (also one postern swallows) before any client byte, and
+    /// every later backend byte in the order read, interleaved with [`Self::feed`] as the
+    /// bytes arrive. Holds at most [`REPLY_HEAD`] + [`PASS_TAIL`] bytes of a reply line; IMAP
+    /// literals in the backend's output (`{n}` at a line end) are skipped unread.
+    pub fn backend(&mut self, input: &[u8]) {
+        let mut input = input;
+        while !input.is_empty() && !self.done {
+            if self.reply.literal_left > 0 {
+                let k = usize::try_from(self.reply.literal_left)
+                    .map_or(input.len(), |left| left.min(input.len()));
+                self.reply.literal_left -= k as u64;
+                input = &input[k..];
+                continue;
+            }
+            match memchr::memchr(b'\n', input) {
+                Some(i) => {
+                    self.reply.take(&input[..=i]);
+                    self.reply_line();
+                    input = &input[i + 1..];
+                }
+                None => {
+                    self.reply.take(input);
+                    input = &[];
+                }
+            }
+        }
+        self.check_end();
+    }
+
+    /// True once inspection has ended (the backend confirmed authentication, or the default
+    /// mode's bounds were passed): from then on the caller copies bytes in both directions
+    /// without calling feed() or backend(). When it turns true, nothing is held.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -236,6 +354,14 @@ impl ClientWatch {
         self.held.len()
     }
 
+    /// Bytes kept of the backend's current reply line (at most [`REPLY_HEAD`] +
+    /// [`PASS_TAIL`]), plus the tags of commands in flight (at most 64 of 64 bytes).
+    pub fn backend_held_len(&self) -> usize {
+        self.reply.head.len()
+            + self.reply.tail.len()
+            + self.in_flight.iter().map(|e| e.tag.len()).sum::<usize>()
+    }
+
     fn data<'a>(&mut self, input: &'a [u8], to_backend: &mut Vec<u8>) -> &'a [u8] {
         let k = usize::try_from(self.data_left).map_or(input.len(), |left| left.min(input.len()));
         let chunk = &input[..k];
@@ -251,7 +377,7 @@ impl ClientWatch {
         self.data_left -= k as u64;
         self.inspected = self.inspected.saturating_add(k);
         if self.data_left == 0 && self.data_mode == DataMode::CaptureUser {
-            self.user = clean_user(&self.user_literal);
+            self.pending_user = clean_user(&self.user_literal);
             scrub(&mut self.user_literal);
         }
         &input[k..]
@@ -332,7 +458,7 @@ impl ClientWatch {
         self.inspected = self.inspected.saturating_add(k);
         if self.data_left == 0 {
             if self.data_mode == DataMode::CaptureUser {
-                self.user = clean_user(&self.user_literal);
+                self.pending_user = clean_user(&self.user_literal);
                 scrub(&mut self.user_literal);
             }
             if std::mem::take(&mut self.shadow_passing) {
@@ -496,6 +622,8 @@ impl ClientWatch {
             self.cmd = Cmd::New;
             self.discard_line = !complete;
         } else if self.strict {
+            // How many replies an over-long line gets is up to the backend.
+            self.lost |= self.protocol != Protocol::Imap;
             to_backend.extend_from_slice(&self.held);
             to_backend.extend_from_slice(tail);
             let keep = tail.len().saturating_sub(PASS_TAIL);
@@ -553,6 +681,7 @@ impl ClientWatch {
             }
             Cmd::Sasl(mech) => {
                 to_backend.extend_from_slice(line);
+                self.push_command(Kind::Response);
                 self.sasl_response(mech, content);
             }
             Cmd::Body => {
@@ -561,6 +690,7 @@ impl ClientWatch {
                 // least wherever a lenient backend ends keeps commands from passing unread.
                 if content == b"." {
                     self.cmd = Cmd::New;
+                    self.push_command(Kind::Other);
                 }
             }
         }
@@ -586,13 +716,41 @@ impl ClientWatch {
             return;
         }
         to_backend.extend_from_slice(line);
+        if self.protocol != Protocol::Imap {
+            if self.sasl_open && self.in_flight.is_empty() {
+                // The backend asked for a SASL response (a mechanism or step the watch does
+                // not follow, e.g. the empty line after an XOAUTH2 error): this is it.
+                return self.push_command(Kind::Response);
+            }
+            if trim_blanks(content).is_empty() {
+                // Servers differ on whether an empty line gets a reply.
+                self.lost = true;
+                return;
+            }
+        }
         let (kw, args) = self.keyword(content);
         let kw = kw.to_ascii_uppercase();
+        let has_args = args.is_some_and(|a| !trim_blanks(a).is_empty());
+        let kind = match (self.protocol, &kw[..]) {
+            (Protocol::Imap, _) => Kind::Other,
+            (Protocol::Pop3, b"USER") => Kind::User,
+            (Protocol::Pop3, b"PASS" | b"APOP") | (_, b"AUTH") if has_args => Kind::Auth,
+            (Protocol::Pop3, b"PASS" | b"APOP") => Kind::Auth,
+            (Protocol::Pop3, b"CAPA" | b"AUTH" | b"RETR" | b"TOP") => Kind::Multi,
+            (Protocol::Pop3, b"LIST" | b"UIDL") if !has_args => Kind::Multi,
+            (Protocol::Smtp, b"DATA") => Kind::Data,
+            _ => Kind::Other,
+        };
+        self.push_command(kind);
         match (self.protocol, &kw[..]) {
             (Protocol::Imap, b"LOGIN") => {
+                self.push(first_word(content).0, Kind::Auth);
                 self.imap_login(args.unwrap_or_default(), literal.map(|l| l.len))
             }
-            (Protocol::Imap, b"AUTHENTICATE") if literal.is_none() => self.sasl_start(args),
+            (Protocol::Imap, b"AUTHENTICATE") if literal.is_none() => {
+                self.push(first_word(content).0, Kind::Auth);
+                self.sasl_start(args)
+            }
             (Protocol::Imap, _) => {
                 if let Some(lit) = literal {
                     self.start_data(lit.len, DataMode::Pass);
@@ -600,11 +758,11 @@ impl ClientWatch {
                 }
             }
             (Protocol::Pop3, b"USER") => {
-                self.user = clean_user(trim_blanks(args.unwrap_or_default()))
+                self.pending_user = clean_user(trim_blanks(args.unwrap_or_default()))
             }
             (Protocol::Pop3, b"PASS") => self.auth_complete(),
             (Protocol::Pop3, b"APOP") => {
-                self.user = clean_user(first_word(args.unwrap_or_default()).0);
+                self.pending_user = clean_user(first_word(args.unwrap_or_default()).0);
                 self.auth_complete();
             }
             // POP3 `AUTH` alone lists mechanisms (RFC 1734 clients); it is not a login.
@@ -613,7 +771,6 @@ impl ClientWatch {
             {
                 self.sasl_start(args);
             }
-            (Protocol::Smtp, b"DATA") if args.is_none() => self.cmd = Cmd::Body,
             (Protocol::Smtp, b"BDAT") => {
                 let size = first_word(args.unwrap_or_default()).0;
                 if let Some(n) = parse_u64(size) {
@@ -706,12 +863,12 @@ impl ClientWatch {
                 self.cmd = Cmd::Login;
             }
             Some(n) => {
-                self.user = clean_user(&astring(args));
+                self.pending_user = clean_user(&astring(args));
                 self.start_data(n, DataMode::Pass);
                 self.cmd = Cmd::Login;
             }
             None => {
-                self.user = clean_user(&astring(args));
+                self.pending_user = clean_user(&astring(args));
                 self.auth_complete();
             }
         }
@@ -727,8 +884,8 @@ impl ClientWatch {
             b"LOGIN" => Mech::LoginUser,
             b"XOAUTH2" => Mech::XOAuth2,
             b"OAUTHBEARER" => Mech::OAuthBearer,
-            // Unknown mechanism: its exchange cannot be followed; stop here.
-            _ => return self.auth_complete(),
+            // Unknown mechanism: its responses pass uncaptured until the backend's reply.
+            _ => Mech::Unknown,
         };
         match ir {
             Some(ir) => self.sasl_response(mech, ir),
@@ -740,10 +897,13 @@ impl ClientWatch {
         let response = trim_blanks(response);
         if response == b"*" {
             self.cmd = Cmd::New;
+            self.pending_user = None;
             return;
         }
-        if mech == Mech::LoginPassword {
-            return self.auth_complete();
+        match mech {
+            Mech::LoginPassword => return self.auth_complete(),
+            Mech::Unknown => return,
+            _ => {}
         }
         let mut decoded = B64.decode(response).unwrap_or_default();
         let name = match mech {
@@ -759,10 +919,11 @@ impl ClientWatch {
                 .find_map(|kv| kv.strip_prefix(b"user="))
                 .and_then(clean_user),
             Mech::OAuthBearer => oauthbearer_user(&decoded),
+            Mech::Unknown => None,
         };
         scrub(&mut decoded);
         if name.is_some() {
-            self.user = name;
+            self.pending_user = name;
         }
         if mech == Mech::LoginUser {
             self.cmd = Cmd::Sasl(Mech::LoginPassword);
@@ -775,13 +936,179 @@ impl ClientWatch {
         self.data_left = len;
         self.data_mode = mode;
         if len == 0 && mode == DataMode::CaptureUser {
-            self.user = None;
+            self.pending_user = None;
         }
     }
 
+    /// The client has sent all of an authentication command: its name goes with the command
+    /// in flight, to be confirmed or dropped by the backend's reply.
     fn auth_complete(&mut self) {
-        self.authenticated = true;
         self.cmd = Cmd::New;
+        let user = self.pending_user.take();
+        if let Some(entry) = self
+            .in_flight
+            .iter_mut()
+            .rev()
+            .find(|e| matches!(e.kind, Kind::Auth | Kind::Response))
+        {
+            entry.user = user;
+        }
+    }
+
+    /// Records a command line forwarded to the backend (whose reply is now awaited).
+    fn push(&mut self, tag: &[u8], kind: Kind) {
+        if self.in_flight.len() >= MAX_IN_FLIGHT || tag.len() > MAX_TAG {
+            // POP3/SMTP: replies could no longer be counted. IMAP: that login just cannot be
+            // confirmed. Either way the watch goes on, which is the safe side.
+            self.lost |= self.protocol != Protocol::Imap;
+            return;
+        }
+        self.in_flight.push_back(InFlight {
+            tag: tag.to_vec(),
+            kind,
+            user: None,
+        });
+    }
+
+    /// POP3/SMTP: a complete client command line went to the backend.
+    fn push_command(&mut self, kind: Kind) {
+        if self.protocol != Protocol::Imap {
+            self.push(&[], kind);
+        }
+    }
+
+    /// The backend confirmed a login.
+    fn confirm(&mut self, user: Option<String>) {
+        self.confirmed = true;
+        self.user = user;
+        self.pending_user = None;
+    }
+
+    /// An authentication command failed: a SASL exchange the client still thinks open is over.
+    fn auth_failed(&mut self) {
+        if matches!(self.cmd, Cmd::Sasl(_)) {
+            self.cmd = Cmd::New;
+        }
+    }
+
+    /// A complete backend line has been read into `self.reply`.
+    fn reply_line(&mut self) {
+        let r = std::mem::take(&mut self.reply);
+        let whole = r.len <= REPLY_HEAD;
+        let head = if whole {
+            &r.head[..content_len(&r.head)]
+        } else {
+            &r.head[..]
+        };
+        match self.protocol {
+            Protocol::Imap => {
+                if !r.continuation {
+                    self.imap_reply(head, !r.seen_line);
+                }
+                let tail = &r.tail[..content_len(&r.tail)];
+                if let Some(lit) = trailing_literal(tail) {
+                    self.reply.literal_left = lit.len;
+                    self.reply.continuation = true;
+                }
+            }
+            Protocol::Pop3 if r.multi => self.reply.multi = !(whole && head == b"."),
+            Protocol::Pop3 => self.pop3_reply(head),
+            Protocol::Smtp => self.smtp_reply(head),
+        }
+        self.reply.seen_line = true;
+    }
+
+    fn imap_reply(&mut self, head: &[u8], greeting: bool) {
+        if head.starts_with(b"*") {
+            let (_, rest) = first_word(head);
+            let status = first_word(rest.unwrap_or_default()).0;
+            if greeting && status.eq_ignore_ascii_case(b"PREAUTH") {
+                self.confirm(None);
+            }
+            return;
+        }
+        if head.starts_with(b"+") {
+            return; // a continuation request, not a completion
+        }
+        let (tag, rest) = first_word(head);
+        let Some(i) = self.in_flight.iter().position(|e| e.tag == tag) else {
+            return;
+        };
+        let entry = self.in_flight.remove(i);
+        let status = first_word(rest.unwrap_or_default()).0;
+        match entry {
+            Some(e) if status.eq_ignore_ascii_case(b"OK") => self.confirm(e.user),
+            _ => self.auth_failed(),
+        }
+    }
+
+    fn pop3_reply(&mut self, head: &[u8]) {
+        let ok = head.len() >= 3 && head[..3].eq_ignore_ascii_case(b"+OK");
+        let err = head.len() >= 4 && head[..4].eq_ignore_ascii_case(b"-ERR");
+        let more = head == b"+" || head.starts_with(b"+ ");
+        let Some(entry) = self.in_flight.pop_front() else {
+            return; // the greeting, or a line nothing asked for
+        };
+        if !(ok || err || more) {
+            self.lost = true;
+            return;
+        }
+        if ok && entry.kind == Kind::Multi {
+            self.reply.multi = true;
+        }
+        self.answered(entry, ok, more);
+    }
+
+    fn smtp_reply(&mut self, head: &[u8]) {
+        let code = head.get(..3).filter(|c| c.iter().all(u8::is_ascii_digit));
+        let sep = head.get(3).copied();
+        if code.is_some() && sep == Some(b'-') {
+            return; // a line of a multi-line reply; its last line (`NNN `) is the reply
+        }
+        let Some(entry) = self.in_flight.pop_front() else {
+            return; // the greeting, or a line nothing asked for
+        };
+        let Some(code) = code.filter(|_| matches!(sep, None | Some(b' '))) else {
+            self.lost = true;
+            return;
+        };
+        match code {
+            b"334" => self.answered(entry, false, true),
+            b"354" if entry.kind == Kind::Data => {
+                // Only now is the client's next line message text (were DATA refused, the
+                // backend would read those lines as commands).
+                if self.cmd == Cmd::New {
+                    self.cmd = Cmd::Body;
+                }
+            }
+            _ => self.answered(entry, code == b"235", false),
+        }
+    }
+
+    /// POP3/SMTP: `entry` got its reply: a SASL continuation (`more`), a success or a failure.
+    fn answered(&mut self, entry: InFlight, success: bool, more: bool) {
+        let auth = matches!(entry.kind, Kind::Auth | Kind::Response);
+        if more {
+            // Only an authentication exchange has continuations.
+            if auth {
+                self.sasl_open = true;
+            } else {
+                self.lost = true;
+            }
+            return;
+        }
+        // A response line counts only when the backend asked for it: a line the client sent
+        // after an AUTH the backend refused at once was a command, whatever the client meant.
+        let solicited =
+            entry.kind == Kind::Auth || (entry.kind == Kind::Response && self.sasl_open);
+        self.sasl_open = false;
+        if success && solicited && !self.lost {
+            self.confirm(entry.user);
+        } else if auth {
+            self.auth_failed();
+        } else if entry.kind == Kind::User && !success {
+            self.pending_user = None;
+        }
     }
 
     fn check_end(&mut self) {
@@ -796,13 +1123,8 @@ impl ClientWatch {
         if self.data_left > 0 && self.data_mode != DataMode::Pass {
             return;
         }
-        let auth_over = self.authenticated && self.data_left == 0;
         let past_limit = self.inspected > INSPECT_LIMIT;
-        self.done = if self.strict {
-            auth_over && past_limit
-        } else {
-            auth_over || past_limit
-        };
+        self.done = self.confirmed || (!self.strict && past_limit);
     }
 }
 
@@ -812,6 +1134,10 @@ impl fmt::Debug for ClientWatch {
         f.debug_struct("ClientWatch")
             .field("protocol", &self.protocol)
             .field("user", &self.user)
+            .field("pending_user", &self.pending_user)
+            .field("in_flight", &self.in_flight.len())
+            .field("confirmed", &self.confirmed)
+            .field("lost", &self.lost)
             .field("held_len", &self.held.len())
             .field("inspected", &self.inspected)
             .field("data_left", &self.data_left)
@@ -906,8 +1232,30 @@ const B64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// Bytes kept from the end of an over-long line passed in strict mode (enough for `{n+}`).
-const PASS_TAIL: usize = 32;
+/// Bytes kept from the end of an over-long line passed in strict mode, and of a backend
+/// reply line (enough for `{n+}`).
+pub const PASS_TAIL: usize = 32;
+
+/// Bytes kept from the start of a backend reply line (tag and status).
+pub const REPLY_HEAD: usize = 96;
+
+/// Longest IMAP tag of an authentication command whose reply is matched.
+const MAX_TAG: usize = 64;
+
+/// Commands awaiting a reply that are tracked; beyond, POP3/SMTP replies are not matched.
+const MAX_IN_FLIGHT: usize = 64;
+
+impl ReplyReader {
+    fn take(&mut self, chunk: &[u8]) {
+        let room = REPLY_HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        self.tail
+            .extend_from_slice(&chunk[chunk.len().saturating_sub(PASS_TAIL)..]);
+        let excess = self.tail.len().saturating_sub(PASS_TAIL);
+        self.tail.drain(..excess);
+        self.len = self.len.saturating_add(chunk.len());
+    }
+}
 
 /// IMAP ID fields Dovecot trusts from a proxy; a client must not set them.
 const RESERVED_ID_FIELDS: &[&[u8]] = &[
