@@ -70,12 +70,12 @@ class LineConn:
             return False
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"nothing from the server within {self.timeout}s (buffer {bytes(self.buf[:200])!r})")
+            raise TimeoutError(f"nothing more from the server in time (buffer {bytes(self.buf[:200])!r})")
         self.sock.settimeout(remaining)
         try:
             chunk = self.sock.recv(65536)
         except socket.timeout:
-            raise TimeoutError(f"nothing from the server within {self.timeout}s (buffer {bytes(self.buf[:200])!r})") from None
+            raise TimeoutError(f"nothing more from the server in time (buffer {bytes(self.buf[:200])!r})") from None
         except RAGGED_EOFS as e:
             self._eof(f"ragged: {type(e).__name__}: {e}")
             return False
