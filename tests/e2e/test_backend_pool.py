@@ -1,10 +1,13 @@
 """The backend pool end to end (issue 5): the real postern binary in front of several real
 Dovecots and synthetic greeters.
 
-Balancing laws (round-robin, least-connections, client-hash), health down/up with the
-`postern_backend_up` metric, failover on connect, PROXY v1/v2 and IMAP ID / POP3 XCLIENT
-forwarding seen in Dovecot's own log, exec backends (environment, no zombies), and the
-all-down goodbyes.
+Balancing laws (round-robin, least-connections, client-hash incl. a departure and a
+return), per-server limits, unix + TCP servers, warm spares; health down/up by probes and by
+session failures with the `postern_backend_up` metric and state-change log lines; failover
+past refused, hung and BYE-greeting servers; PROXY v1/v2, IMAP ID and POP3/SMTP XCLIENT
+forwarding seen in Dovecot's own log (IPv4 and IPv6 clients, client spoofing refused);
+exec backends (environment, stderr, bulk data, kill on session end, `max_children`, a real
+Dovecot `imap` run per session, no zombies); the all-down goodbyes and /readyz.
 
 Which server a session used is read from the `backend` field of postern's `session ended`
 line. Clients bound to 127.0.0.2, 127.0.0.3, ... play different users' addresses.
@@ -13,8 +16,8 @@ line. Clients bound to 127.0.0.2, 127.0.0.3, ... play different users' addresses
 from __future__ import annotations
 
 import base64
-import json
 import hashlib
+import json
 import os
 import re
 import select
@@ -173,6 +176,11 @@ def test_client_hash_sticks_and_a_departure_moves_only_its_share(postern_factory
     assert gone not in second.values()
     assert 0.15 <= len(moved) / len(clients) <= 0.55, f"{len(moved)} of {len(clients)} moved"
 
+    # it comes back: its clients return to it, nobody else moves
+    next(g for g in gs if g.server == gone).start()
+    wait_up(gw, "pool", gone, 1)
+    assert placement() == first
+
 
 def test_unix_and_tcp_servers_mixed(postern_factory, tmp_path, greeters, client_ctx):
     (tcp,) = greeters(1)
@@ -267,6 +275,16 @@ def test_client_hash_is_the_same_in_another_postern_instance(postern_factory, gr
             local = imap_hello(gw.addr("imaps"), client_ctx, ip)
             placed.append(backend_of(gw, local, after=mark))
         assert placed[0] == placed[1], f"{ip}: {placed}"
+
+
+def test_warm_ignored_with_address_forwarding(postern_factory, greeters, client_ctx):
+    """Spares cannot carry a client's PROXY header or ID: `warm` is ignored with a warning,
+    and every session's connection is made after the client arrived."""
+    (g,) = greeters(1)
+    gw = _imap_pool(postern_factory, [g.server], warm=2, forward_client="proxy-v2")
+    gw.wait_for_record(lambda r: "warm" in str(r.get("message", "")) and r.get("level") in ("WARN", "warn"),
+                       what="a warning that `warm` is ignored")
+    assert g.open_conns <= 1  # at most a health probe
 
 
 # ---- health ---------------------------------------------------------------------------------
