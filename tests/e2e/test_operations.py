@@ -303,6 +303,7 @@ def test_drain_goodbye_per_protocol(postern_factory, dovecot, mailbox, client_ct
         if w.error is not None or closed is None:
             problems.append(f"{name}: not closed ({w.error!r})")
             continue
+        print(f"{name}: {got!r} then {w.conn.eof_kind} close at {closed:.2f}s")
         if name == "pop3-starttls":
             ok = got == [] or (len(got) == 1 and got[0].startswith(b"-ERR") and got[0].endswith(b"\r\n"))
         else:
