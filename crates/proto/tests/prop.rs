@@ -3,7 +3,7 @@
 
 use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
 use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
-use postern_proto::watch::ClientWatch;
+use postern_proto::watch::{ClientWatch, PASS_TAIL, REPLY_HEAD};
 use postern_proto::Protocol;
 use proptest::prelude::*;
 
@@ -53,6 +53,44 @@ fn wire() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(Just(b'x'), 100..300),
     ];
     prop::collection::vec(token, 0..60).prop_map(|t| t.concat())
+}
+
+/// Backend-reply-shaped bytes: tagged and untagged completions, continuations, POP3 and
+/// SMTP status lines, literals, line ends and random bytes mixed.
+fn replies() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"a OK".to_vec()),
+        Just(b"a NO".to_vec()),
+        Just(b"b BAD".to_vec()),
+        Just(b"* PREAUTH".to_vec()),
+        Just(b"* OK".to_vec()),
+        Just(b"+ ".to_vec()),
+        Just(b"+OK".to_vec()),
+        Just(b"-ERR".to_vec()),
+        Just(b"235 ".to_vec()),
+        Just(b"334 ".to_vec()),
+        Just(b"354 ".to_vec()),
+        Just(b"250-".to_vec()),
+        Just(b"535 ".to_vec()),
+        Just(b"{3}".to_vec()),
+        Just(b"{100}".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b".\r\n".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..8),
+        prop::collection::vec(Just(b'x'), 100..300),
+    ];
+    prop::collection::vec(token, 0..20).prop_map(|t| t.concat())
+}
+
+/// A session: client (true) and backend (false) reads in the order they arrive.
+fn session() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
+    let step = prop_oneof![
+        wire().prop_map(|b| (true, b)),
+        replies().prop_map(|b| (false, b)),
+    ];
+    prop::collection::vec(step, 0..8)
 }
 
 /// Splits `input` at the given (sorted, deduplicated) cut points.
@@ -133,6 +171,42 @@ fn watch(p: Protocol, strict: bool, chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Op
     (backend, client, w.user().map(str::to_owned))
 }
 
+/// Held memory bound of the backend side (reply line, 64 tags of at most 64 bytes).
+const MAX_BACKEND_HELD: usize = REPLY_HEAD + PASS_TAIL + 64 * 64;
+
+type WatchOut = (Vec<u8>, Vec<u8>, Option<String>, bool);
+
+/// Feeds client and backend reads in order (each step already split into reads).
+fn watch_session(p: Protocol, strict: bool, steps: &[(bool, Vec<Vec<u8>>)]) -> WatchOut {
+    let mut w = if strict {
+        ClientWatch::strict(p, MAX_LINE)
+    } else {
+        ClientWatch::new(p, MAX_LINE)
+    };
+    let (mut backend, mut client) = (Vec::new(), Vec::new());
+    for (from_client, reads) in steps {
+        for read in reads {
+            match (from_client, w.is_done()) {
+                (true, true) => backend.extend_from_slice(read),
+                (true, false) => w.feed(read, &mut backend, &mut client),
+                (false, _) => w.backend(read),
+            }
+            assert!(w.held_len() <= MAX_LINE, "held {}", w.held_len());
+            assert!(
+                w.backend_held_len() <= MAX_BACKEND_HELD,
+                "backend held {}",
+                w.backend_held_len()
+            );
+            if w.is_done() {
+                assert_eq!(w.held_len(), 0);
+            }
+        }
+    }
+    let done = w.is_done();
+    w.flush(&mut backend);
+    (backend, client, w.user().map(str::to_owned), done)
+}
+
 fn filter(p: Protocol, chunks: &[Vec<u8>]) -> Vec<u8> {
     let mut f = CapabilityFilter::new(p);
     let mut out = Vec::new();
@@ -182,6 +256,25 @@ proptest! {
         strict in any::<bool>(), input in prop::collection::vec(any::<u8>(), 0..600)) {
         let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
         prop_assert_eq!(watch(p, strict, std::slice::from_ref(&input)), watch(p, strict, &bytewise));
+    }
+
+    #[test]
+    fn watch_with_replies_bounded_and_split_invariant(
+        p in protocol(),
+        strict in any::<bool>(), steps in session(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
+        let pieces: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, split(b, &cuts))).collect();
+        prop_assert_eq!(watch_session(p, strict, &whole), watch_session(p, strict, &pieces));
+    }
+
+    #[test]
+    fn watch_with_replies_arbitrary_bytes(
+        p in protocol(),
+        strict in any::<bool>(),
+        steps in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..200)), 0..6)) {
+        let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
+        let bytewise: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, b.iter().map(|x| vec![*x]).collect())).collect();
+        prop_assert_eq!(watch_session(p, strict, &whole), watch_session(p, strict, &bytewise));
     }
 
     #[test]
