@@ -1281,3 +1281,47 @@ fn backend_reply_memory_is_bounded() {
     w.backend(&b"+OK\r\n".repeat(MAX_IN_FLIGHT + 3));
     assert!(!w.is_done());
 }
+
+#[test]
+fn smtp_xoauth2_error_dance_then_a_good_login() {
+    let bad = format!(
+        "AUTH XOAUTH2 {}\r\n",
+        b64(b"user=bob\x01auth=Bearer expired\x01\x01")
+    );
+    let good = format!("AUTH PLAIN {}\r\n", b64(b"\0bob\0s3cret"));
+    let out = steps(
+        Protocol::Smtp,
+        true,
+        &[
+            S(b"220 mx ESMTP\r\n"),
+            // Pipelined EHLO and AUTH (PIPELINING), then the error dance: 334 with the
+            // error, an empty response, 535.
+            C(b"EHLO x\r\n"),
+            C(bad.as_bytes()),
+            S(b"250-mx\r\n250-PIPELINING\r\n250 AUTH PLAIN XOAUTH2\r\n"),
+            S(b"334 eyJzdGF0dXMiOiI0MDEifQ==\r\n"),
+            C(b"\r\n"),
+            S(b"535 5.7.8 failed\r\n"),
+            C(XCLIENT),
+            C(good.as_bytes()),
+            S(b"235 2.7.0 ok\r\n"),
+        ],
+        "s3cret",
+    );
+    assert_eq!(
+        out.client,
+        b"550 5.7.0 XCLIENT is not accepted from clients\r\n"
+    );
+    assert!(out.done);
+    assert_eq!(out.user.as_deref(), Some("bob"));
+}
+
+#[test]
+fn nothing_is_confirmed_without_the_backend() {
+    for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        let input = b"a LOGIN bob pw\r\nUSER bob\r\nPASS pw\r\nAUTH PLAIN AGJvYgBwdw==\r\n";
+        let (out, _) = strict(p, input);
+        assert_eq!(out.user, None);
+        assert!(!out.done);
+    }
+}
