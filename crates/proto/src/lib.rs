@@ -52,6 +52,7 @@
 pub mod capfilter;
 pub mod forward;
 pub mod greeting;
+pub mod imap_state;
 pub mod line;
 pub mod starttls;
 pub mod watch;

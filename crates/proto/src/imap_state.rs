@@ -1,0 +1,1 @@
+//! (being written) IMAP response-boundary and COMPRESS tracking for safe drain goodbyes.
