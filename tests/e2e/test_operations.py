@@ -59,12 +59,6 @@ NOGROUP = grp.getgrnam("nogroup").gr_gid
 
 GOODBYE = b"* BYE [UNAVAILABLE] shutting down\r\n"
 
-COMPRESS_HANG = (
-    "postern bug: after IMAP COMPRESS DEFLATE the strict client watch (forward_client none/protocol) "
-    "holds the deflate bytes waiting for a line end; the session hangs"
-)
-
-
 def _msg(message: str):
     return lambda r: r.get("message") == message
 
@@ -436,7 +430,6 @@ def _inflate_to_eof(z: Deflated, timeout: float, t0: float) -> float:
     return time.monotonic() - t0
 
 
-@pytest.mark.xfail(strict=True, reason=COMPRESS_HANG)
 def test_drain_goodbye_never_breaks_a_compressed_session(postern_factory, zlib_dovecot, client_ctx):
     """After COMPRESS DEFLATE (RFC 4978) the stream is deflate, not lines: a plaintext BYE
     spliced in would break the client's decompressor. Whatever postern does at the goodbye,
@@ -454,7 +447,7 @@ def test_drain_goodbye_never_breaks_a_compressed_session(postern_factory, zlib_d
 
 
 @pytest.mark.xfail(strict=True, reason="postern bug: sessions whose last byte is not a line end (COMPRESS) skip the drain spread "
-                   "and are all cut at grace end; " + COMPRESS_HANG)
+                   "and are all cut at grace end")
 def test_drain_spreads_compressed_sessions_too(postern_factory, zlib_dovecot, client_ctx):
     """COMPRESS=DEFLATE sessions cannot get a readable BYE, but they must still leave at their
     turn in drain_spread: Thunderbird compresses whenever offered, so cutting them all at the
@@ -478,7 +471,7 @@ def test_drain_spreads_compressed_sessions_too(postern_factory, zlib_dovecot, cl
 
 @pytest.mark.parametrize(
     "forward_client",
-    [pytest.param("none", marks=pytest.mark.xfail(strict=True, reason=COMPRESS_HANG)), "proxy-v2"],
+    ["none", "proxy-v2"],
 )
 def test_compress_deflate_session_works(postern_factory, zlib_dovecot, client_ctx, forward_client):
     """The precondition of the two tests above, and a client feature of its own: Thunderbird
@@ -688,7 +681,6 @@ def test_setuid_refused_when_not_started_as_root(postern_factory, dovecot, poste
     assert not PANIC_MARKERS.search(out), out
 
 
-@pytest.mark.xfail(strict=True, reason='postern bug: server.user = "root" logs `dropped privileges uid=0` and serves as root')
 def test_user_root_is_not_reported_as_a_privilege_drop(postern_factory, dovecot, postern_bin):
     """`user = "root"` drops nothing. postern must not log `dropped privileges` with uid 0 and
     serve on as root as if all were well: it should refuse (exit 2 naming server.user) or at

@@ -8,6 +8,9 @@ pub enum PrivDropError {
     /// `server.user` names no account.
     #[error("server.user {0:?}: no such user; create it (e.g. `useradd --system postern`) or fix the name")]
     NoUser(String),
+    /// `server.user` is root: that is no drop at all.
+    #[error("server.user = {0:?} is root (uid 0): postern must not serve as root; set server.user to an unprivileged account such as \"postern\", or remove it and run postern as that user")]
+    Root(String),
     /// `server.group` names no group.
     #[error("server.group {0:?}: no such group; create it or fix the name")]
     NoGroup(String),
@@ -49,6 +52,9 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), Pr
     let pw = User::from_name(user)
         .map_err(|source| PrivDropError::Syscall { user: user.into(), step: "getpwnam", source })?
         .ok_or_else(|| PrivDropError::NoUser(user.into()))?;
+    if pw.uid.is_root() {
+        return Err(PrivDropError::Root(user.into()));
+    }
     let gid = match group {
         Some(g) => Group::from_name(g)
             .map_err(|source| PrivDropError::Syscall { user: user.into(), step: "getgrnam", source })?

@@ -164,6 +164,10 @@ impl SessionHandler {
         report.backend = Some(backend.server.clone());
         let mut greeting = backend.greeting;
         let mut backend_stream = backend.stream;
+        let mut watch = if s.strict_watch { ClientWatch::strict(s.protocol, s.max_line_length) } else { ClientWatch::new(s.protocol, s.max_line_length) };
+        // The watch learns login outcomes from the backend's replies: it must see the
+        // greeting (even one swallowed below) before any reply.
+        watch.backend(&greeting);
         let (to_client, caps) = match s.tls {
             TlsMode::Implicit => (greeting, None),
             TlsMode::Starttls => {
@@ -174,8 +178,7 @@ impl SessionHandler {
                 (greeting, Some(CapabilityFilter::new(s.protocol)))
             }
         };
-        let watch = if s.strict_watch { ClientWatch::strict(s.protocol, s.max_line_length) } else { ClientWatch::new(s.protocol, s.max_line_length) };
-        let filters = Filters { watch: Some(watch), caps };
+        let filters = Filters { watch: (!watch.is_done()).then_some(watch), caps };
         let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.

@@ -138,6 +138,13 @@ where
                 Poll::Pending => {}
             }
         }
+        // Authentication confirmed: the capability filter's job (pre-login capability lists)
+        // is over too; after login the stream may turn binary (COMPRESS), so stop holding lines.
+        if filters.watch.is_none() {
+            if let Some(mut caps) = filters.caps.take() {
+                caps.flush(&mut down.pending);
+            }
+        }
         if !leaving && !goodbye_queued && leave.as_mut().poll(cx).is_ready() {
             leaving = true;
         }
@@ -156,7 +163,7 @@ where
                 goodbye_queued = true;
             }
             if !down.done {
-                match poll_down(cx, backend, client, &mut down, &mut filters.caps) {
+                match poll_down(cx, backend, client, &mut down, &mut filters, user) {
                     Poll::Ready(Ok(())) => down.done = true,
                     Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
                     Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => down.done = true,
@@ -226,11 +233,7 @@ where
             return true;
         }
         w.feed(input, out, reply_to_client);
-        if let Some(u) = w.user() {
-            if user.as_deref() != Some(u) {
-                *user = Some(u.to_owned());
-            }
-        }
+        note_user(w, user);
         if w.is_done() {
             *watch = None; // steady state: a plain copy
         }
@@ -238,19 +241,29 @@ where
     })
 }
 
-/// Backend → client, through the capability filter while it is active.
+/// Backend → client: observed by the command watch (login outcomes), rewritten by the
+/// capability filter while each is active.
 fn poll_down<B, C>(
     cx: &mut Context<'_>,
     backend: &mut B,
     client: &mut C,
     d: &mut Dir,
-    caps: &mut Option<CapabilityFilter>,
+    filters: &mut Filters,
+    user: &mut Option<String>,
 ) -> Poll<Result<(), Failure>>
 where
     B: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
+    let Filters { watch, caps } = filters;
     poll_dir(cx, backend, client, d, |input, out, eof| {
+        if let Some(w) = watch.as_mut() {
+            w.backend(input);
+            note_user(w, user);
+            if w.is_done() {
+                *watch = None;
+            }
+        }
         let Some(f) = caps.as_mut() else { return false };
         if eof {
             f.flush(out);
@@ -263,6 +276,14 @@ where
         }
         true
     })
+}
+
+fn note_user(w: &ClientWatch, user: &mut Option<String>) {
+    if let Some(u) = w.user() {
+        if user.as_deref() != Some(u) {
+            *user = Some(u.to_owned());
+        }
+    }
 }
 
 /// Moves bytes from `r` to `w` until `r` would block, `w` pushes back, or EOF has been

@@ -74,7 +74,10 @@ pub(crate) async fn plaintext_phase(
                 return PlainEnd::Timeout;
             }
             () = &mut leave => {
-                let _ = stream.write_all(protocol.shutdown_goodbye()).await;
+                // POP3 has no unsolicited response: it just closes, as in the relay.
+                if protocol != Protocol::Pop3 {
+                    let _ = stream.write_all(protocol.shutdown_goodbye()).await;
+                }
                 let _ = stream.shutdown().await;
                 return PlainEnd::Shutdown;
             }

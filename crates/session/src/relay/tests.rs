@@ -89,21 +89,30 @@ async fn goodbye_waits_for_a_line_boundary() {
 }
 
 #[tokio::test]
-async fn watch_captures_the_user_and_flushes_a_partial_line_at_eof() {
+async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
     let (mut client, mut client_side) = duplex(1024);
     let (mut backend_side, mut backend) = duplex(1024);
     let task = tokio::spawn(async move {
         let mut totals = Totals::default();
         let mut user = None;
-        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None };
+        let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
+        watch.backend(b"* OK ready\r\n");
+        let filters = Filters { watch: Some(watch), caps: None };
         let end = relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
         (end, user)
     });
-    client.write_all(b"a LOGIN alice Pw-Secret\r\nb NOOP").await.unwrap();
+    client.write_all(b"a LOGIN alice Pw-Secret\r\n").await.unwrap();
+    let mut login = vec![0u8; 25];
+    backend.read_exact(&mut login).await.unwrap();
+    // The user counts once the backend confirms the login.
+    backend.write_all(b"a OK Logged in\r\n").await.unwrap();
+    let mut ok = vec![0u8; 16];
+    client.read_exact(&mut ok).await.unwrap();
+    client.write_all(b"b NOOP").await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
     backend.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"a LOGIN alice Pw-Secret\r\nb NOOP");
+    assert_eq!(got, b"b NOOP");
     backend.shutdown().await.unwrap();
     let (end, user) = task.await.unwrap();
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
@@ -127,4 +136,23 @@ async fn client_address_claims_are_answered_by_postern_not_forwarded() {
     let mut reply = [0u8; 6];
     client.read_exact(&mut reply).await.unwrap();
     assert_eq!(&reply, b"a BAD ");
+}
+
+#[tokio::test]
+async fn a_line_held_by_the_watch_is_flushed_at_eof() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
+        watch.backend(b"* OK ready\r\n");
+        let filters = Filters { watch: Some(watch), caps: None };
+        relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
+    });
+    client.write_all(b"a NOOP\r\nb NOO").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"a NOOP\r\nb NOO");
 }
