@@ -136,6 +136,29 @@ def test_least_connections_prefers_the_idle_server(postern_factory, dovecot, gre
     assert set(used) == set(servers), used
 
 
+def test_least_connections_balances_held_sessions_exactly(postern_factory, greeters, client_ctx):
+    gs = greeters(3)
+    gw = _imap_pool(postern_factory, [g.server for g in gs])  # least-connections is the default
+    addr = gw.addr("imaps")
+    held = []
+    try:
+        for i in range(30):
+            held.append(Held(addr, client_ctx))
+            # the pool counts a connection from connect to release; wait until this one shows
+            wait_for(lambda: gw.metrics().value("postern_backend_connections_active", backend="pool") == i + 1,
+                     5, f"{i + 1} active backend connections")
+        m = gw.metrics()
+        per = {g.server: m.value("postern_backend_connections_active", backend="pool", server=g.server) for g in gs}
+        assert sorted(per.values()) == [10, 10, 10], per
+        # and the greeters agree (their count may include a health probe in flight)
+        assert all(g.open_conns >= 10 for g in gs), [g.open_conns for g in gs]
+    finally:
+        for h in held:
+            h.close()
+    wait_for(lambda: gw.metrics().value("postern_backend_connections_active", backend="pool") == 0, 5,
+             "every backend connection released")
+
+
 def test_client_hash_sticks_and_a_departure_moves_only_its_share(postern_factory, greeters, client_ctx):
     gs = greeters(3)
     gw = _imap_pool(postern_factory, [g.server for g in gs], balance="client-hash", health=FAST_HEALTH)
@@ -517,10 +540,32 @@ def _pop3_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str)
         s.close()
 
 
+def _smtp_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
+    """Greeting, EHLO, AUTH PLAIN, QUIT over a raw socket; every line the client got."""
+    s = tls_from(gw.addr("submissions"), ctx, source_ip)
+    try:
+        got = [read_line(s)]
+        s.sendall(b"EHLO client.test\r\n")
+        while True:
+            got.append(read_line(s))
+            if got[-1][3:4] == b" ":
+                break
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        s.sendall(f"AUTH PLAIN {token}\r\n".encode())
+        got.append(read_line(s))
+        s.sendall(b"QUIT\r\n")
+        got.append(read_line(s))
+        got += read_until_eof(s).splitlines(keepends=True)
+        return got
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("version", ["proxy-v2", "proxy-v1"])
 def test_proxy_header_gives_dovecot_the_client_address(postern_factory, dovecot, client_ctx, version):
-    cfg = postern_factory.config(dovecot, protocols=("imap", "pop3"), forward_client=version,
-                                 dovecot_listeners={"imap": "imap_haproxy", "pop3": "pop3_haproxy"},
+    cfg = postern_factory.config(dovecot, protocols=("imap", "pop3", "smtp"), forward_client=version,
+                                 dovecot_listeners={"imap": "imap_haproxy", "pop3": "pop3_haproxy",
+                                                    "smtp": "submission_haproxy"},
                                  health=FAST_HEALTH)
     probes_before = dovecot.log_text().count("Aborted login by logging out")
     gw = postern_factory.start(cfg)
@@ -536,6 +581,12 @@ def test_proxy_header_gives_dovecot_the_client_address(postern_factory, dovecot,
     assert got[0].startswith(b"+OK"), got
     line = _dovecot_login_line(dovecot, user, "pop3")
     assert "rip=127.0.0.3," in line, line
+
+    user, password = dovecot.new_user()
+    got = _smtp_login_from(gw, client_ctx, user, password, "127.0.0.4")
+    assert got[0].startswith(b"220 ") and got[-1].startswith(b"221 "), got
+    line = _dovecot_login_line(dovecot, user, "submission")
+    assert "rip=127.0.0.4," in line, line
 
     # health probes on the haproxy listeners (a LOCAL header, then the greeting) pass: after
     # more than `fall` probe rounds both servers are still up
@@ -678,22 +729,7 @@ def test_protocol_forwarding_smtp_xclient(postern_factory, dovecot, client_ctx):
     cfg = postern_factory.config(dovecot, protocols=("smtp",), forward_client="protocol")
     gw = postern_factory.start(cfg)
     user, password = dovecot.new_user()
-    s = tls_from(gw.addr("submissions"), client_ctx, "127.0.0.2")
-    try:
-        got = [read_line(s)]
-        s.sendall(b"EHLO client.test\r\n")
-        while True:
-            got.append(read_line(s))
-            if got[-1][3:4] == b" ":
-                break
-        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-        s.sendall(f"AUTH PLAIN {token}\r\n".encode())
-        got.append(read_line(s))
-        s.sendall(b"QUIT\r\n")
-        got.append(read_line(s))
-        got += read_until_eof(s).splitlines(keepends=True)
-    finally:
-        s.close()
+    got = _smtp_login_from(gw, client_ctx, user, password, "127.0.0.2")
     # exactly one greeting (XCLIENT's fresh 220 replaces Dovecot's first), then the EHLO reply
     assert got[0].startswith(b"220 "), got
     assert [l for l in got if l.startswith(b"220")] == [got[0]], got
