@@ -227,6 +227,24 @@ class Held:
         self.greeting = read_line(self.sock)
         assert self.greeting.startswith(b"* OK"), self.greeting
 
+    def at_eof(self) -> bool:
+        """True once the server side has closed (whatever it sent before is discarded)."""
+        if getattr(self, "_eof", False):
+            return True
+        self.sock.setblocking(False)
+        try:
+            while True:
+                if not self.sock.recv(4096):
+                    self._eof = True
+                    break
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError):
+            self._eof = True
+        finally:
+            self.sock.settimeout(DEFAULT_TIMEOUT)
+        return getattr(self, "_eof", False)
+
     def close(self) -> None:
         try:
             self.sock.sendall(b"z9 LOGOUT\r\n")

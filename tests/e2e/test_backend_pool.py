@@ -437,6 +437,36 @@ def test_warm_spares_of_a_dead_server_are_not_handed_out(postern_factory, greete
     assert not failures, failures
 
 
+def test_sessions_of_a_dying_server_release_their_slots(postern_factory, dovecot, dovecot_factory, client_ctx):
+    """Held sessions on a server that dies end, and its connection count drops to 0: a
+    leaked count would starve the server under least-connections after it returns."""
+    victim = dovecot_factory()
+    servers = [victim.server("imap"), dovecot.server("imap")]
+    gw = _imap_pool(postern_factory, servers, health=FAST_HEALTH)
+    addr = gw.addr("imaps")
+    held = [Held(addr, client_ctx) for _ in range(6)]
+    try:
+        active = lambda s: gw.metrics().value("postern_backend_connections_active", backend="pool", server=s)  # noqa: E731
+        wait_for(lambda: active(servers[0]) == 3 and active(servers[1]) == 3, 5, "3 held sessions on each server")
+        victim.stop()
+        # its clients see the end (Dovecot's BYE, then EOF) and close, as mail clients do
+        ended = wait_for(lambda: [h for h in held if h.at_eof()] if sum(h.at_eof() for h in held) == 3 else None,
+                         10, "3 held sessions to end")
+        for h in ended:
+            h.sock.close()
+        wait_for(lambda: active(servers[0]) == 0, 5, "the dead server's connections released")
+        assert active(servers[1]) == 3
+        victim.start()
+        wait_up(gw, "pool", servers[0], 1, timeout=5)
+        # least-connections: 3 on the survivor, 0 on the returned one, so the next 3 go there
+        more = [Held(addr, client_ctx) for _ in range(3)]
+        held += more
+        wait_for(lambda: active(servers[0]) == 3, 5, "new sessions on the returned server")
+    finally:
+        for h in held:
+            h.close()
+
+
 def test_failover_on_connect(postern_factory, dovecot, client_ctx):
     dead = f"127.0.0.1:{closed_port()}"
     servers = [dead, dovecot.server("imap")]
@@ -922,6 +952,27 @@ def test_exec_relays_bulk_data_intact(postern_factory, tmp_path, client_ctx):
     finally:
         s.close()
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+    wait_no_children(gw.pid)
+
+
+def test_exec_child_with_loud_stderr(postern_factory, tmp_path, client_ctx):
+    """A child writing far more than a pipe holds (64 KiB) to stderr before its greeting
+    must not block: postern drains stderr into its log."""
+    script = tmp_path / "loud.sh"
+    script.write_text("#!/bin/sh\n"
+                      "i=0; while [ $i -lt 3000 ]; do echo \"loud-stderr line $i padding padding padding padding padding\" >&2; i=$((i+1)); done\n"
+                      "printf '* OK loud ready\\r\\n'\nexec cat\n")
+    script.chmod(0o755)
+    cfg = postern_factory.config()
+    cfg.data["backend"].append({"name": "loud", "exec": [str(script)]})
+    cfg.listener("imaps", "imap", "loud")
+    gw = postern_factory.start(cfg)
+    s = tls_from(gw.addr("imaps"), client_ctx)
+    try:
+        assert read_line(s) == b"* OK loud ready\r\n"
+    finally:
+        s.close()
+    gw.wait_for_record(lambda r: "loud-stderr line 2999 " in str(r.get("stderr", "")), what="the child's last stderr line in the log")
     wait_no_children(gw.pid)
 
 
