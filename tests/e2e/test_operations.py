@@ -311,7 +311,6 @@ def test_drain_goodbye_per_protocol(postern_factory, dovecot, mailbox, client_ct
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="postern bug: the drain goodbye `* BYE` is spliced into an IMAP literal at a body line boundary")
 def test_drain_goodbye_never_lands_inside_a_literal(postern_factory, dovecot, client_ctx):
     """A slow client is in the middle of a big FETCH when its goodbye is due. The BYE may
     follow the response, or the session may be cut when the grace ends, but the literal's bytes
@@ -446,8 +445,6 @@ def test_drain_goodbye_never_breaks_a_compressed_session(postern_factory, zlib_d
     assert closed <= grace + 1.0, f"closed {closed:.2f}s after SIGTERM"
 
 
-@pytest.mark.xfail(strict=True, reason="postern bug: sessions whose last byte is not a line end (COMPRESS) skip the drain spread "
-                   "and are all cut at grace end")
 def test_drain_spreads_compressed_sessions_too(postern_factory, zlib_dovecot, client_ctx):
     """COMPRESS=DEFLATE sessions cannot get a readable BYE, but they must still leave at their
     turn in drain_spread: Thunderbird compresses whenever offered, so cutting them all at the

@@ -11,6 +11,7 @@ use postern_config::TlsMode;
 use postern_listener::{Connection, Handler};
 use postern_metrics::{HandshakeFailure, ListenerMetrics};
 use postern_proto::capfilter::CapabilityFilter;
+use postern_proto::imap_state::ImapState;
 use postern_proto::starttls::PlainLimits;
 use postern_proto::watch::ClientWatch;
 use postern_proto::Protocol;
@@ -178,7 +179,8 @@ impl SessionHandler {
                 (greeting, Some(CapabilityFilter::new(s.protocol)))
             }
         };
-        let filters = Filters { watch: (!watch.is_done()).then_some(watch), caps };
+        let imap = (s.protocol == Protocol::Imap).then(ImapState::new);
+        let filters = Filters { watch: (!watch.is_done()).then_some(watch), caps, imap };
         let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use postern_metrics::IntCounter;
 use postern_proto::capfilter::CapabilityFilter;
+use postern_proto::imap_state::{Goodbye, ImapState};
 use postern_proto::watch::ClientWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -58,6 +59,8 @@ pub(crate) struct Filters {
     pub(crate) watch: Option<ClientWatch>,
     /// Backend→client capability filter after a STARTTLS upgrade.
     pub(crate) caps: Option<CapabilityFilter>,
+    /// IMAP sessions: where a drain goodbye may go (response boundaries, literals, COMPRESS).
+    pub(crate) imap: Option<ImapState>,
 }
 
 /// Counters that move with every read.
@@ -130,7 +133,7 @@ where
     let end = poll_fn(|cx| {
         let before = (up.bytes, down.bytes);
         if !up.done {
-            match poll_up(cx, client, backend, &mut up, &mut down.pending, &mut filters.watch, user) {
+            match poll_up(cx, client, backend, &mut up, &mut down.pending, &mut filters, user) {
                 Poll::Ready(Ok(())) => up.done = true,
                 Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => up.done = true,
                 Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
@@ -154,7 +157,16 @@ where
             if leaving && down.done {
                 return Poll::Ready(RelayEnd::Shutdown);
             }
-            if leaving && !goodbye_queued && down.pending.is_empty() && down.at_line_start {
+            let safe = match filters.imap.as_ref().map(ImapState::goodbye) {
+                Some(Goodbye::Now) => down.pending.is_empty(),
+                Some(Goodbye::Wait) => false,
+                // A compressed (or unparseable) IMAP stream: no readable goodbye is possible,
+                // so the session just closes at its turn.
+                Some(Goodbye::Close) if leaving => return Poll::Ready(RelayEnd::Shutdown),
+                Some(Goodbye::Close) => false,
+                None => down.pending.is_empty() && down.at_line_start,
+            };
+            if leaving && !goodbye_queued && safe {
                 if goodbye.is_empty() {
                     return Poll::Ready(RelayEnd::Shutdown);
                 }
@@ -218,24 +230,33 @@ fn poll_up<C, B>(
     backend: &mut B,
     d: &mut Dir,
     reply_to_client: &mut Vec<u8>,
-    watch: &mut Option<ClientWatch>,
+    filters: &mut Filters,
     user: &mut Option<String>,
 ) -> Poll<Result<(), Failure>>
 where
     C: AsyncRead + Unpin,
     B: AsyncWrite + Unpin,
 {
+    let Filters { watch, imap, .. } = filters;
     poll_dir(cx, client, backend, d, |input, out, eof| {
-        let Some(w) = watch.as_mut() else { return false };
+        let Some(w) = watch.as_mut() else {
+            if let Some(state) = imap.as_mut() {
+                state.client(input);
+            }
+            return false;
+        };
         if eof {
             w.flush(out);
             *watch = None;
-            return true;
+        } else {
+            w.feed(input, out, reply_to_client);
+            note_user(w, user);
+            if w.is_done() {
+                *watch = None; // steady state: a plain copy
+            }
         }
-        w.feed(input, out, reply_to_client);
-        note_user(w, user);
-        if w.is_done() {
-            *watch = None; // steady state: a plain copy
+        if let Some(state) = imap.as_mut() {
+            state.client(out);
         }
         true
     })
@@ -255,8 +276,12 @@ where
     B: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
-    let Filters { watch, caps } = filters;
+    let Filters { watch, caps, imap } = filters;
     poll_dir(cx, backend, client, d, |input, out, eof| {
+        // Observed before it is written: the goodbye decision must never lag the stream.
+        if let Some(state) = imap.as_mut() {
+            state.backend(input);
+        }
         if let Some(w) = watch.as_mut() {
             w.backend(input);
             note_user(w, user);

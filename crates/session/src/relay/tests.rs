@@ -11,7 +11,7 @@ fn counters() -> Counters {
 }
 
 fn no_filters() -> Filters {
-    Filters { watch: None, caps: None }
+    Filters { watch: None, caps: None, imap: None }
 }
 
 #[tokio::test]
@@ -97,7 +97,7 @@ async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
         let mut user = None;
         let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
         watch.backend(b"* OK ready\r\n");
-        let filters = Filters { watch: Some(watch), caps: None };
+        let filters = Filters { watch: Some(watch), caps: None, imap: None };
         let end = relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
         (end, user)
     });
@@ -126,7 +126,7 @@ async fn client_address_claims_are_answered_by_postern_not_forwarded() {
     tokio::spawn(async move {
         let mut totals = Totals::default();
         let mut user = None;
-        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None };
+        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None, imap: None };
         relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
     });
     client.write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n").await.unwrap();
@@ -147,7 +147,7 @@ async fn a_line_held_by_the_watch_is_flushed_at_eof() {
         let mut user = None;
         let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
         watch.backend(b"* OK ready\r\n");
-        let filters = Filters { watch: Some(watch), caps: None };
+        let filters = Filters { watch: Some(watch), caps: None, imap: None };
         relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
     });
     client.write_all(b"a NOOP\r\nb NOO").await.unwrap();
@@ -155,4 +155,62 @@ async fn a_line_held_by_the_watch_is_flushed_at_eof() {
     let mut got = Vec::new();
     backend.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"a NOOP\r\nb NOO");
+}
+
+fn imap_filters() -> Filters {
+    Filters { watch: None, caps: None, imap: Some(postern_proto::imap_state::ImapState::new()) }
+}
+
+#[tokio::test]
+async fn goodbye_never_lands_inside_an_imap_literal() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let leave = async move {
+            let _ = rx.await;
+        };
+        relay(&mut client_side, &mut backend_side, Vec::new(), imap_filters(), Duration::from_secs(60), leave, b"* BYE [UNAVAILABLE] shutting down\r\n", &counters(), &mut totals, &mut user).await
+    });
+    // A literal whose body is made of lines: every "\r\n" in it is no boundary.
+    let head = b"* 1 FETCH (BODY[] {8}\r\nab\r\ncd\r\n";
+    backend.write_all(head).await.unwrap();
+    let mut buf = vec![0u8; head.len()];
+    client.read_exact(&mut buf).await.unwrap();
+    tx.send(()).unwrap();
+    tokio::task::yield_now().await;
+    backend.write_all(b"ef").await.unwrap();
+    backend.write_all(b")\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"ef)\r\n* BYE [UNAVAILABLE] shutting down\r\n");
+    assert!(matches!(task.await.unwrap(), RelayEnd::Shutdown));
+}
+
+#[tokio::test]
+async fn a_compressed_imap_session_closes_without_a_word() {
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        let leave = async move {
+            let _ = rx.await;
+        };
+        relay(&mut client_side, &mut backend_side, Vec::new(), imap_filters(), Duration::from_secs(60), leave, b"* BYE [UNAVAILABLE] shutting down\r\n", &counters(), &mut totals, &mut user).await
+    });
+    client.write_all(b"z COMPRESS DEFLATE\r\n").await.unwrap();
+    let mut cmd = vec![0u8; 20];
+    backend.read_exact(&mut cmd).await.unwrap();
+    backend.write_all(b"z OK Begin compression.\r\n\x78\x9c\x01\x02").await.unwrap();
+    let mut got = vec![0u8; 29];
+    client.read_exact(&mut got).await.unwrap();
+    tx.send(()).unwrap();
+    assert!(matches!(task.await.unwrap(), RelayEnd::Shutdown));
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest).await;
+    assert!(!rest.windows(5).any(|w| w == b"* BYE"), "{rest:?}");
 }
