@@ -511,6 +511,9 @@ def versions(postern: str) -> dict:
 
     return {
         "postern": first_line([postern, "--version"]),
+        "repo HEAD at run time": first_line(["git", "-C", str(HERE.parent), "log", "-1", "--format=%h %cI"]),
+        "postern binary built": datetime.datetime.fromtimestamp(os.stat(postern).st_mtime, datetime.timezone.utc)
+        .isoformat(timespec="seconds") if os.path.exists(postern) else "?",
         "haproxy": first_line(["haproxy", "-v"]),
         "stunnel": first_line(["stunnel", "-version"]),
         "openssl (python client)": ssl.OPENSSL_VERSION,
@@ -569,6 +572,25 @@ def report(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def raw_table(runs: dict[str, list[dict]]) -> str:
+    """One row per proxy and repetition: the raw samples behind the medians."""
+    lines = ["| proxy | rep | sessions | RssAnon before→after (KiB) | VmRSS before→after (KiB) | handshakes: CPU s / wall s "
+             "| down: CPU s / MiB/s wall | up: CPU s / MiB/s wall |", "|---" * 8 + "|"]
+    for name, reps in runs.items():
+        for r in sorted(reps, key=lambda r: r["rep"]):
+            i, h, d, u = (r.get(k) for k in ("idle", "handshake", "down", "up"))
+            cells = [
+                f"{i['sessions']}" if i else "–",
+                f"{i['before']['RssAnon'] >> 10}→{i['after']['RssAnon'] >> 10}" if i else "–",
+                f"{i['before']['VmRSS'] >> 10}→{i['after']['VmRSS'] >> 10}" if i else "–",
+                f"{h['cpu_s']:.2f} / {h['wall_s']:.1f} ({h['handshakes']})" if h else "–",
+                f"{d['cpu_s']:.2f} / {d['mib_per_s_wall']:.0f} ({d['bytes'] / GIB:g} GiB)" if d else "–",
+                f"{u['cpu_s']:.2f} / {u['mib_per_s_wall']:.0f} ({u['bytes'] / GIB:g} GiB)" if u else "–",
+            ]
+            lines.append(f"| {name} | {r['rep']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--postern", default="/work/target-bench/release/postern", help="postern binary (release build)")
@@ -578,12 +600,19 @@ def main() -> int:
     ap.add_argument("--holders", type=int, default=2, help="client processes holding the idle sessions")
     ap.add_argument("--handshakes", type=int, default=2000, help="full handshakes per proxy per repetition")
     ap.add_argument("--clients", type=int, default=2, help="handshake client processes")
-    ap.add_argument("--gib", type=float, default=1.0, help="GiB relayed per direction per repetition")
+    ap.add_argument("--gib", type=float, default=2.0, help="GiB relayed per direction per repetition")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of idle, handshake, down, up to skip")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--report", metavar="FILE", help="only print the tables of an earlier --json FILE")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(report(saved["runs"]))
+        print()
+        print(raw_table(saved["runs"]))
+        return 0
 
     for tool in ("haproxy", "stunnel", "openssl"):
         if shutil.which(tool) is None:
@@ -660,6 +689,8 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(meta, indent=1))
     print()
     print(report(runs))
+    print()
+    print(raw_table(runs))
     print(f"\nelapsed {meta['elapsed_s']} s")
     return 0
 
