@@ -179,8 +179,8 @@ impl SessionHandler {
                 (greeting, Some(CapabilityFilter::new(s.protocol)))
             }
         };
-        let imap = (s.protocol == Protocol::Imap).then(ImapState::new);
-        let filters = Filters { watch: (!watch.is_done()).then_some(watch), caps, imap };
+        let imap = (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new()));
+        let filters = Filters { watch: (!watch.is_done()).then(|| Box::new(watch)), caps: caps.map(Box::new), imap };
         let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.

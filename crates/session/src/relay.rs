@@ -53,14 +53,15 @@ pub(crate) enum RelayEnd {
     Shutdown,
 }
 
-/// Optional inspection of the first bytes of a session.
+/// Optional inspection of a session's bytes. Boxed: a session holds 8 bytes for each one
+/// that is off (the watch and the capability filter end at login).
 pub(crate) struct Filters {
     /// Client→backend command watch (user capture, rule T12) until authentication.
-    pub(crate) watch: Option<ClientWatch>,
+    pub(crate) watch: Option<Box<ClientWatch>>,
     /// Backend→client capability filter after a STARTTLS upgrade.
-    pub(crate) caps: Option<CapabilityFilter>,
+    pub(crate) caps: Option<Box<CapabilityFilter>>,
     /// IMAP sessions: where a drain goodbye may go (response boundaries, literals, COMPRESS).
-    pub(crate) imap: Option<ImapState>,
+    pub(crate) imap: Option<Box<ImapState>>,
 }
 
 /// Counters that move with every read.
@@ -157,7 +158,7 @@ where
             if leaving && down.done {
                 return Poll::Ready(RelayEnd::Shutdown);
             }
-            let safe = match filters.imap.as_ref().map(ImapState::goodbye) {
+            let safe = match filters.imap.as_deref().map(ImapState::goodbye) {
                 Some(Goodbye::Now) => down.pending.is_empty(),
                 Some(Goodbye::Wait) => false,
                 // A compressed (or unparseable) IMAP stream: no readable goodbye is possible,

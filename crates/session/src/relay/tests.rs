@@ -97,7 +97,7 @@ async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
         let mut user = None;
         let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
         watch.backend(b"* OK ready\r\n");
-        let filters = Filters { watch: Some(watch), caps: None, imap: None };
+        let filters = Filters { watch: Some(Box::new(watch)), caps: None, imap: None };
         let end = relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
         (end, user)
     });
@@ -126,7 +126,7 @@ async fn client_address_claims_are_answered_by_postern_not_forwarded() {
     tokio::spawn(async move {
         let mut totals = Totals::default();
         let mut user = None;
-        let filters = Filters { watch: Some(ClientWatch::strict(postern_proto::Protocol::Imap, 4096)), caps: None, imap: None };
+        let filters = Filters { watch: Some(Box::new(ClientWatch::strict(postern_proto::Protocol::Imap, 4096))), caps: None, imap: None };
         relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
     });
     client.write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n").await.unwrap();
@@ -147,7 +147,7 @@ async fn a_line_held_by_the_watch_is_flushed_at_eof() {
         let mut user = None;
         let mut watch = ClientWatch::strict(postern_proto::Protocol::Imap, 4096);
         watch.backend(b"* OK ready\r\n");
-        let filters = Filters { watch: Some(watch), caps: None, imap: None };
+        let filters = Filters { watch: Some(Box::new(watch)), caps: None, imap: None };
         relay(&mut client_side, &mut backend_side, Vec::new(), filters, Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
     });
     client.write_all(b"a NOOP\r\nb NOO").await.unwrap();
@@ -158,7 +158,7 @@ async fn a_line_held_by_the_watch_is_flushed_at_eof() {
 }
 
 fn imap_filters() -> Filters {
-    Filters { watch: None, caps: None, imap: Some(postern_proto::imap_state::ImapState::new()) }
+    Filters { watch: None, caps: None, imap: Some(Box::new(postern_proto::imap_state::ImapState::new())) }
 }
 
 #[tokio::test]
