@@ -17,8 +17,11 @@
 //! - [`line`](mod@line): line splitting with a hard limit; IMAP tag and literal lexing.
 //! - [`starttls`]: [`starttls::PlainPhase`], the plaintext dialogue of a STARTTLS listener up
 //!   to the upgrade.
-//! - [`watch`]: [`watch::ClientWatch`], client->backend bytes until authentication: the user
-//!   name for the log line, and refusal of client-supplied address claims.
+//! - [`watch`]: [`watch::ClientWatch`], client->backend bytes until the backend confirms a
+//!   login (it also observes the backend's replies): the confirmed user name for the log
+//!   line, and refusal of client-supplied address claims.
+//! - [`imap_state`]: [`imap_state::ImapState`], IMAP response boundaries, literals and
+//!   COMPRESS in both directions: where a drain goodbye may be written, if at all.
 //! - [`capfilter`]: [`capfilter::CapabilityFilter`], backend->client bytes after an upgrade:
 //!   STARTTLS/STLS removed from capability lists.
 //!
@@ -41,8 +44,9 @@
 //!   `PlainPhase::timeout_goodbye`): `starttls::tests::t9_*`.
 //! - T10 (ALPN), T11 (no plaintext fallback): TLS and listener crates; nothing here.
 //! - T12 (client-supplied `ID x-originating-*`, `XCLIENT`): `ClientWatch` refuses them
-//!   while it watches; `ClientWatch::strict` watches long enough to close the gaps of the
-//!   default (see the `watch` module docs). `watch::tests::t12_*`.
+//!   while it watches; `ClientWatch::strict` (used by the session whenever the backend may
+//!   trust postern's address) watches until the backend confirms a login, with no byte
+//!   limit, so a failed login or pre-login padding opens no gap. `watch::tests::t12_*`.
 //! - T13 (SMTP DATA smuggling): not applicable, nothing here parses past authentication.
 //!
 //! Property tests (`tests/prop.rs`) and the cargo-fuzz targets in `fuzz/` (not part of the
