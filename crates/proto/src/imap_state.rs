@@ -9,8 +9,8 @@
 //!
 //! # Invariants
 //! - Fixed-size state, no allocation: per direction a few words of the line start (tag,
-//!   command or status, argument; at most [`WORD_MAX`] bytes each) and the last
-//!   [`TAIL_MAX`] bytes of the current line segment (enough to read `{n}`).
+//!   command or status, argument; at most `WORD_MAX` bytes each) and the last
+//!   `TAIL_MAX` bytes of the current line segment (enough to read `{n}`).
 //! - Line ends are found with `memchr` and literal bytes are skipped without being looked at,
 //!   so the cost per chunk is a few `memchr` calls per line.
 //! - Anything this tracker cannot follow (a literal over [`LITERAL_MAX`] bytes, an
