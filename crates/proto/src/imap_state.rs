@@ -13,7 +13,7 @@
 //!   `TAIL_MAX` bytes of the current line segment (enough to read `{n}`).
 //! - Line ends are found with `memchr` and literal bytes are skipped without being looked at,
 //!   so the cost per chunk is a few `memchr` calls per line.
-//! - Anything this tracker cannot follow (a literal over [`LITERAL_MAX`] bytes, an
+//! - Anything this tracker cannot follow (a literal over `LITERAL_MAX` bytes, an
 //!   overflowing length, a second `COMPRESS` while one is pending, a `COMPRESS` tag too long
 //!   to keep) makes the state unknown for good, and an unknown state answers
 //!   [`Goodbye::Close`]: closing without a goodbye is always safe, a BYE in the wrong place
