@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 import os
 import re
 import select
@@ -993,12 +994,20 @@ def test_exec_child_that_never_greets(postern_factory, tmp_path, client_ctx):
     wait_no_children(gw.pid, timeout=5)
 
 
-def test_exec_program_missing(postern_factory, tmp_path, client_ctx):
+def test_exec_program_missing(postern_factory, postern_bin, tmp_path, client_ctx):
+    """A missing program is a config error (check-config and run exit 2 naming it); one that
+    disappears after start gets each session the goodbye, and the log names it."""
     missing = tmp_path / "no-such-imapd"
     cfg = postern_factory.config()
     cfg.data["backend"].append({"name": "gone", "exec": [str(missing)]})
     cfg.listener("imaps", "imap", "gone")
+    res = subprocess.run([str(postern_bin), "check-config", "-c", str(cfg.write())], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and str(missing) in res.stderr and "does not exist" in res.stderr, res
+
+    missing.write_text("#!/bin/sh\necho '* OK ready'\n")
+    missing.chmod(0o755)
     gw = postern_factory.start(cfg)
+    missing.unlink()
     s = tls_from(gw.addr("imaps"), client_ctx)
     try:
         data = read_until_eof(s, timeout=10)

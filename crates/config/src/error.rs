@@ -205,6 +205,14 @@ pub enum ConfigErrorKind {
         /// argv[0] as given.
         program: String,
     },
+    /// `exec` names a program that does not exist or cannot be run.
+    #[error("{program} {problem}; install the server or fix the path (every session would otherwise get the \"no server available\" goodbye)")]
+    ExecNotRunnable {
+        /// argv[0] as given.
+        program: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// Listeners with different protocols share one backend.
     #[error("listener {listener:?} speaks {protocol} but shares backend {backend:?} with listener {first:?}, which speaks {first_protocol}; give each protocol its own [[backend]]")]
     ProtocolMismatch {

@@ -346,11 +346,23 @@ fn backend_needs_exactly_one_target() {
         one_error(&backend_with("max_children = 5")),
         "postern.toml:9: backend[0].max_children: applies to `exec` backends only; remove it"
     );
-    let c = check(&exec.replace("\"imapd\"", "\"/usr/sbin/imapd\"")).unwrap();
+    assert_eq!(
+        one_error(&exec.replace("\"imapd\"", "\"/nonexistent/imapd\"")),
+        "postern.toml:8: backend[0].exec[0]: /nonexistent/imapd does not exist; install the server or fix the path (every session would otherwise get the \"no server available\" goodbye)"
+    );
+    let plain = std::env::temp_dir().join(format!("postern-not-executable-{}", std::process::id()));
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    let plain_s = plain.display().to_string();
+    assert_eq!(
+        one_error(&exec.replace("\"imapd\"", &format!("{plain_s:?}"))),
+        format!("postern.toml:8: backend[0].exec[0]: {plain_s} is not executable (chmod +x); install the server or fix the path (every session would otherwise get the \"no server available\" goodbye)")
+    );
+    let _ = std::fs::remove_file(&plain);
+    let c = check(&exec.replace("\"imapd\"", "\"/bin/cat\"")).unwrap();
     assert_eq!(
         c.backends[0].target,
         postern_config::BackendTarget::Exec {
-            argv: vec!["/usr/sbin/imapd".into(), "-d".into()],
+            argv: vec!["/bin/cat".into(), "-d".into()],
             max_children: 1000
         }
     );

@@ -178,6 +178,10 @@ where
             if !down.done {
                 match poll_down(cx, backend, client, &mut down, &mut filters, user) {
                     Poll::Ready(Ok(())) => down.done = true,
+                    // A backend that resets instead of closing has still closed: Dovecot's
+                    // submission service resets after its `221` to QUIT. Everything read before
+                    // the reset was relayed; pass the close on (the next round shuts the client).
+                    Poll::Ready(Err(Failure::Read(e))) if e.kind() == io::ErrorKind::ConnectionReset => down.eof = true,
                     Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
                     Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => down.done = true,
                     Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::ClientError(e)),

@@ -151,7 +151,11 @@ impl Validator<'_> {
                             },
                         );
                     }
-                    Some(_) => {}
+                    Some(program) => {
+                        if let Some(problem) = not_runnable(std::path::Path::new(program)) {
+                            self.error(&format!("{exec_key}[0]"), Kind::ExecNotRunnable { program: program.clone(), problem });
+                        }
+                    }
                 }
                 let max_children = self.number(
                     &format!("{key}.max_children"),
@@ -231,5 +235,16 @@ impl Validator<'_> {
             fall: u32::try_from(fall).unwrap_or(3),
             rise: u32::try_from(rise).unwrap_or(2),
         }
+    }
+}
+
+/// Why `program` cannot be run, if it cannot: missing, not a file, or no execute bit.
+fn not_runnable(program: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(program) {
+        Err(_) => Some("does not exist"),
+        Ok(m) if !m.is_file() => Some("is not a file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable (chmod +x)"),
+        Ok(_) => None,
     }
 }

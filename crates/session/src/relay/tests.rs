@@ -214,3 +214,49 @@ async fn a_compressed_imap_session_closes_without_a_word() {
     let _ = client.read_to_end(&mut rest).await;
     assert!(!rest.windows(5).any(|w| w == b"* BYE"), "{rest:?}");
 }
+
+/// A backend stream that delivers its bytes, then fails with a reset.
+struct ResettingBackend {
+    data: Vec<u8>,
+    sent: bool,
+}
+
+impl tokio::io::AsyncRead for ResettingBackend {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        if self.sent {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        self.sent = true;
+        let data = std::mem::take(&mut self.data);
+        buf.put_slice(&data);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for ResettingBackend {
+    fn poll_write(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_backend_reset_after_its_goodbye_is_a_close() {
+    let (mut client, mut client_side) = duplex(1024);
+    let mut backend = ResettingBackend { data: b"221 2.0.0 Bye\r\n".to_vec(), sent: false };
+    let task = tokio::spawn(async move {
+        let mut totals = Totals::default();
+        let mut user = None;
+        relay(&mut client_side, &mut backend, Vec::new(), no_filters(), Duration::from_secs(60), std::future::pending(), b"", &counters(), &mut totals, &mut user).await
+    });
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"221 2.0.0 Bye\r\n");
+    drop(client);
+    assert!(matches!(task.await.unwrap(), RelayEnd::Closed));
+}
