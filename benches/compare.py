@@ -39,6 +39,9 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SNI = "mail.bench.test"
 GIB = 1 << 30
+# Mail-like text for the literal payloads: 76 characters and CRLF per line, about 1 MiB.
+_LINE = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem.\r\n"
+TEXT_CHUNK = _LINE * ((1 << 20) // len(_LINE))
 HERE = Path(__file__).resolve()
 
 
@@ -107,7 +110,8 @@ async def _backend_session(reader: asyncio.StreamReader, writer: asyncio.StreamW
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     writer.transport.set_write_buffer_limits(high=4 << 20)
-    chunk = memoryview(b"0123456789abcdef" * (1 << 16))  # 1 MiB, no CR/LF
+    chunk = memoryview(b"0123456789abcdef" * (1 << 16))  # 1 MiB, no CR/LF (raw mode)
+    text = memoryview(TEXT_CHUNK)
     idle_tag = b"*"
     try:
         writer.write(b"* OK ready\r\n")
@@ -134,6 +138,29 @@ async def _backend_session(reader: asyncio.StreamReader, writer: asyncio.StreamW
                         left -= n
                         await writer.drain()
                     writer.write(tag + b" OK\r\n")
+                elif cmd == b"FETCHBIG":
+                    # A message body as a real server sends it: an IMAP literal of text lines.
+                    left = int(parts[2])
+                    writer.write(b"* 1 FETCH (BODY[] {%d}\r\n" % left)
+                    while left > 0:
+                        n = min(left, len(text))
+                        writer.write(text[:n])
+                        left -= n
+                        await writer.drain()
+                    writer.write(b")\r\n" + tag + b" OK FETCH completed\r\n")
+                elif cmd == b"APPEND" and parts[-1].startswith(b"{"):
+                    left = int(parts[-1].strip(b"{}+"))
+                    writer.write(b"+ Ready for literal data\r\n")
+                    await writer.drain()
+                    while left > 0:
+                        data = await reader.read(min(left, 1 << 20))
+                        if not data:
+                            return
+                        left -= len(data)
+                    if (await reader.readline()).strip():
+                        writer.write(tag + b" BAD junk after literal\r\n")
+                    else:
+                        writer.write(tag + b" OK APPEND completed\r\n")
                 elif cmd == b"UP":
                     left = int(parts[2])
                     while left > 0:
@@ -218,8 +245,11 @@ def _handshakes_main(port: int, n: int) -> None:
     print(json.dumps({"reused": reused, "cipher": cipher}), flush=True)
 
 
-def _stream_main(port: int, direction: str, nbytes: int) -> None:
-    """One logged-in session moving nbytes down (backend->client) or up; prints JSON."""
+def _stream_main(port: int, direction: str, nbytes: int, payload: str = "literal") -> None:
+    """One logged-in session moving nbytes down (backend->client) or up; prints JSON.
+
+    payload "literal": an IMAP FETCH / APPEND literal of CRLF text lines (what mail is);
+    "raw": bench commands DOWN/UP moving bytes without CR/LF or IMAP framing."""
     ctx = client_context()
     raw = socket.create_connection(("127.0.0.1", port), timeout=60)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -242,9 +272,17 @@ def _stream_main(port: int, direction: str, nbytes: int) -> None:
     sys.stdin.readline()
     t0 = time.monotonic()
     if direction == "down":
-        tls.sendall(b"d DOWN %d\r\n" % nbytes)
-        trailer = b"d OK\r\n"
-        want = nbytes + len(trailer)
+        if payload == "raw":
+            tls.sendall(b"d DOWN %d\r\n" % nbytes)
+            trailer = b"d OK\r\n"
+            want = nbytes + len(trailer)
+        else:
+            tls.sendall(b"d FETCHBIG %d\r\n" % nbytes)
+            head = line()
+            if head != b"* 1 FETCH (BODY[] {%d}\r\n" % nbytes:
+                raise RuntimeError(f"bad FETCH head {head!r}")
+            trailer = b")\r\nd OK FETCH completed\r\n"
+            want = nbytes + len(trailer)
         buf = bytearray(1 << 18)
         got = 0
         tail = b""
@@ -253,19 +291,28 @@ def _stream_main(port: int, direction: str, nbytes: int) -> None:
             if n == 0:
                 raise RuntimeError(f"closed after {got} of {want} bytes")
             got += n
-            tail = (tail + bytes(buf[max(0, n - 16) : n]))[-16:]
+            tail = (tail + bytes(buf[max(0, n - 64) : n]))[-64:]
         if got != want or not tail.endswith(trailer):
             raise RuntimeError(f"bad end of stream: {got} bytes, tail {tail!r}")
     else:
-        tls.sendall(b"u UP %d\r\n" % nbytes)
-        chunk = memoryview(b"fedcba9876543210" * (1 << 16))
+        if payload == "raw":
+            tls.sendall(b"u UP %d\r\n" % nbytes)
+            chunk = memoryview(b"fedcba9876543210" * (1 << 16))
+        else:
+            tls.sendall(b"u APPEND INBOX {%d}\r\n" % nbytes)
+            if not line().startswith(b"+"):
+                raise RuntimeError("no continuation for APPEND")
+            chunk = memoryview(TEXT_CHUNK)
         left = nbytes
         while left > 0:
             n = min(left, len(chunk))
             tls.sendall(chunk[:n])
             left -= n
-        if not line().startswith(b"u OK"):
-            raise RuntimeError("no OK after upload")
+        if payload != "raw":
+            tls.sendall(b"\r\n")
+        reply = line()
+        if not reply.startswith(b"u OK"):
+            raise RuntimeError(f"upload not acknowledged: {reply!r}")
     elapsed = time.monotonic() - t0
     print(json.dumps({"seconds": elapsed, "cipher": tls.cipher(), "version": tls.version()}), flush=True)
     tls.close()
@@ -466,8 +513,8 @@ def measure_handshakes(proxy: Proxy, count: int, clients: int) -> dict:
     }
 
 
-def measure_stream(proxy: Proxy, direction: str, nbytes: int) -> dict:
-    p = sub("stream", str(proxy.port), direction, str(nbytes), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def measure_stream(proxy: Proxy, direction: str, nbytes: int, payload: str = "literal") -> dict:
+    p = sub("stream", str(proxy.port), direction, str(nbytes), payload, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     if p.stdout.readline().strip() != "LOGGED_IN":
         raise RuntimeError(f"{proxy.name}: stream client did not log in")
     c0 = cpu_seconds(proxy.pid)
@@ -480,6 +527,7 @@ def measure_stream(proxy: Proxy, direction: str, nbytes: int) -> dict:
     info = json.loads(out.strip().splitlines()[-1])
     return {
         "bytes": nbytes,
+        "payload": payload,
         "cpu_s": cpu,
         "wall_s": info["seconds"],
         "cpu_s_per_gib": cpu / (nbytes / GIB),
@@ -601,6 +649,8 @@ def main() -> int:
     ap.add_argument("--handshakes", type=int, default=2000, help="full handshakes per proxy per repetition")
     ap.add_argument("--clients", type=int, default=2, help="handshake client processes")
     ap.add_argument("--gib", type=float, default=2.0, help="GiB relayed per direction per repetition")
+    ap.add_argument("--payload", choices=("literal", "raw"), default="literal",
+                    help="relayed bytes: IMAP FETCH/APPEND literals of CRLF text lines, or raw bytes without CR/LF")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of idle, handshake, down, up to skip")
     ap.add_argument("--json", help="write raw results here")
@@ -664,9 +714,9 @@ def main() -> int:
                     if "handshake" not in skip:
                         result["handshake"] = measure_handshakes(proxy, args.handshakes, args.clients)
                     if "down" not in skip:
-                        result["down"] = measure_stream(proxy, "down", nbytes)
+                        result["down"] = measure_stream(proxy, "down", nbytes, args.payload)
                     if "up" not in skip:
-                        result["up"] = measure_stream(proxy, "up", nbytes)
+                        result["up"] = measure_stream(proxy, "up", nbytes, args.payload)
                 finally:
                     proxy.stop()
                 runs[proxy.name].append(result)
@@ -705,6 +755,6 @@ if __name__ == "__main__":
         elif cmd == "handshakes":
             _handshakes_main(int(rest[0]), int(rest[1]))
         else:
-            _stream_main(int(rest[0]), rest[1], int(rest[2]))
+            _stream_main(int(rest[0]), rest[1], int(rest[2]), rest[3] if len(rest) > 3 else "raw")
         sys.exit(0)
     sys.exit(main())

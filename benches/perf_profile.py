@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--workload", default="handshake", help="handshake, down or up")
     ap.add_argument("--handshakes", type=int, default=3000)
     ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--payload", choices=("literal", "raw"), default="literal")
     ap.add_argument("--top", type=int, default=25, help="symbols to print")
     ap.add_argument("--strace", action="store_true",
                     help="count system calls per operation with `strace -c -f` instead of perf (slows the proxy)")
@@ -64,7 +65,7 @@ def main() -> int:
         if args.workload == "handshake":
             print(compare.measure_handshakes(proxy, args.handshakes, 2))
         else:
-            print(compare.measure_stream(proxy, args.workload, int(args.gib * compare.GIB)))
+            print(compare.measure_stream(proxy, args.workload, int(args.gib * compare.GIB), args.payload))
         rec.send_signal(signal.SIGINT)
         rec.wait(60)
     finally:
