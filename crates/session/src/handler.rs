@@ -124,7 +124,9 @@ impl SessionHandler {
 
         if s.tls == TlsMode::Starttls {
             let limits = PlainLimits { max_line_length: s.max_line_length, max_commands: s.max_plaintext_commands };
-            match plaintext_phase(&mut stream, s.protocol, &s.hostname, limits, s.plaintext_timeout, goodbye.requested()).await {
+            // Setup-only futures are boxed: an async fn's state is as large as its largest
+            // await point, and these would otherwise stay allocated for hours of IDLE.
+            match Box::pin(plaintext_phase(&mut stream, s.protocol, &s.hostname, limits, s.plaintext_timeout, goodbye.requested())).await {
                 PlainEnd::Upgrade { discarded: 0 } => {}
                 PlainEnd::Upgrade { discarded } => {
                     self.metrics.starttls_discarded_bytes.inc_by(discarded as u64);
@@ -140,7 +142,7 @@ impl SessionHandler {
             }
         }
 
-        let mut tls = match self.handshake(stream).await {
+        let mut tls = match Box::pin(self.handshake(stream)).await {
             Ok(tls) => tls,
             Err(reason) => {
                 self.metrics.handshake_failure(reason);
@@ -153,7 +155,7 @@ impl SessionHandler {
             report.sni = conn.server_name().map(str::to_owned);
         }
 
-        let backend = match self.pool.connect(ClientInfo { peer, local }).await {
+        let backend = match Box::pin(self.pool.connect(ClientInfo { peer, local })).await {
             Ok(b) => b,
             Err(error) => {
                 warn!(%error, "no backend server reachable; sending the goodbye");
