@@ -202,13 +202,13 @@ pub enum ConfigErrorKind {
     /// `exec` whose program is not an absolute path.
     #[error("program {program:?} is not an absolute path; write the full path, e.g. \"/usr/sbin/imapd\"")]
     ExecNotAbsolute {
-        /// argv[0] as given.
+        /// `argv[0]` as given.
         program: String,
     },
     /// `exec` names a program that does not exist or cannot be run.
     #[error("{program} {problem}; install the server or fix the path (every session would otherwise get the \"no server available\" goodbye)")]
     ExecNotRunnable {
-        /// argv[0] as given.
+        /// `argv[0]` as given.
         program: String,
         /// What is wrong with it.
         problem: &'static str,

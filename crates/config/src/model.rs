@@ -213,7 +213,7 @@ pub enum BackendTarget {
     Servers(Vec<ServerAddr>),
     /// inetd style: run this program per session, the session on its stdin/stdout.
     Exec {
-        /// argv; argv[0] is an absolute path.
+        /// argv; `argv[0]` is an absolute path.
         argv: Vec<String>,
         /// Children running at once (`max_children`, default 1000).
         max_children: usize,

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
+
 //! Workers over real loopback sockets: the connection limit, closing the listeners, and
 //! the order of goodbyes in a drain.
 
