@@ -60,6 +60,8 @@ pub struct SessionHandler {
     acceptor: TlsAcceptor,
     pool: Arc<Pool>,
     metrics: ListenerMetrics,
+    /// The listener's byte counters, resolved once for all its sessions.
+    counters: Counters,
 }
 
 impl std::fmt::Debug for SessionHandler {
@@ -71,7 +73,8 @@ impl std::fmt::Debug for SessionHandler {
 impl SessionHandler {
     /// A handler for one listener.
     pub fn new(settings: SessionSettings, tls: Arc<rustls::ServerConfig>, pool: Arc<Pool>, metrics: ListenerMetrics) -> Self {
-        SessionHandler { settings, acceptor: TlsAcceptor::from(tls), pool, metrics }
+        let counters = Counters { up: metrics.bytes_client_to_backend.clone(), down: metrics.bytes_backend_to_client.clone() };
+        SessionHandler { settings, acceptor: TlsAcceptor::from(tls), pool, metrics, counters }
     }
 }
 
@@ -183,7 +186,6 @@ impl SessionHandler {
         };
         let imap = (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new()));
         let filters = Filters { watch: (!watch.is_done()).then(|| Box::new(watch)), caps: caps.map(Box::new), imap };
-        let counters = Counters { up: self.metrics.bytes_client_to_backend.clone(), down: self.metrics.bytes_backend_to_client.clone() };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.
             Protocol::Pop3 => b"",
@@ -197,7 +199,7 @@ impl SessionHandler {
             s.idle_timeout,
             goodbye.requested(),
             goodbye_line,
-            &counters,
+            &self.counters,
             &mut report.totals,
             &mut report.user,
         )

@@ -22,7 +22,7 @@ use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::{Goodbye, ImapState};
 use postern_proto::watch::ClientWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Size of the per-worker scratch buffer. 64 KiB rather than one TLS record (16 KiB): a
 /// backend read then fills four records, which rustls writes out together; measured A/B
@@ -128,14 +128,15 @@ where
     counters.down.inc_by(down.bytes);
     down.pending = to_client;
     let mut last_activity = Instant::now();
-    let idle: Pin<&mut Sleep> = std::pin::pin!(tokio::time::sleep(idle_timeout));
-    let mut idle = idle;
+    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+    // Bytes already added to the metrics; the rest is added when the relay ends, so that the
+    // last poll's bytes are counted even when it is also the one that finishes the session.
+    let mut counted = (up.bytes, down.bytes);
     let mut leave = std::pin::pin!(leave);
     let mut leaving = false;
     let mut goodbye_queued = false;
 
     let end = poll_fn(|cx| {
-        let before = (up.bytes, down.bytes);
         if !up.done {
             match poll_up(cx, client, backend, &mut up, &mut down.pending, &mut filters, user) {
                 Poll::Ready(Ok(())) => up.done = true,
@@ -183,8 +184,12 @@ where
                     Poll::Ready(Ok(())) => down.done = true,
                     // A backend that resets instead of closing has still closed: Dovecot's
                     // submission service resets after its `221` to QUIT. Everything read before
-                    // the reset was relayed; pass the close on (the next round shuts the client).
-                    Poll::Ready(Err(Failure::Read(e))) if e.kind() == io::ErrorKind::ConnectionReset => down.eof = true,
+                    // the reset was relayed; pass the close on. The client is shut down on the
+                    // next round, which must come even when this was the last pass here.
+                    Poll::Ready(Err(Failure::Read(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        down.eof = true;
+                        cx.waker().wake_by_ref();
+                    }
                     Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
                     Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => down.done = true,
                     Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
@@ -198,10 +203,10 @@ where
         if up.done && down.done {
             return Poll::Ready(RelayEnd::Closed);
         }
-        let moved = (up.bytes, down.bytes) != before;
-        if moved {
-            counters.up.inc_by(up.bytes - before.0);
-            counters.down.inc_by(down.bytes - before.1);
+        if (up.bytes, down.bytes) != counted {
+            counters.up.inc_by(up.bytes - counted.0);
+            counters.down.inc_by(down.bytes - counted.1);
+            counted = (up.bytes, down.bytes);
             last_activity = Instant::now();
         }
         let limit = if up.done || down.done { idle_timeout.min(LINGER) } else { idle_timeout };
@@ -215,6 +220,8 @@ where
         Poll::Pending
     })
     .await;
+    counters.up.inc_by(up.bytes - counted.0);
+    counters.down.inc_by(down.bytes - counted.1);
     totals.up = up.bytes;
     totals.down = down.bytes;
     end

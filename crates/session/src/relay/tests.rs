@@ -244,3 +244,23 @@ async fn a_backend_reset_after_its_goodbye_is_a_close() {
     drop(client);
     assert!(matches!(task.await.unwrap().0, RelayEnd::Closed));
 }
+
+#[tokio::test]
+async fn bytes_of_the_final_poll_reach_the_metrics() {
+    // The backend's last bytes and its EOF arrive together: the poll that moves them is the
+    // one that ends the relay, and the metric must still equal the log line's totals.
+    let m = postern_metrics::Metrics::new("test").listener("t");
+    let counters = Counters { up: m.bytes_client_to_backend.clone(), down: m.bytes_backend_to_client.clone() };
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, mut backend) = duplex(1024);
+    client.shutdown().await.unwrap();
+    backend.write_all(b"* BYE bye\r\n").await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut totals = Totals::default();
+    let mut user = None;
+    let end = relay(&mut client_side, &mut backend_side, b"* OK\r\n".to_vec(), no_filters(), Duration::from_secs(60), std::future::pending(), b"", &counters, &mut totals, &mut user).await;
+    assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+    assert_eq!(totals.down, 6 + 11);
+    assert_eq!(m.bytes_backend_to_client.get(), totals.down);
+    assert_eq!(m.bytes_client_to_backend.get(), totals.up);
+}
