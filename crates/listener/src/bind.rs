@@ -53,13 +53,19 @@ const BACKLOG: i32 = 4096;
 /// incoming connections across the workers that own them.
 ///
 /// With port 0 the first socket picks a port and the others bind to that same port.
-pub fn bind_reuseport(listener: &str, addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+pub fn bind_reuseport(
+    listener: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
         let socket = bind_one(addr).map_err(|source| classify(listener, addr, source))?;
         if addr.port() == 0 {
-            addr = socket.local_addr().map_err(|source| classify(listener, addr, source))?;
+            addr = socket
+                .local_addr()
+                .map_err(|source| classify(listener, addr, source))?;
         }
         sockets.push(socket);
     }
@@ -86,7 +92,11 @@ fn classify(listener: &str, addr: SocketAddr, source: io::Error) -> BindError {
         Some(libc::EADDRINUSE) => BindError::InUse { addr, listener },
         Some(libc::EACCES) | Some(libc::EPERM) => BindError::Denied { addr, listener },
         Some(libc::EADDRNOTAVAIL) => BindError::NotAvailable { addr, listener },
-        _ => BindError::Other { addr, listener, source },
+        _ => BindError::Other {
+            addr,
+            listener,
+            source,
+        },
     }
 }
 
@@ -97,7 +107,10 @@ mod tests {
     #[test]
     fn port_zero_binds_all_sockets_to_one_port() {
         let socks = bind_reuseport("t", "127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
         assert!(ports.iter().all(|p| *p == ports[0] && *p != 0), "{ports:?}");
     }
 
@@ -108,6 +121,9 @@ mod tests {
         let addr = plain.local_addr().unwrap();
         let err = bind_reuseport("imaps", addr, 1).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&addr.to_string()) && msg.contains("imaps") && msg.contains("in use"), "{msg}");
+        assert!(
+            msg.contains(&addr.to_string()) && msg.contains("imaps") && msg.contains("in use"),
+            "{msg}"
+        );
     }
 }

@@ -70,7 +70,10 @@ pub struct WorkerListener {
 
 impl std::fmt::Debug for WorkerListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerListener").field("name", &self.name).field("sockets", &self.sockets.len()).finish()
+        f.debug_struct("WorkerListener")
+            .field("name", &self.name)
+            .field("sockets", &self.sockets.len())
+            .finish()
     }
 }
 
@@ -95,9 +98,18 @@ struct Shared {
 impl Workers {
     /// Starts `count` worker threads serving `listeners`, with at most `max_connections`
     /// sessions open at once across all of them.
-    pub fn spawn(count: usize, listeners: Vec<WorkerListener>, max_connections: usize) -> io::Result<Workers> {
+    pub fn spawn(
+        count: usize,
+        listeners: Vec<WorkerListener>,
+        max_connections: usize,
+    ) -> io::Result<Workers> {
         let count = count.max(1);
-        let shared = Arc::new(Shared { active: AtomicUsize::new(0), max: max_connections, next_id: AtomicU64::new(1), idle: Notify::new() });
+        let shared = Arc::new(Shared {
+            active: AtomicUsize::new(0),
+            max: max_connections,
+            next_id: AtomicU64::new(1),
+            idle: Notify::new(),
+        });
         let stop_accepting = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let (drain, drain_rx) = watch::channel(None);
@@ -106,13 +118,20 @@ impl Workers {
         let mut per_worker: Vec<Vec<WorkerSocket>> = (0..count).map(|_| Vec::new()).collect();
         for l in listeners {
             for (j, socket) in l.sockets.into_iter().enumerate() {
-                per_worker[j % count].push((l.name.clone(), socket, Arc::clone(&l.handler), l.metrics.clone()));
+                per_worker[j % count].push((
+                    l.name.clone(),
+                    socket,
+                    Arc::clone(&l.handler),
+                    l.metrics.clone(),
+                ));
             }
         }
 
         let mut threads = Vec::with_capacity(count);
         for (index, sockets) in per_worker.into_iter().enumerate() {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let ctx = WorkerCtx {
                 shared: Arc::clone(&shared),
                 stop_accepting: stop_accepting.clone(),
@@ -124,7 +143,13 @@ impl Workers {
                 .spawn(move || run_worker(runtime, sockets, ctx))?;
             threads.push(thread);
         }
-        Ok(Workers { threads, shared, stop_accepting, hard_stop, drain })
+        Ok(Workers {
+            threads,
+            shared,
+            stop_accepting,
+            hard_stop,
+            drain,
+        })
     }
 
     /// Sessions open right now, across all workers.
@@ -179,13 +204,14 @@ struct WorkerCtx {
 type Registry = Rc<RefCell<HashMap<u64, (Instant, Rc<Notify>)>>>;
 
 /// One listening socket as dealt to a worker: listener name, socket, handler, metrics.
-type WorkerSocket = (String, std::net::TcpListener, Arc<dyn Handler>, ListenerMetrics);
+type WorkerSocket = (
+    String,
+    std::net::TcpListener,
+    Arc<dyn Handler>,
+    ListenerMetrics,
+);
 
-fn run_worker(
-    runtime: tokio::runtime::Runtime,
-    sockets: Vec<WorkerSocket>,
-    ctx: WorkerCtx,
-) {
+fn run_worker(runtime: tokio::runtime::Runtime, sockets: Vec<WorkerSocket>, ctx: WorkerCtx) {
     let local = tokio::task::LocalSet::new();
     let registry: Registry = Rc::default();
     let hard_stop = ctx.hard_stop.clone();
@@ -266,10 +292,21 @@ async fn accept_loop(
         let local = stream.local_addr().unwrap_or(peer);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Rc::new(Notify::new());
-        registry.borrow_mut().insert(id, (Instant::now(), Rc::clone(&notify)));
-        let entry = RegistryEntry { registry: Rc::clone(&registry), id };
+        registry
+            .borrow_mut()
+            .insert(id, (Instant::now(), Rc::clone(&notify)));
+        let entry = RegistryEntry {
+            registry: Rc::clone(&registry),
+            id,
+        };
         let active = ActiveGauge::new(&metrics);
-        let conn = Connection { stream, peer, local, id, goodbye: Goodbye(notify) };
+        let conn = Connection {
+            stream,
+            peer,
+            local,
+            id,
+            goodbye: Goodbye(notify),
+        };
         let fut = Arc::clone(&handler).handle(conn);
         tokio::task::spawn_local(async move {
             let _permit = permit;
@@ -285,7 +322,10 @@ async fn accept_loop(
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
     )
 }
 
@@ -318,7 +358,12 @@ impl Permit {
             if current >= shared.max {
                 return None;
             }
-            match shared.active.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            match shared.active.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(Permit(Arc::clone(shared))),
                 Err(seen) => current = seen,
             }

@@ -21,7 +21,12 @@ struct Hold {
 impl Handler for Hold {
     fn handle(self: Arc<Self>, conn: Connection) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(async move {
-            let Connection { mut stream, goodbye, id, .. } = conn;
+            let Connection {
+                mut stream,
+                goodbye,
+                id,
+                ..
+            } = conn;
             let _ = stream.write_all(format!("hello {id}\n").as_bytes()).await;
             let mut buf = [0u8; 64];
             tokio::select! {
@@ -35,13 +40,33 @@ impl Handler for Hold {
     }
 }
 
-fn start(max: usize, workers: usize) -> (Workers, SocketAddr, postern_metrics::Metrics, Arc<Mutex<Vec<u64>>>) {
+fn start(
+    max: usize,
+    workers: usize,
+) -> (
+    Workers,
+    SocketAddr,
+    postern_metrics::Metrics,
+    Arc<Mutex<Vec<u64>>>,
+) {
     let metrics = postern_metrics::Metrics::new("test");
     let sockets = bind_reuseport("t", "127.0.0.1:0".parse().unwrap(), workers).unwrap();
     let addr = sockets[0].local_addr().unwrap();
     let goodbyes = Arc::new(Mutex::new(Vec::new()));
-    let l = WorkerListener { name: "t".into(), sockets, handler: Arc::new(Hold { goodbyes: goodbyes.clone() }), metrics: metrics.listener("t") };
-    (Workers::spawn(workers, vec![l], max).unwrap(), addr, metrics, goodbyes)
+    let l = WorkerListener {
+        name: "t".into(),
+        sockets,
+        handler: Arc::new(Hold {
+            goodbyes: goodbyes.clone(),
+        }),
+        metrics: metrics.listener("t"),
+    };
+    (
+        Workers::spawn(workers, vec![l], max).unwrap(),
+        addr,
+        metrics,
+        goodbyes,
+    )
 }
 
 fn connect_and_greet(addr: SocketAddr) -> TcpStream {
@@ -88,7 +113,10 @@ fn stop_accepting_makes_the_kernel_refuse() {
     let (workers, addr, _, _) = start(100, 2);
     let mut open = connect_and_greet(addr);
     workers.stop_accepting();
-    wait_for("connections to be refused", || matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused));
+    wait_for(
+        "connections to be refused",
+        || matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+    );
     // The session accepted before keeps working.
     open.write_all(b"x").unwrap();
     wait_for("the session to end", || workers.active() == 0);
@@ -108,7 +136,10 @@ fn goodbyes_go_oldest_first_and_are_spread() {
         assert_eq!(&buf[..n], b"bye\n");
     }
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(300), "goodbyes not spread: all within {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "goodbyes not spread: all within {took:?}"
+    );
     let order = goodbyes.lock().unwrap().clone();
     let mut sorted = order.clone();
     sorted.sort();

@@ -35,7 +35,9 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     /// The admin address could not be bound.
-    #[error("cannot listen on admin.listen = {addr}: {source}; free the port or change admin.listen")]
+    #[error(
+        "cannot listen on admin.listen = {addr}: {source}; free the port or change admin.listen"
+    )]
     Admin {
         /// The address.
         addr: SocketAddr,
@@ -90,12 +92,21 @@ impl Gateway {
         let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
         metrics.set_max_connections(config.server.max_connections as i64);
         let tls = Tls::load(&config.tls, &config.server.state_dir, metrics.tls())?;
-        let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
 
         let pools: Vec<Arc<Pool>> = config
             .backends
             .iter()
-            .map(|b| Pool::new(b, b.protocol.unwrap_or(postern_proto::Protocol::Imap), &metrics))
+            .map(|b| {
+                Pool::new(
+                    b,
+                    b.protocol.unwrap_or(postern_proto::Protocol::Imap),
+                    &metrics,
+                )
+            })
             .collect();
 
         // Bind everything before anything is served or privileges are dropped.
@@ -107,7 +118,11 @@ impl Gateway {
             for addr in &l.listen {
                 let socks = bind_reuseport(&l.name, *addr, workers)?;
                 if let Some(first) = socks.first() {
-                    let actual = first.local_addr().map_err(|source| BindError::Other { addr: *addr, listener: l.name.clone(), source })?;
+                    let actual = first.local_addr().map_err(|source| BindError::Other {
+                        addr: *addr,
+                        listener: l.name.clone(),
+                        source,
+                    })?;
                     bound.push((l.name.clone(), actual));
                 }
                 sockets.extend(socks);
@@ -128,13 +143,31 @@ impl Gateway {
                     postern_config::ForwardClient::None | postern_config::ForwardClient::Protocol
                 ),
             };
-            let handler = SessionHandler::new(settings, tls.server_config(l.protocol.alpn()), Arc::clone(&pools[l.backend]), metrics.listener(&l.name));
-            worker_listeners.push(WorkerListener { name: l.name.clone(), sockets, handler: Arc::new(handler), metrics: metrics.listener(&l.name) });
+            let handler = SessionHandler::new(
+                settings,
+                tls.server_config(l.protocol.alpn()),
+                Arc::clone(&pools[l.backend]),
+                metrics.listener(&l.name),
+            );
+            worker_listeners.push(WorkerListener {
+                name: l.name.clone(),
+                sockets,
+                handler: Arc::new(handler),
+                metrics: metrics.listener(&l.name),
+            });
         }
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
-            .map_err(|source| StartError::Admin { addr: config.admin.listen, source })?;
-        let admin = admin_listener.local_addr().map_err(|source| StartError::Admin { addr: config.admin.listen, source })?;
+            .map_err(|source| StartError::Admin {
+                addr: config.admin.listen,
+                source,
+            })?;
+        let admin = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Admin {
+                addr: config.admin.listen,
+                source,
+            })?;
 
         if let Some(user) = &config.server.user {
             let (uid, gid) = privdrop::drop_privileges(user, config.server.group.as_deref())?;
@@ -162,14 +195,28 @@ impl Gateway {
                 }
             })
         };
-        tokio::spawn(postern_metrics::serve_admin(admin_listener, metrics.clone(), ready, control.child_token()));
+        tokio::spawn(postern_metrics::serve_admin(
+            admin_listener,
+            metrics.clone(),
+            ready,
+            control.child_token(),
+        ));
 
-        let workers = Workers::spawn(workers, worker_listeners, config.server.max_connections).map_err(StartError::Runtime)?;
+        let workers = Workers::spawn(workers, worker_listeners, config.server.max_connections)
+            .map_err(StartError::Runtime)?;
         for (name, addr) in &bound {
             info!(listener = %name, addr = %addr, "listening");
         }
         info!(addr = %admin, "admin listening");
-        Ok(Gateway { config, workers, draining, control, bound, admin, metrics })
+        Ok(Gateway {
+            config,
+            workers,
+            draining,
+            control,
+            bound,
+            admin,
+            metrics,
+        })
     }
 
     /// The bound address of every listen socket, by listener name (port 0 resolved).
@@ -202,7 +249,11 @@ impl Gateway {
         let spread = self.config.server.drain_spread.min(grace);
         self.draining.store(true, Ordering::Release);
         self.workers.stop_accepting();
-        info!(sessions = self.workers.active(), grace_secs = grace.as_secs_f64(), "drain started; listeners closed");
+        info!(
+            sessions = self.workers.active(),
+            grace_secs = grace.as_secs_f64(),
+            "drain started; listeners closed"
+        );
         let start = tokio::time::Instant::now();
         let mut interrupt = std::pin::pin!(interrupt);
         let mut interrupted = false;
@@ -222,9 +273,15 @@ impl Gateway {
         }
         let left = self.workers.active();
         if interrupted {
-            warn!(sessions = left, "second signal: closing remaining sessions now");
+            warn!(
+                sessions = left,
+                "second signal: closing remaining sessions now"
+            );
         } else if left > 0 {
-            warn!(sessions = left, "shutdown grace elapsed; closing remaining sessions");
+            warn!(
+                sessions = left,
+                "shutdown grace elapsed; closing remaining sessions"
+            );
         } else {
             info!("all sessions finished");
         }

@@ -11,7 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "postern", version, about = "TLS edge gateway for IMAP, POP3 and SMTP submission")]
+#[command(
+    name = "postern",
+    version,
+    about = "TLS edge gateway for IMAP, POP3 and SMTP submission"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,7 +91,9 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { config } => check_config(config.as_deref()),
-        Command::Config { command: ConfigCommand::Default } => {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
             print!("{}", postern_config::DEFAULT_TOML);
             0
         }
@@ -137,7 +143,10 @@ fn run(cli: Option<&Path>) -> u8 {
     if config.source == postern_config::ConfigSource::Embedded {
         warn!("no configuration file found (-c, $POSTERN_CONFIG, /etc/postern/postern.toml); using the embedded default (`postern config default` prints it)");
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the control runtime");
@@ -145,7 +154,10 @@ fn run(cli: Option<&Path>) -> u8 {
         }
     };
     runtime.block_on(async move {
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(t), Ok(i)) => (t, i),
             _ => {
                 error!("cannot install signal handlers");
@@ -161,7 +173,10 @@ fn run(cli: Option<&Path>) -> u8 {
             }
         };
         info!("ready");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
         if let Some(every) = sd_notify::watchdog_enabled() {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every / 2);
@@ -175,7 +190,10 @@ fn run(cli: Option<&Path>) -> u8 {
             _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
             _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("draining"),
+        ]);
         let second = async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -183,14 +201,23 @@ fn run(cli: Option<&Path>) -> u8 {
             }
         };
         let report = gateway.drain(second).await;
-        info!(sessions_left = report.left, interrupted = report.interrupted, "exit");
+        info!(
+            sessions_left = report.left,
+            interrupted = report.interrupted,
+            "exit"
+        );
         0
     })
 }
 
 fn cert(command: CertCommand) -> u8 {
     match command {
-        CertCommand::Generate { names, out, days, key_type } => {
+        CertCommand::Generate {
+            names,
+            out,
+            days,
+            key_type,
+        } => {
             let kt = match key_type {
                 KeyTypeArg::EcdsaP256 => postern_tls::generate::KeyType::EcdsaP256,
                 KeyTypeArg::Rsa2048 => postern_tls::generate::KeyType::Rsa2048,
@@ -238,9 +265,16 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
 }

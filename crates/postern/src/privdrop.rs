@@ -1,6 +1,8 @@
 //! Dropping root after the ports are bound and the keys are read.
 
-use nix::unistd::{getegid, geteuid, getgid, getgroups, getuid, setgid, setgroups, setuid, Gid, Group, Uid, User};
+use nix::unistd::{
+    getegid, geteuid, getgid, getgroups, getuid, setgid, setgroups, setuid, Gid, Group, Uid, User,
+};
 
 /// The drop failed; postern refuses to serve as root by accident.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +36,9 @@ pub enum PrivDropError {
         source: nix::Error,
     },
     /// The calls returned but the ids did not change (verified afterwards).
-    #[error("dropping privileges to {user:?}: still uid {uid} gid {gid} afterwards; refusing to serve")]
+    #[error(
+        "dropping privileges to {user:?}: still uid {uid} gid {gid} afterwards; refusing to serve"
+    )]
     NotDropped {
         /// The configured user.
         user: String,
@@ -50,35 +54,67 @@ pub enum PrivDropError {
 /// order: supplementary groups, gid, uid. Verifies the result.
 pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), PrivDropError> {
     let pw = User::from_name(user)
-        .map_err(|source| PrivDropError::Syscall { user: user.into(), step: "getpwnam", source })?
+        .map_err(|source| PrivDropError::Syscall {
+            user: user.into(),
+            step: "getpwnam",
+            source,
+        })?
         .ok_or_else(|| PrivDropError::NoUser(user.into()))?;
     if pw.uid.is_root() {
         return Err(PrivDropError::Root(user.into()));
     }
     let gid = match group {
-        Some(g) => Group::from_name(g)
-            .map_err(|source| PrivDropError::Syscall { user: user.into(), step: "getgrnam", source })?
-            .ok_or_else(|| PrivDropError::NoGroup(g.into()))?
-            .gid,
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|source| PrivDropError::Syscall {
+                    user: user.into(),
+                    step: "getgrnam",
+                    source,
+                })?
+                .ok_or_else(|| PrivDropError::NoGroup(g.into()))?
+                .gid
+        }
         None => pw.gid,
     };
     if geteuid() == pw.uid && getegid() == gid {
         return Ok((pw.uid, gid)); // already there (systemd User=)
     }
     if !geteuid().is_root() {
-        return Err(PrivDropError::NotRoot { user: user.into(), uid: geteuid().as_raw() });
+        return Err(PrivDropError::NotRoot {
+            user: user.into(),
+            uid: geteuid().as_raw(),
+        });
     }
-    let sys = |step: &'static str| move |source| PrivDropError::Syscall { user: user.into(), step, source };
+    let sys = |step: &'static str| {
+        move |source| PrivDropError::Syscall {
+            user: user.into(),
+            step,
+            source,
+        }
+    };
     setgroups(&[gid]).map_err(sys("setgroups"))?;
     setgid(gid).map_err(sys("setgid"))?;
     setuid(pw.uid).map_err(sys("setuid"))?;
     let groups = getgroups().unwrap_or_default();
-    if getuid() != pw.uid || geteuid() != pw.uid || getgid() != gid || getegid() != gid || groups.iter().any(|g| *g != gid) {
-        return Err(PrivDropError::NotDropped { user: user.into(), uid: geteuid().as_raw(), gid: getegid().as_raw() });
+    if getuid() != pw.uid
+        || geteuid() != pw.uid
+        || getgid() != gid
+        || getegid() != gid
+        || groups.iter().any(|g| *g != gid)
+    {
+        return Err(PrivDropError::NotDropped {
+            user: user.into(),
+            uid: geteuid().as_raw(),
+            gid: getegid().as_raw(),
+        });
     }
     // Regaining root must be impossible now.
     if setuid(Uid::from_raw(0)).is_ok() {
-        return Err(PrivDropError::NotDropped { user: user.into(), uid: 0, gid: gid.as_raw() });
+        return Err(PrivDropError::NotDropped {
+            user: user.into(),
+            uid: 0,
+            gid: gid.as_raw(),
+        });
     }
     Ok((pw.uid, gid))
 }

@@ -31,7 +31,9 @@ pub const MAX_GREETING: usize = 8192;
 pub fn parse_greeting(protocol: Protocol, buf: &[u8]) -> Greeting {
     match protocol {
         Protocol::Imap | Protocol::Pop3 => {
-            let Some(end) = line_end(buf) else { return incomplete(buf) };
+            let Some(end) = line_end(buf) else {
+                return incomplete(buf);
+            };
             let line = &buf[..end];
             let ok = match protocol {
                 Protocol::Imap => {
@@ -63,7 +65,9 @@ pub fn parse_greeting(protocol: Protocol, buf: &[u8]) -> Greeting {
             // Multi-line replies: "220-..." continuation lines, then "220 ..." (or "220\r\n").
             let mut pos = 0;
             loop {
-                let Some(rel_end) = line_end(&buf[pos..]) else { return incomplete(buf) };
+                let Some(rel_end) = line_end(&buf[pos..]) else {
+                    return incomplete(buf);
+                };
                 let line = &buf[pos..pos + rel_end];
                 if line.len() < 5 || !line[..3].iter().all(u8::is_ascii_digit) {
                     return Greeting::Invalid;
@@ -112,25 +116,55 @@ mod tests {
     #[test]
     fn imap() {
         let g = b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n";
-        assert_eq!(parse_greeting(Protocol::Imap, g), Greeting::Ok { len: g.len() });
-        assert_eq!(parse_greeting(Protocol::Imap, &g[..10]), Greeting::Incomplete);
-        assert_eq!(parse_greeting(Protocol::Imap, b"* BYE go away\r\n"), Greeting::Refused { len: 15 });
-        assert_eq!(parse_greeting(Protocol::Imap, b"+OK pop\r\n"), Greeting::Invalid);
+        assert_eq!(
+            parse_greeting(Protocol::Imap, g),
+            Greeting::Ok { len: g.len() }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Imap, &g[..10]),
+            Greeting::Incomplete
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Imap, b"* BYE go away\r\n"),
+            Greeting::Refused { len: 15 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Imap, b"+OK pop\r\n"),
+            Greeting::Invalid
+        );
     }
 
     #[test]
     fn pop3() {
-        assert_eq!(parse_greeting(Protocol::Pop3, b"+OK ready\r\nextra"), Greeting::Ok { len: 11 });
-        assert_eq!(parse_greeting(Protocol::Pop3, b"-ERR busy\r\n"), Greeting::Refused { len: 11 });
+        assert_eq!(
+            parse_greeting(Protocol::Pop3, b"+OK ready\r\nextra"),
+            Greeting::Ok { len: 11 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Pop3, b"-ERR busy\r\n"),
+            Greeting::Refused { len: 11 }
+        );
     }
 
     #[test]
     fn smtp_multiline() {
         let g = b"220-mail.test ESMTP\r\n220-more\r\n220 ready\r\n";
-        assert_eq!(parse_greeting(Protocol::Smtp, g), Greeting::Ok { len: g.len() });
-        assert_eq!(parse_greeting(Protocol::Smtp, &g[..25]), Greeting::Incomplete);
-        assert_eq!(parse_greeting(Protocol::Smtp, b"421 4.3.2 busy\r\n"), Greeting::Refused { len: 16 });
-        assert_eq!(parse_greeting(Protocol::Smtp, b"* OK imap\r\n"), Greeting::Invalid);
+        assert_eq!(
+            parse_greeting(Protocol::Smtp, g),
+            Greeting::Ok { len: g.len() }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Smtp, &g[..25]),
+            Greeting::Incomplete
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Smtp, b"421 4.3.2 busy\r\n"),
+            Greeting::Refused { len: 16 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Smtp, b"* OK imap\r\n"),
+            Greeting::Invalid
+        );
     }
 
     #[test]

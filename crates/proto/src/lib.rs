@@ -58,8 +58,8 @@ pub mod forward;
 pub mod greeting;
 pub mod imap_state;
 pub mod line;
+mod protocol;
 pub mod starttls;
 pub mod watch;
-mod protocol;
 
 pub use protocol::Protocol;

@@ -41,7 +41,9 @@ impl Protocol {
     /// The goodbye sent when no backend server can be reached (SPEC §3).
     pub const fn unavailable_goodbye(self) -> &'static [u8] {
         match self {
-            Protocol::Imap => b"* BYE [UNAVAILABLE] no mail server is available, try again later\r\n",
+            Protocol::Imap => {
+                b"* BYE [UNAVAILABLE] no mail server is available, try again later\r\n"
+            }
             Protocol::Pop3 => b"-ERR [SYS/TEMP] no mail server is available, try again later\r\n",
             Protocol::Smtp => b"421 4.3.0 no mail server is available, try again later\r\n",
         }

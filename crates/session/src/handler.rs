@@ -66,15 +66,31 @@ pub struct SessionHandler {
 
 impl std::fmt::Debug for SessionHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionHandler").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("SessionHandler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl SessionHandler {
     /// A handler for one listener.
-    pub fn new(settings: SessionSettings, tls: Arc<rustls::ServerConfig>, pool: Arc<Pool>, metrics: ListenerMetrics) -> Self {
-        let counters = Counters { up: metrics.bytes_client_to_backend.clone(), down: metrics.bytes_backend_to_client.clone() };
-        SessionHandler { settings, acceptor: TlsAcceptor::from(tls), pool, metrics, counters }
+    pub fn new(
+        settings: SessionSettings,
+        tls: Arc<rustls::ServerConfig>,
+        pool: Arc<Pool>,
+        metrics: ListenerMetrics,
+    ) -> Self {
+        let counters = Counters {
+            up: metrics.bytes_client_to_backend.clone(),
+            down: metrics.bytes_backend_to_client.clone(),
+        };
+        SessionHandler {
+            settings,
+            acceptor: TlsAcceptor::from(tls),
+            pool,
+            metrics,
+            counters,
+        }
     }
 }
 
@@ -102,7 +118,9 @@ impl SessionHandler {
         let mut report = Report::default();
         let outcome = self.drive(conn, &mut report).await;
         let duration = started.elapsed();
-        self.metrics.session_duration.observe(duration.as_secs_f64());
+        self.metrics
+            .session_duration
+            .observe(duration.as_secs_f64());
         self.metrics.session_outcome(outcome);
         info!(
             listener = %self.settings.listener,
@@ -121,18 +139,38 @@ impl SessionHandler {
 
     /// Returns the session outcome label.
     async fn drive(&self, conn: Connection, report: &mut Report) -> &'static str {
-        let Connection { mut stream, peer, local, goodbye, .. } = conn;
+        let Connection {
+            mut stream,
+            peer,
+            local,
+            goodbye,
+            ..
+        } = conn;
         let s = &self.settings;
         tune_client_socket(&stream, s.keepalive);
 
         if s.tls == TlsMode::Starttls {
-            let limits = PlainLimits { max_line_length: s.max_line_length, max_commands: s.max_plaintext_commands };
+            let limits = PlainLimits {
+                max_line_length: s.max_line_length,
+                max_commands: s.max_plaintext_commands,
+            };
             // Setup-only futures are boxed: an async fn's state is as large as its largest
             // await point, and these would otherwise stay allocated for hours of IDLE.
-            match Box::pin(plaintext_phase(&mut stream, s.protocol, &s.hostname, limits, s.plaintext_timeout, goodbye.requested())).await {
+            match Box::pin(plaintext_phase(
+                &mut stream,
+                s.protocol,
+                &s.hostname,
+                limits,
+                s.plaintext_timeout,
+                goodbye.requested(),
+            ))
+            .await
+            {
                 PlainEnd::Upgrade { discarded: 0 } => {}
                 PlainEnd::Upgrade { discarded } => {
-                    self.metrics.starttls_discarded_bytes.inc_by(discarded as u64);
+                    self.metrics
+                        .starttls_discarded_bytes
+                        .inc_by(discarded as u64);
                     warn!(discarded, "starttls injection: bytes pipelined after the STARTTLS command were discarded");
                 }
                 PlainEnd::Closed => return "closed",
@@ -170,7 +208,11 @@ impl SessionHandler {
         report.backend = Some(backend.server.clone());
         let mut greeting = backend.greeting;
         let mut backend_stream = backend.stream;
-        let mut watch = if s.strict_watch { ClientWatch::strict(s.protocol, s.max_line_length) } else { ClientWatch::new(s.protocol, s.max_line_length) };
+        let mut watch = if s.strict_watch {
+            ClientWatch::strict(s.protocol, s.max_line_length)
+        } else {
+            ClientWatch::new(s.protocol, s.max_line_length)
+        };
         // The watch learns login outcomes from the backend's replies: it must see the
         // greeting (even one swallowed below) before any reply.
         watch.backend(&greeting);
@@ -185,7 +227,11 @@ impl SessionHandler {
             }
         };
         let imap = (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new()));
-        let filters = Filters { watch: (!watch.is_done()).then(|| Box::new(watch)), caps: caps.map(Box::new), imap };
+        let filters = Filters {
+            watch: (!watch.is_done()).then(|| Box::new(watch)),
+            caps: caps.map(Box::new),
+            imap,
+        };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.
             Protocol::Pop3 => b"",
@@ -228,9 +274,16 @@ impl SessionHandler {
 
     async fn handshake(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
         let started = Instant::now();
-        match tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(
+            self.settings.handshake_timeout,
+            self.acceptor.accept(stream),
+        )
+        .await
+        {
             Ok(Ok(tls)) => {
-                self.metrics.handshake_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .handshake_duration
+                    .observe(started.elapsed().as_secs_f64());
                 Ok(tls)
             }
             Ok(Err(e)) => {
@@ -266,7 +319,10 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
 }
 
 fn classify_handshake_error(e: &io::Error) -> HandshakeFailure {
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         return match tls {
             rustls::Error::NoApplicationProtocol => HandshakeFailure::Alpn,
             rustls::Error::General(msg) if msg.contains("certificate") => HandshakeFailure::NoCert,
@@ -285,6 +341,9 @@ fn classify_handshake_error(e: &io::Error) -> HandshakeFailure {
 fn tune_client_socket(stream: &TcpStream, keepalive: Duration) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
-    let ka = socket2::TcpKeepalive::new().with_time(keepalive).with_interval(Duration::from_secs(30)).with_retries(4);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(Duration::from_secs(30))
+        .with_retries(4);
     let _ = sock.set_tcp_keepalive(&ka);
 }

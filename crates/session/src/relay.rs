@@ -121,8 +121,14 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
     L: Future<Output = ()>,
 {
-    let mut up = Dir { at_line_start: true, ..Dir::default() };
-    let mut down = Dir { at_line_start: to_client.is_empty() || to_client.ends_with(b"\n"), ..Dir::default() };
+    let mut up = Dir {
+        at_line_start: true,
+        ..Dir::default()
+    };
+    let mut down = Dir {
+        at_line_start: to_client.is_empty() || to_client.ends_with(b"\n"),
+        ..Dir::default()
+    };
     // The greeting handed over by the pool is relayed backend data: it counts.
     down.bytes = to_client.len() as u64;
     counters.down.inc_by(down.bytes);
@@ -138,11 +144,23 @@ where
 
     let end = poll_fn(|cx| {
         if !up.done {
-            match poll_up(cx, client, backend, &mut up, &mut down.pending, &mut filters, user) {
+            match poll_up(
+                cx,
+                client,
+                backend,
+                &mut up,
+                &mut down.pending,
+                &mut filters,
+                user,
+            ) {
                 Poll::Ready(Ok(())) => up.done = true,
-                Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => up.done = true,
+                Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => {
+                    up.done = true
+                }
                 Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
-                Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+                Poll::Ready(Err(Failure::Write(e))) => {
+                    return Poll::Ready(RelayEnd::BackendError(e))
+                }
                 Poll::Pending => {}
             }
         }
@@ -186,13 +204,21 @@ where
                     // submission service resets after its `221` to QUIT. Everything read before
                     // the reset was relayed; pass the close on. The client is shut down on the
                     // next round, which must come even when this was the last pass here.
-                    Poll::Ready(Err(Failure::Read(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    Poll::Ready(Err(Failure::Read(e)))
+                        if e.kind() == io::ErrorKind::ConnectionReset =>
+                    {
                         down.eof = true;
                         cx.waker().wake_by_ref();
                     }
-                    Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
-                    Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => down.done = true,
-                    Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
+                    Poll::Ready(Err(Failure::Read(e))) => {
+                        return Poll::Ready(RelayEnd::BackendError(e))
+                    }
+                    Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => {
+                        down.done = true
+                    }
+                    Poll::Ready(Err(Failure::Write(e))) => {
+                        return Poll::Ready(RelayEnd::ClientError(e))
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -209,7 +235,11 @@ where
             counted = (up.bytes, down.bytes);
             last_activity = Instant::now();
         }
-        let limit = if up.done || down.done { idle_timeout.min(LINGER) } else { idle_timeout };
+        let limit = if up.done || down.done {
+            idle_timeout.min(LINGER)
+        } else {
+            idle_timeout
+        };
         let deadline = last_activity + limit;
         if idle.deadline() != deadline {
             idle.as_mut().reset(deadline);
@@ -233,7 +263,9 @@ where
 fn ends_quietly(e: &io::Error, up: &Dir, down: &Dir) -> bool {
     let reset_like = matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
     );
     reset_like && (up.eof || down.eof)
 }
@@ -332,7 +364,13 @@ fn note_user(w: &ClientWatch, user: &mut Option<String>) {
 /// `filter(input, out, eof)` may rewrite a chunk: it returns `true` after putting the bytes
 /// to write into `out`, or `false` to write `input` unchanged. At EOF it is called once with
 /// `eof = true` and no input, to flush whatever it still holds.
-fn poll_dir<R, W, F>(cx: &mut Context<'_>, r: &mut R, w: &mut W, d: &mut Dir, mut filter: F) -> Poll<Result<(), Failure>>
+fn poll_dir<R, W, F>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    w: &mut W,
+    d: &mut Dir,
+    mut filter: F,
+) -> Poll<Result<(), Failure>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -341,7 +379,8 @@ where
     for _ in 0..MAX_READS_PER_POLL {
         // 1. Bytes left over from an earlier write go first.
         while d.pos < d.pending.len() {
-            let n = ready!(Pin::new(&mut *w).poll_write(cx, &d.pending[d.pos..])).map_err(Failure::Write)?;
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, &d.pending[d.pos..]))
+                .map_err(Failure::Write)?;
             if n == 0 {
                 return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
             }
@@ -388,14 +427,20 @@ where
             }
             d.bytes += n as u64;
             let mut rewritten = Vec::new();
-            let data: &[u8] = if filter(&scratch[..n], &mut rewritten, false) { &rewritten } else { &scratch[..n] };
+            let data: &[u8] = if filter(&scratch[..n], &mut rewritten, false) {
+                &rewritten
+            } else {
+                &scratch[..n]
+            };
             if let Some(&last) = data.last() {
                 d.at_line_start = last == b'\n';
             }
             let mut off = 0;
             while off < data.len() {
                 match Pin::new(&mut *w).poll_write(cx, &data[off..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())))
+                    }
                     Poll::Ready(Ok(k)) => off += k,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Write(e))),
                     Poll::Pending => break,

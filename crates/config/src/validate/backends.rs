@@ -153,7 +153,13 @@ impl Validator<'_> {
                     }
                     Some(program) => {
                         if let Some(problem) = not_runnable(std::path::Path::new(program)) {
-                            self.error(&format!("{exec_key}[0]"), Kind::ExecNotRunnable { program: program.clone(), problem });
+                            self.error(
+                                &format!("{exec_key}[0]"),
+                                Kind::ExecNotRunnable {
+                                    program: program.clone(),
+                                    problem,
+                                },
+                            );
                         }
                     }
                 }

@@ -13,22 +13,37 @@ const BYE: &[u8] = b"* BYE [UNAVAILABLE] shutting down\r\n";
 
 fn counters() -> Counters {
     let m = postern_metrics::Metrics::new("test").listener("t");
-    Counters { up: m.bytes_client_to_backend.clone(), down: m.bytes_backend_to_client.clone() }
+    Counters {
+        up: m.bytes_client_to_backend.clone(),
+        down: m.bytes_backend_to_client.clone(),
+    }
 }
 
 fn no_filters() -> Filters {
-    Filters { watch: None, caps: None, imap: None }
+    Filters {
+        watch: None,
+        caps: None,
+        imap: None,
+    }
 }
 
 fn imap_filters() -> Filters {
-    Filters { watch: None, caps: None, imap: Some(Box::new(ImapState::new())) }
+    Filters {
+        watch: None,
+        caps: None,
+        imap: Some(Box::new(ImapState::new())),
+    }
 }
 
 /// A strict IMAP watch that has seen the backend's greeting.
 fn watch_filters() -> Filters {
     let mut watch = ClientWatch::strict(Protocol::Imap, 4096);
     watch.backend(b"* OK ready\r\n");
-    Filters { watch: Some(Box::new(watch)), caps: None, imap: None }
+    Filters {
+        watch: Some(Box::new(watch)),
+        caps: None,
+        imap: None,
+    }
 }
 
 /// A relay between two in-memory pipes of `pipe` bytes each.
@@ -48,10 +63,22 @@ fn spawn_relay(pipe: usize, to_client: &[u8], filters: Filters, goodbye: &'stati
     let (backend_side, backend) = duplex(pipe);
     let (tx, rx) = oneshot::channel::<()>();
     let task = run_relay(client_side, backend_side, to_client, filters, goodbye, rx);
-    Harness { client, backend, leave: Some(tx), task }
+    Harness {
+        client,
+        backend,
+        leave: Some(tx),
+        task,
+    }
 }
 
-fn run_relay<C, B>(mut client: C, mut backend: B, to_client: &[u8], filters: Filters, goodbye: &'static [u8], leave: oneshot::Receiver<()>) -> JoinHandle<(RelayEnd, Totals, Option<String>)>
+fn run_relay<C, B>(
+    mut client: C,
+    mut backend: B,
+    to_client: &[u8],
+    filters: Filters,
+    goodbye: &'static [u8],
+    leave: oneshot::Receiver<()>,
+) -> JoinHandle<(RelayEnd, Totals, Option<String>)>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -66,7 +93,19 @@ where
                 std::future::pending::<()>().await;
             }
         };
-        let end = relay(&mut client, &mut backend, to_client, filters, Duration::from_secs(60), leave, goodbye, &counters(), &mut totals, &mut user).await;
+        let end = relay(
+            &mut client,
+            &mut backend,
+            to_client,
+            filters,
+            Duration::from_secs(60),
+            leave,
+            goodbye,
+            &counters(),
+            &mut totals,
+            &mut user,
+        )
+        .await;
         (end, totals, user)
     })
 }
@@ -74,7 +113,12 @@ where
 #[tokio::test]
 async fn relays_both_ways_and_passes_half_close_on() {
     // 64-byte pipes: back-pressure on every write; nothing may be lost or reordered.
-    let Harness { mut client, mut backend, task, .. } = spawn_relay(64, b"* OK hi\r\n", no_filters(), b"");
+    let Harness {
+        mut client,
+        mut backend,
+        task,
+        ..
+    } = spawn_relay(64, b"* OK hi\r\n", no_filters(), b"");
     let mut greeting = [0u8; 9];
     client.read_exact(&mut greeting).await.unwrap();
     assert_eq!(&greeting, b"* OK hi\r\n");
@@ -108,14 +152,31 @@ async fn idle_timeout_fires_exactly() {
     let started = tokio::time::Instant::now();
     let mut totals = Totals::default();
     let mut user = None;
-    let end = relay(&mut client_side, &mut backend_side, Vec::new(), no_filters(), Duration::from_secs(600), std::future::pending(), b"", &counters(), &mut totals, &mut user).await;
+    let end = relay(
+        &mut client_side,
+        &mut backend_side,
+        Vec::new(),
+        no_filters(),
+        Duration::from_secs(600),
+        std::future::pending(),
+        b"",
+        &counters(),
+        &mut totals,
+        &mut user,
+    )
+    .await;
     assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(600));
 }
 
 #[tokio::test]
 async fn goodbye_waits_for_a_line_boundary() {
-    let Harness { mut client, mut backend, mut leave, task } = spawn_relay(1024, b"", no_filters(), BYE);
+    let Harness {
+        mut client,
+        mut backend,
+        mut leave,
+        task,
+    } = spawn_relay(1024, b"", no_filters(), BYE);
     backend.write_all(b"* 1 FETCH (partial").await.unwrap();
     let mut buf = [0u8; 18];
     client.read_exact(&mut buf).await.unwrap();
@@ -130,8 +191,16 @@ async fn goodbye_waits_for_a_line_boundary() {
 
 #[tokio::test]
 async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
-    let Harness { mut client, mut backend, task, .. } = spawn_relay(1024, b"", watch_filters(), b"");
-    client.write_all(b"a LOGIN alice Pw-Secret\r\n").await.unwrap();
+    let Harness {
+        mut client,
+        mut backend,
+        task,
+        ..
+    } = spawn_relay(1024, b"", watch_filters(), b"");
+    client
+        .write_all(b"a LOGIN alice Pw-Secret\r\n")
+        .await
+        .unwrap();
     let mut login = vec![0u8; 25];
     backend.read_exact(&mut login).await.unwrap();
     // The user counts once the backend confirms the login.
@@ -151,8 +220,15 @@ async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
 
 #[tokio::test]
 async fn client_address_claims_are_answered_by_postern_not_forwarded() {
-    let Harness { mut client, mut backend, .. } = spawn_relay(1024, b"", watch_filters(), b"");
-    client.write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n").await.unwrap();
+    let Harness {
+        mut client,
+        mut backend,
+        ..
+    } = spawn_relay(1024, b"", watch_filters(), b"");
+    client
+        .write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n")
+        .await
+        .unwrap();
     let mut line = vec![0u8; 7];
     backend.read_exact(&mut line).await.unwrap();
     assert_eq!(line, b"b NOOP\r");
@@ -163,7 +239,11 @@ async fn client_address_claims_are_answered_by_postern_not_forwarded() {
 
 #[tokio::test]
 async fn a_line_held_by_the_watch_is_flushed_at_eof() {
-    let Harness { mut client, mut backend, .. } = spawn_relay(1024, b"", watch_filters(), b"");
+    let Harness {
+        mut client,
+        mut backend,
+        ..
+    } = spawn_relay(1024, b"", watch_filters(), b"");
     client.write_all(b"a NOOP\r\nb NOO").await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
@@ -173,7 +253,12 @@ async fn a_line_held_by_the_watch_is_flushed_at_eof() {
 
 #[tokio::test]
 async fn goodbye_never_lands_inside_an_imap_literal() {
-    let Harness { mut client, mut backend, mut leave, task } = spawn_relay(1024, b"", imap_filters(), BYE);
+    let Harness {
+        mut client,
+        mut backend,
+        mut leave,
+        task,
+    } = spawn_relay(1024, b"", imap_filters(), BYE);
     // A literal whose body is made of lines: every "\r\n" in it is no boundary.
     let head = b"* 1 FETCH (BODY[] {8}\r\nab\r\ncd\r\n";
     backend.write_all(head).await.unwrap();
@@ -191,11 +276,19 @@ async fn goodbye_never_lands_inside_an_imap_literal() {
 
 #[tokio::test]
 async fn a_compressed_imap_session_closes_without_a_word() {
-    let Harness { mut client, mut backend, mut leave, task } = spawn_relay(1024, b"", imap_filters(), BYE);
+    let Harness {
+        mut client,
+        mut backend,
+        mut leave,
+        task,
+    } = spawn_relay(1024, b"", imap_filters(), BYE);
     client.write_all(b"z COMPRESS DEFLATE\r\n").await.unwrap();
     let mut cmd = vec![0u8; 20];
     backend.read_exact(&mut cmd).await.unwrap();
-    backend.write_all(b"z OK Begin compression.\r\n\x78\x9c\x01\x02").await.unwrap();
+    backend
+        .write_all(b"z OK Begin compression.\r\n\x78\x9c\x01\x02")
+        .await
+        .unwrap();
     let mut got = vec![0u8; 29];
     client.read_exact(&mut got).await.unwrap();
     leave.take().unwrap().send(()).unwrap();
@@ -211,7 +304,11 @@ struct ResettingBackend {
 }
 
 impl AsyncRead for ResettingBackend {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.data.is_empty() {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
@@ -222,7 +319,11 @@ impl AsyncRead for ResettingBackend {
 }
 
 impl AsyncWrite for ResettingBackend {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -237,7 +338,16 @@ impl AsyncWrite for ResettingBackend {
 async fn a_backend_reset_after_its_goodbye_is_a_close() {
     let (mut client, client_side) = duplex(1024);
     let (_never, rx) = oneshot::channel::<()>();
-    let task = run_relay(client_side, ResettingBackend { data: b"221 2.0.0 Bye\r\n".to_vec() }, b"", no_filters(), b"", rx);
+    let task = run_relay(
+        client_side,
+        ResettingBackend {
+            data: b"221 2.0.0 Bye\r\n".to_vec(),
+        },
+        b"",
+        no_filters(),
+        b"",
+        rx,
+    );
     let mut got = Vec::new();
     client.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"221 2.0.0 Bye\r\n");
@@ -250,7 +360,10 @@ async fn bytes_of_the_final_poll_reach_the_metrics() {
     // The backend's last bytes and its EOF arrive together: the poll that moves them is the
     // one that ends the relay, and the metric must still equal the log line's totals.
     let m = postern_metrics::Metrics::new("test").listener("t");
-    let counters = Counters { up: m.bytes_client_to_backend.clone(), down: m.bytes_backend_to_client.clone() };
+    let counters = Counters {
+        up: m.bytes_client_to_backend.clone(),
+        down: m.bytes_backend_to_client.clone(),
+    };
     let (mut client, mut client_side) = duplex(1024);
     let (mut backend_side, mut backend) = duplex(1024);
     client.shutdown().await.unwrap();
@@ -258,7 +371,19 @@ async fn bytes_of_the_final_poll_reach_the_metrics() {
     backend.shutdown().await.unwrap();
     let mut totals = Totals::default();
     let mut user = None;
-    let end = relay(&mut client_side, &mut backend_side, b"* OK\r\n".to_vec(), no_filters(), Duration::from_secs(60), std::future::pending(), b"", &counters, &mut totals, &mut user).await;
+    let end = relay(
+        &mut client_side,
+        &mut backend_side,
+        b"* OK\r\n".to_vec(),
+        no_filters(),
+        Duration::from_secs(60),
+        std::future::pending(),
+        b"",
+        &counters,
+        &mut totals,
+        &mut user,
+    )
+    .await;
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(totals.down, 6 + 11);
     assert_eq!(m.bytes_backend_to_client.get(), totals.down);
