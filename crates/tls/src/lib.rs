@@ -16,9 +16,17 @@
 //!   directory is used only when no `[[tls.certificate]]` is configured.
 //! - No global state: the store, its metrics and the watcher are values owned by the caller.
 //!
+//! # Modules
+//! `load` (one pair: parse, match, permissions) → `set` (the SNI-indexed snapshot) → `store`
+//! (the `ArcSwap` holding it, publish, `check-config`) ← `reload` (retrying, de-duplicated
+//! reload) ← `cert_watcher` (file events and the periodic re-check). `resolver` is what
+//! rustls calls per handshake; `listener_config` builds each listener's `ServerConfig`;
+//! `fingerprint` digests the files.
+//!
 //! # Reload sequence
-//! 1. inotify (via `notify`) reports a change in a directory holding a certificate or key, or
-//!    in the directory a symlink resolves to (Kubernetes `..data`); or the 60 s re-check fires.
+//! 1. The certificate file watcher (`notify`/inotify) reports a change in a directory holding
+//!    a certificate or key, or in the directory a symlink resolves to (Kubernetes `..data`);
+//!    or the 60 s re-check fires.
 //! 2. The watcher waits until the directory has been quiet for the debounce (200 ms).
 //! 3. All files are read; if their SHA-256 equals the served set's, nothing happens.
 //! 4. Every pair is parsed and validated; a failure is re-checked for a replacement still being
@@ -26,26 +34,31 @@
 //! 5. The new set is swapped in; handshakes from then on use it, open sessions keep theirs.
 //! 6. Watched directories are re-resolved (symlinks may now point elsewhere).
 
+mod cert_watcher;
 mod error;
+mod fingerprint;
 pub mod generate;
 pub mod inspect;
+mod listener_config;
 mod load;
+mod reload;
+mod resolver;
 mod selfsigned;
+mod set;
 mod store;
-mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cert_watcher::CertWatcherOptions;
 pub use error::TlsError;
 use postern_metrics::TlsMetrics;
-pub use watch::WatchOptions;
 
 /// The certificate store and everything built on it. Cheap to share (Arc inside).
 #[derive(Clone, Debug)]
 pub struct Tls {
-    inner: Arc<store::Shared>,
+    inner: Arc<store::Store>,
 }
 
 impl Tls {
@@ -57,7 +70,7 @@ impl Tls {
         state_dir: &Path,
         metrics: TlsMetrics,
     ) -> Result<Tls, TlsError> {
-        store::Shared::load(config, state_dir, metrics).map(|inner| Tls {
+        store::Store::load(config, state_dir, metrics).map(|inner| Tls {
             inner: Arc::new(inner),
         })
     }
@@ -89,16 +102,16 @@ impl Tls {
         &self,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, TlsError> {
-        self.spawn_watcher_with(shutdown, WatchOptions::default())
+        self.spawn_watcher_with(shutdown, CertWatcherOptions::default())
     }
 
     /// [`Tls::spawn_watcher`] with explicit timing (tests use a short poll and debounce).
     pub fn spawn_watcher_with(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
-        options: WatchOptions,
+        options: CertWatcherOptions,
     ) -> Result<tokio::task::JoinHandle<()>, TlsError> {
-        watch::spawn(Arc::clone(&self.inner), shutdown, options)
+        cert_watcher::spawn(Arc::clone(&self.inner), shutdown, options)
     }
 
     /// Forces one reload now. Returns whether a new set was published (`false`: the files are

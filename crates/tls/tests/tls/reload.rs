@@ -186,7 +186,7 @@ async fn certbot_live_symlinks_to_archive_are_followed() {
     let config = support::config(&[(live.join("fullchain.pem"), Some(live.join("privkey.pem")))]);
     let tls = Tls::load(&config, dir.path(), support::metrics().tls()).unwrap();
     let shutdown = CancellationToken::new();
-    let options = postern_tls::WatchOptions {
+    let options = postern_tls::CertWatcherOptions {
         poll_interval: Duration::from_secs(600),
         debounce: Duration::from_millis(25),
     };

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_tls::{Tls, WatchOptions};
+use postern_tls::{CertWatcherOptions, Tls};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ async fn rotate(style: Style) {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_millis(25), Duration::from_millis);
-    let options = WatchOptions {
+    let options = CertWatcherOptions {
         poll_interval: Duration::from_secs(600),
         debounce,
     };

@@ -1,8 +1,9 @@
-//! The reload watcher: inotify (via notify) on the certificates' directories, a debounce,
-//! and a periodic re-check for file systems whose events get lost.
+//! The certificate file watcher: inotify (via notify) on the certificates' directories, a
+//! debounce, and a periodic re-check for file systems whose events get lost; each wake-up
+//! runs the store's reload off the runtime threads.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,21 +15,22 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::store::Shared;
+use crate::load::Source;
+use crate::store::Store;
 use crate::TlsError;
 
-/// Timing of the reload watcher.
+/// Timing of the certificate file watcher.
 #[derive(Clone, Copy, Debug)]
-pub struct WatchOptions {
+pub struct CertWatcherOptions {
     /// Re-check the files this often even without events (default 60 s).
     pub poll_interval: Duration,
     /// Wait this long after the last event of a burst before reloading (default 200 ms).
     pub debounce: Duration,
 }
 
-impl Default for WatchOptions {
+impl Default for CertWatcherOptions {
     fn default() -> Self {
-        WatchOptions {
+        CertWatcherOptions {
             poll_interval: crate::DEFAULT_POLL,
             debounce: crate::DEFAULT_DEBOUNCE,
         }
@@ -36,14 +38,14 @@ impl Default for WatchOptions {
 }
 
 pub(crate) fn spawn(
-    shared: Arc<Shared>,
+    store: Arc<Store>,
     shutdown: CancellationToken,
-    options: WatchOptions,
+    options: CertWatcherOptions,
 ) -> Result<JoinHandle<()>, TlsError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime)?;
     // The self-signed pair is postern's own and changes only at start (regeneration); after a
     // privilege drop its 0700 directory may not even be readable any more.
-    if !shared.watch || shared.sources.iter().all(|s| s.self_signed) {
+    if !store.watch || store.sources.iter().all(|s| s.self_signed) {
         return Ok(runtime.spawn(async {}));
     }
     // Capacity 1: a pending wake-up already covers every later event of the burst.
@@ -62,16 +64,16 @@ pub(crate) fn spawn(
         watcher,
         dirs: HashSet::new(),
     };
-    dirs.update(&shared.watch_dirs())?;
-    Ok(runtime.spawn(run(shared, dirs, rx, shutdown, options)))
+    dirs.update(&watch_dirs(&store.sources))?;
+    Ok(runtime.spawn(run(store, dirs, rx, shutdown, options)))
 }
 
 async fn run(
-    shared: Arc<Shared>,
+    store: Arc<Store>,
     mut dirs: WatchedDirs,
     mut rx: mpsc::Receiver<()>,
     shutdown: CancellationToken,
-    options: WatchOptions,
+    options: CertWatcherOptions,
 ) {
     let mut poll = tokio::time::interval_at(
         Instant::now() + options.poll_interval,
@@ -91,7 +93,7 @@ async fn run(
             _ = poll.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let reloading = Arc::clone(&shared);
+        let reloading = Arc::clone(&store);
         // File reads and key parsing block; keep them off the runtime's worker threads.
         match tokio::task::spawn_blocking(move || reloading.reload_logged(Some(options.debounce)))
             .await
@@ -101,9 +103,9 @@ async fn run(
             Ok(Err(_)) => {} // logged and counted by the store
             Err(error) => warn!(%error, "certificate reload task failed"),
         }
-        shared.warn_expiring();
+        store.warn_expiring();
         // Symlinks may point somewhere new (Kubernetes `..data` swap): follow them.
-        if let Err(error) = dirs.update(&shared.watch_dirs()) {
+        if let Err(error) = dirs.update(&watch_dirs(&store.sources)) {
             warn!(error = %error.chain(), "certificate watcher could not follow the new files; the periodic re-check still applies");
         }
     }
@@ -183,6 +185,26 @@ impl WatchedDirs {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Directories to watch: each file's directory and, through symlinks, its target's
+/// directory (Kubernetes `..data` layouts). Re-resolved after every event.
+fn watch_dirs(sources: &[Source]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for source in sources {
+        for file in [Some(source.cert.as_path()), source.key.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            dirs.extend(file.parent().map(Path::to_path_buf));
+            if let Ok(real) = std::fs::canonicalize(file) {
+                dirs.extend(real.parent().map(Path::to_path_buf));
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    dirs.retain(|d| !d.as_os_str().is_empty() && seen.insert(d.clone()));
+    dirs
 }
 
 /// The debounce never stretches beyond this many debounce periods.
