@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
+use crate::labels::{HandshakeFailure, SessionOutcome};
 use crate::Families;
 
 /// Per-listener handles; every series carries `listener="<name>"`.
@@ -32,8 +33,7 @@ pub struct ListenerMetrics {
     pub accept_errors: IntCounter,
     // Shared between clones: one allocation per listener, not per session.
     handshake_failures: Arc<[IntCounter; HandshakeFailure::ALL.len()]>,
-    outcomes: Arc<[IntCounter; SESSION_OUTCOMES.len()]>,
-    outcome_other: IntCounter,
+    outcomes: Arc<[IntCounter; SessionOutcome::ALL.len()]>,
 }
 
 impl ListenerMetrics {
@@ -44,72 +44,10 @@ impl ListenerMetrics {
     }
 
     /// Counts one ended session in `postern_sessions_total{listener,outcome}` (extra).
-    /// Outcomes outside [`SESSION_OUTCOMES`] are counted as `other`, so a new outcome string
-    /// cannot grow the label set.
-    pub fn session_outcome(&self, outcome: &'static str) {
-        match SESSION_OUTCOMES.iter().position(|known| *known == outcome) {
-            Some(i) => self.outcomes[i].inc(),
-            None => self.outcome_other.inc(),
-        }
+    pub fn session_outcome(&self, outcome: SessionOutcome) {
+        self.outcomes[outcome as usize].inc();
     }
 }
-
-/// Why a client TLS handshake failed; the label value of
-/// `postern_tls_handshake_failures_total{reason}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// ALPN offered without the listener's protocol (`no_application_protocol`).
-    Alpn,
-    /// The client closed the connection during the handshake.
-    Eof,
-    /// Another I/O error during the handshake.
-    Io,
-    /// No certificate could be selected for the client's SNI.
-    NoCert,
-    /// The client sent something that is not valid TLS, or TLS we refuse.
-    Protocol,
-    /// The handshake did not finish within `tls.handshake_timeout`.
-    Timeout,
-}
-
-impl HandshakeFailure {
-    /// Every variant, in discriminant order (the index into the pre-resolved counters).
-    pub const ALL: [HandshakeFailure; 6] = [
-        HandshakeFailure::Alpn,
-        HandshakeFailure::Eof,
-        HandshakeFailure::Io,
-        HandshakeFailure::NoCert,
-        HandshakeFailure::Protocol,
-        HandshakeFailure::Timeout,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::Alpn => "alpn",
-            HandshakeFailure::Eof => "eof",
-            HandshakeFailure::Io => "io",
-            HandshakeFailure::NoCert => "no_cert",
-            HandshakeFailure::Protocol => "protocol",
-            HandshakeFailure::Timeout => "timeout",
-        }
-    }
-}
-
-/// The closed set of `outcome` label values of `postern_sessions_total`; anything else is
-/// counted as `other`. Matches SPEC §5's `outcome` log field vocabulary.
-pub const SESSION_OUTCOMES: [&str; 10] = [
-    "closed",
-    "idle_timeout",
-    "backend_unavailable",
-    "tls_error",
-    "client_error",
-    "backend_error",
-    "shutdown",
-    "plaintext_timeout",
-    "protocol_error",
-    "limit",
-];
 
 /// Handles for one server of one backend; series carry `backend` and `server`.
 #[derive(Clone, Debug)]
@@ -172,8 +110,7 @@ pub(crate) fn listener(f: &Families, name: &str) -> ListenerMetrics {
         handshake_failures: Arc::new(
             HandshakeFailure::ALL.map(|r| by_reason(&f.handshake_failures, r.as_str())),
         ),
-        outcomes: Arc::new(SESSION_OUTCOMES.map(|o| by_reason(&f.sessions, o))),
-        outcome_other: by_reason(&f.sessions, "other"),
+        outcomes: Arc::new(SessionOutcome::ALL.map(|o| by_reason(&f.sessions, o.as_str()))),
     }
 }
 

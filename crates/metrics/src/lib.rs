@@ -13,13 +13,15 @@
 //! - Hot path is lock- and allocation-free: every handle in [`ListenerMetrics`] and
 //!   [`ServerMetrics`] is resolved with `with_label_values` once, at construction, and
 //!   updating it is an atomic operation. Label values come from configured names or closed
-//!   sets ([`HandshakeFailure`], [`SESSION_OUTCOMES`]), never from client input.
+//!   sets (the enums of [`labels`]: [`HandshakeFailure`], [`SessionOutcome`]), never from
+//!   client input.
 //! - Names follow `postern_<subsystem>_<thing>_<unit>`: counters end `_total`, histograms
 //!   `_seconds`; every family has help text (checked by the backstop test).
 
 pub mod admin;
 pub mod buckets;
 mod handles;
+pub mod labels;
 pub mod names;
 
 use prometheus::{
@@ -27,7 +29,8 @@ use prometheus::{
 };
 
 pub use admin::serve_admin;
-pub use handles::{HandshakeFailure, ListenerMetrics, ServerMetrics, TlsMetrics, SESSION_OUTCOMES};
+pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics};
+pub use labels::{HandshakeFailure, SessionOutcome};
 pub use prometheus::{Histogram, IntCounter, IntGauge};
 
 /// All of postern's metric families, registered in one registry. Cheap to clone (every

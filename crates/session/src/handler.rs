@@ -9,7 +9,7 @@ use std::time::Duration;
 use postern_backend_pool::{ClientInfo, Pool};
 use postern_config::TlsMode;
 use postern_listener::{Connection, Handler};
-use postern_metrics::{HandshakeFailure, ListenerMetrics};
+use postern_metrics::{HandshakeFailure, ListenerMetrics, SessionOutcome};
 use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::ImapState;
 use postern_proto::starttls::PlainLimits;
@@ -20,9 +20,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
-use crate::relay::{relay, Counters, Filters, RelayEnd, Totals};
+use crate::record::{SessionRecord, TlsFacts};
+use crate::relay::{relay, Counters, Filters, RelayEnd, RelayPlan};
 use crate::starttls::{plaintext_phase, PlainEnd};
 
 /// Everything a listener's sessions need to know, fixed for the listener's lifetime.
@@ -101,44 +102,21 @@ impl Handler for SessionHandler {
     }
 }
 
-/// What the session log line reports (SPEC §5).
-#[derive(Debug, Default)]
-struct Report {
-    user: Option<String>,
-    backend: Option<String>,
-    tls: Option<&'static str>,
-    sni: Option<String>,
-    totals: Totals,
-}
-
 impl SessionHandler {
     async fn run(self: Arc<Self>, conn: Connection) {
         let started = Instant::now();
         let peer = conn.peer;
-        let mut report = Report::default();
-        let outcome = self.drive(conn, &mut report).await;
-        let duration = started.elapsed();
-        self.metrics
-            .session_duration
-            .observe(duration.as_secs_f64());
-        self.metrics.session_outcome(outcome);
-        info!(
-            listener = %self.settings.listener,
-            peer = %peer,
-            user = report.user.as_deref().unwrap_or(""),
-            backend = report.backend.as_deref().unwrap_or(""),
-            duration = (duration.as_millis() as f64) / 1000.0,
-            bytes_up = report.totals.up,
-            bytes_down = report.totals.down,
-            tls = report.tls.unwrap_or(""),
-            sni = report.sni.as_deref().unwrap_or(""),
-            outcome,
-            "session ended"
+        let record = self.drive(conn).await;
+        record.report(
+            &self.settings.listener,
+            peer,
+            started.elapsed(),
+            &self.metrics,
         );
     }
 
-    /// Returns the session outcome label.
-    async fn drive(&self, conn: Connection, report: &mut Report) -> &'static str {
+    /// Runs the session to its end and returns its record.
+    async fn drive(&self, conn: Connection) -> SessionRecord {
         let Connection {
             mut stream,
             peer,
@@ -173,12 +151,12 @@ impl SessionHandler {
                         .inc_by(discarded as u64);
                     warn!(discarded, "starttls injection: bytes pipelined after the STARTTLS command were discarded");
                 }
-                PlainEnd::Closed => return "closed",
-                PlainEnd::Timeout => return "plaintext_timeout",
-                PlainEnd::Shutdown => return "shutdown",
+                PlainEnd::Closed => return SessionRecord::ended(SessionOutcome::Closed),
+                PlainEnd::Timeout => return SessionRecord::ended(SessionOutcome::PlaintextTimeout),
+                PlainEnd::Shutdown => return SessionRecord::ended(SessionOutcome::Shutdown),
                 PlainEnd::Io(e) => {
                     debug!(error = %e, "client left during the plaintext phase");
-                    return "client_error";
+                    return SessionRecord::ended(SessionOutcome::ClientError);
                 }
             }
         }
@@ -187,14 +165,10 @@ impl SessionHandler {
             Ok(tls) => tls,
             Err(reason) => {
                 self.metrics.handshake_failure(reason);
-                return "tls_error";
+                return SessionRecord::ended(SessionOutcome::TlsError);
             }
         };
-        {
-            let (_, conn) = tls.get_ref();
-            report.tls = conn.protocol_version().map(version_name);
-            report.sni = conn.server_name().map(str::to_owned);
-        }
+        let tls_facts = TlsFacts::of(&tls);
 
         let backend = match Box::pin(self.pool.connect(ClientInfo { peer, local })).await {
             Ok(b) => b,
@@ -202,10 +176,13 @@ impl SessionHandler {
                 warn!(%error, "no backend server reachable; sending the goodbye");
                 let _ = tls.write_all(s.protocol.unavailable_goodbye()).await;
                 let _ = tls.shutdown().await;
-                return "backend_unavailable";
+                return SessionRecord {
+                    tls: Some(tls_facts),
+                    ..SessionRecord::ended(SessionOutcome::BackendUnavailable)
+                };
             }
         };
-        report.backend = Some(backend.server.clone());
+        let server = backend.server;
         let mut greeting = backend.greeting;
         let mut backend_stream = backend.stream;
         let mut watch = if s.strict_watch {
@@ -237,38 +214,41 @@ impl SessionHandler {
             Protocol::Pop3 => b"",
             p => p.shutdown_goodbye(),
         };
-        let end = relay(
-            &mut tls,
-            &mut backend_stream,
+        let plan = RelayPlan {
             to_client,
             filters,
-            s.idle_timeout,
-            goodbye.requested(),
-            goodbye_line,
-            &self.counters,
-            &mut report.totals,
-            &mut report.user,
-        )
-        .await;
-        match end {
-            RelayEnd::Closed => "closed",
+            idle_timeout: s.idle_timeout,
+            leave: goodbye.requested(),
+            goodbye: goodbye_line,
+            counters: &self.counters,
+        };
+        let relayed = relay(&mut tls, &mut backend_stream, plan).await;
+        let outcome = match relayed.end {
+            RelayEnd::Closed => SessionOutcome::Closed,
             RelayEnd::IdleTimeout => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                "idle_timeout"
+                SessionOutcome::IdleTimeout
             }
             RelayEnd::Shutdown => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                "shutdown"
+                SessionOutcome::Shutdown
             }
             RelayEnd::ClientError(e) => {
                 debug!(error = %e, "client connection failed");
-                "client_error"
+                SessionOutcome::ClientError
             }
             RelayEnd::BackendError(e) => {
-                warn!(error = %e, backend = report.backend.as_deref().unwrap_or(""), "backend connection failed mid-session");
+                warn!(error = %e, backend = server.as_str(), "backend connection failed mid-session");
                 let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                "backend_error"
+                SessionOutcome::BackendError
             }
+        };
+        SessionRecord {
+            outcome,
+            tls: Some(tls_facts),
+            backend: Some(server),
+            user: relayed.user,
+            totals: relayed.totals,
         }
     }
 
@@ -307,14 +287,6 @@ fn greeting_len(protocol: Protocol, greeting: &[u8]) -> usize {
     match parse_greeting(protocol, greeting) {
         Greeting::Ok { len } | Greeting::Refused { len } => len,
         Greeting::Incomplete | Greeting::Invalid => greeting.len(),
-    }
-}
-
-fn version_name(v: rustls::ProtocolVersion) -> &'static str {
-    match v {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-        _ => "other",
     }
 }
 

@@ -12,6 +12,7 @@
 //! - Exactly one `session ended` log line per accepted connection that reached the handler.
 
 mod handler;
+mod record;
 mod relay;
 mod starttls;
 

@@ -98,29 +98,54 @@ enum Failure {
     Write(io::Error),
 }
 
+/// What the relay needs besides the two streams.
+pub(crate) struct RelayPlan<'a, L> {
+    /// Written to the client first (the backend greeting of an implicit-TLS session).
+    pub(crate) to_client: Vec<u8>,
+    /// The inspections active at the start.
+    pub(crate) filters: Filters,
+    /// The relay ends after this long without a byte either way.
+    pub(crate) idle_timeout: Duration,
+    /// Resolves when the drain asks the session to leave.
+    pub(crate) leave: L,
+    /// Sent to the client at the first safe point after `leave` resolves (empty: close
+    /// without a word).
+    pub(crate) goodbye: &'static [u8],
+    /// The listener's byte counters.
+    pub(crate) counters: &'a Counters,
+}
+
+/// What the relay hands back for the session record.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// How it ended.
+    pub(crate) end: RelayEnd,
+    /// Bytes relayed each way, the backend greeting included.
+    pub(crate) totals: Totals,
+    /// The login name the command watch saw, if any.
+    pub(crate) user: Option<String>,
+}
+
 /// Relays until both sides are done, an error, the idle timeout or a completed goodbye.
-///
-/// `to_client` is written to the client first (the backend greeting of an implicit-TLS
-/// session). `goodbye` is sent to the client at the first line boundary after `leave`
-/// resolves (an empty `goodbye` closes without a word).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay<C, B, L>(
     client: &mut C,
     backend: &mut B,
-    to_client: Vec<u8>,
-    mut filters: Filters,
-    idle_timeout: Duration,
-    leave: L,
-    goodbye: &'static [u8],
-    counters: &Counters,
-    totals: &mut Totals,
-    user: &mut Option<String>,
-) -> RelayEnd
+    plan: RelayPlan<'_, L>,
+) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
     L: Future<Output = ()>,
 {
+    let RelayPlan {
+        to_client,
+        mut filters,
+        idle_timeout,
+        leave,
+        goodbye,
+        counters,
+    } = plan;
+    let mut user = None;
     let mut up = Dir {
         at_line_start: true,
         ..Dir::default()
@@ -151,7 +176,7 @@ where
                 &mut up,
                 &mut down.pending,
                 &mut filters,
-                user,
+                &mut user,
             ) {
                 Poll::Ready(Ok(())) => up.done = true,
                 Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => {
@@ -198,7 +223,7 @@ where
                 goodbye_queued = true;
             }
             if !down.done {
-                match poll_down(cx, backend, client, &mut down, &mut filters, user) {
+                match poll_down(cx, backend, client, &mut down, &mut filters, &mut user) {
                     Poll::Ready(Ok(())) => down.done = true,
                     // A backend that resets instead of closing has still closed: Dovecot's
                     // submission service resets after its `221` to QUIT. Everything read before
@@ -252,9 +277,14 @@ where
     .await;
     counters.up.inc_by(up.bytes - counted.0);
     counters.down.inc_by(down.bytes - counted.1);
-    totals.up = up.bytes;
-    totals.down = down.bytes;
-    end
+    Relayed {
+        end,
+        totals: Totals {
+            up: up.bytes,
+            down: down.bytes,
+        },
+        user,
+    }
 }
 
 /// A client that resets the connection once either side has already said goodbye (EOF) is

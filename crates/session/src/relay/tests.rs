@@ -55,7 +55,7 @@ struct Harness {
     /// Fire to ask the session to leave (the drain's goodbye).
     leave: Option<oneshot::Sender<()>>,
     /// The relay's end, byte totals and captured user.
-    task: JoinHandle<(RelayEnd, Totals, Option<String>)>,
+    task: JoinHandle<Relayed>,
 }
 
 fn spawn_relay(pipe: usize, to_client: &[u8], filters: Filters, goodbye: &'static [u8]) -> Harness {
@@ -78,35 +78,29 @@ fn run_relay<C, B>(
     filters: Filters,
     goodbye: &'static [u8],
     leave: oneshot::Receiver<()>,
-) -> JoinHandle<(RelayEnd, Totals, Option<String>)>
+) -> JoinHandle<Relayed>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let to_client = to_client.to_vec();
     tokio::spawn(async move {
-        let mut totals = Totals::default();
-        let mut user = None;
         let leave = async move {
             // A dropped sender means "never".
             if leave.await.is_err() {
                 std::future::pending::<()>().await;
             }
         };
-        let end = relay(
-            &mut client,
-            &mut backend,
+        let counters = counters();
+        let plan = RelayPlan {
             to_client,
             filters,
-            Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             leave,
             goodbye,
-            &counters(),
-            &mut totals,
-            &mut user,
-        )
-        .await;
-        (end, totals, user)
+            counters: &counters,
+        };
+        relay(&mut client, &mut backend, plan).await
     })
 }
 
@@ -139,7 +133,7 @@ async fn relays_both_ways_and_passes_half_close_on() {
     let mut tail = Vec::new();
     client.read_to_end(&mut tail).await.unwrap();
     assert_eq!(tail, b"* BYE done\r\n");
-    let (end, totals, _) = task.await.unwrap();
+    let Relayed { end, totals, .. } = task.await.unwrap();
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(totals.up, payload.len() as u64);
     assert_eq!(totals.down, 9 + 12); // greeting + BYE
@@ -150,21 +144,16 @@ async fn idle_timeout_fires_exactly() {
     let (_client, mut client_side) = duplex(64);
     let (mut backend_side, _backend) = duplex(64);
     let started = tokio::time::Instant::now();
-    let mut totals = Totals::default();
-    let mut user = None;
-    let end = relay(
-        &mut client_side,
-        &mut backend_side,
-        Vec::new(),
-        no_filters(),
-        Duration::from_secs(600),
-        std::future::pending(),
-        b"",
-        &counters(),
-        &mut totals,
-        &mut user,
-    )
-    .await;
+    let counters = counters();
+    let plan = RelayPlan {
+        to_client: Vec::new(),
+        filters: no_filters(),
+        idle_timeout: Duration::from_secs(600),
+        leave: std::future::pending(),
+        goodbye: b"",
+        counters: &counters,
+    };
+    let end = relay(&mut client_side, &mut backend_side, plan).await.end;
     assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(600));
 }
@@ -186,7 +175,7 @@ async fn goodbye_waits_for_a_line_boundary() {
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, [&b")\r\n"[..], BYE].concat());
-    assert!(matches!(task.await.unwrap().0, RelayEnd::Shutdown));
+    assert!(matches!(task.await.unwrap().end, RelayEnd::Shutdown));
 }
 
 #[tokio::test]
@@ -213,7 +202,7 @@ async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
     backend.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"b NOOP");
     backend.shutdown().await.unwrap();
-    let (end, _, user) = task.await.unwrap();
+    let Relayed { end, user, .. } = task.await.unwrap();
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(user.as_deref(), Some("alice"));
 }
@@ -271,7 +260,7 @@ async fn goodbye_never_lands_inside_an_imap_literal() {
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, [&b"ef)\r\n"[..], BYE].concat());
-    assert!(matches!(task.await.unwrap().0, RelayEnd::Shutdown));
+    assert!(matches!(task.await.unwrap().end, RelayEnd::Shutdown));
 }
 
 #[tokio::test]
@@ -292,7 +281,7 @@ async fn a_compressed_imap_session_closes_without_a_word() {
     let mut got = vec![0u8; 29];
     client.read_exact(&mut got).await.unwrap();
     leave.take().unwrap().send(()).unwrap();
-    assert!(matches!(task.await.unwrap().0, RelayEnd::Shutdown));
+    assert!(matches!(task.await.unwrap().end, RelayEnd::Shutdown));
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest).await;
     assert!(!rest.windows(5).any(|w| w == b"* BYE"), "{rest:?}");
@@ -352,7 +341,7 @@ async fn a_backend_reset_after_its_goodbye_is_a_close() {
     client.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"221 2.0.0 Bye\r\n");
     drop(client);
-    assert!(matches!(task.await.unwrap().0, RelayEnd::Closed));
+    assert!(matches!(task.await.unwrap().end, RelayEnd::Closed));
 }
 
 #[tokio::test]
@@ -369,21 +358,15 @@ async fn bytes_of_the_final_poll_reach_the_metrics() {
     client.shutdown().await.unwrap();
     backend.write_all(b"* BYE bye\r\n").await.unwrap();
     backend.shutdown().await.unwrap();
-    let mut totals = Totals::default();
-    let mut user = None;
-    let end = relay(
-        &mut client_side,
-        &mut backend_side,
-        b"* OK\r\n".to_vec(),
-        no_filters(),
-        Duration::from_secs(60),
-        std::future::pending(),
-        b"",
-        &counters,
-        &mut totals,
-        &mut user,
-    )
-    .await;
+    let plan = RelayPlan {
+        to_client: b"* OK\r\n".to_vec(),
+        filters: no_filters(),
+        idle_timeout: Duration::from_secs(60),
+        leave: std::future::pending(),
+        goodbye: b"",
+        counters: &counters,
+    };
+    let Relayed { end, totals, .. } = relay(&mut client_side, &mut backend_side, plan).await;
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(totals.down, 6 + 11);
     assert_eq!(m.bytes_backend_to_client.get(), totals.down);
