@@ -67,7 +67,7 @@ impl SessionRecord {
         metrics.session_outcome(self.outcome);
         let tls = self.tls.as_ref();
         info!(
-            listener,
+            listener = %listener,
             peer = %peer,
             user = self.user.as_deref().unwrap_or(""),
             backend = self.backend.as_deref().unwrap_or(""),
