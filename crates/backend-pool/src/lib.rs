@@ -41,6 +41,7 @@ mod balance;
 mod dial;
 mod error;
 mod exec;
+mod health;
 mod pool;
 mod server;
 mod stream;

@@ -2,24 +2,24 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use postern_config::{BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig};
-use postern_metrics::{Metrics, ServerMetrics};
+use postern_metrics::{ErrorChain, Metrics, ServerMetrics};
 use postern_proto::Protocol;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance;
 use crate::dial::{self, Handshake};
-use crate::error::{Chain, PoolError};
+use crate::error::PoolError;
 use crate::exec::ExecTarget;
-use crate::server::{Server, ServerSlot, Source};
+use crate::health::{health_loop, Source};
+use crate::server::{Server, ServerSlot};
 use crate::stream::BackendStream;
-use crate::warm::Spare;
+use crate::warm::{warm_loop, Spare};
 
 /// The client side of a session, for balancing (client-hash) and for forwarding the client address.
 #[derive(Clone, Copy, Debug)]
@@ -33,16 +33,17 @@ pub struct ClientInfo {
 /// One `[[backend]]`: its servers (or exec program), health state, balancing and connection counts.
 #[derive(Debug)]
 pub struct Pool {
-    name: String,
-    protocol: Protocol,
+    // Read by the health and warm loops (health.rs, warm.rs).
+    pub(crate) name: String,
+    pub(crate) protocol: Protocol,
     target: Target,
     balance: Balance,
-    forward: ForwardClient,
-    connect_timeout: Duration,
-    health: HealthConfig,
+    pub(crate) forward: ForwardClient,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) health: HealthConfig,
     max_per_server: usize,
     /// Spares per server; 0 unless `forward_client = "none"`.
-    warm: usize,
+    pub(crate) warm: usize,
     rotation: AtomicUsize,
     /// Set by `spawn_background`: only then may session failures mark a server down, since
     /// only probes can bring it back up.
@@ -231,7 +232,12 @@ impl Pool {
                         .metrics
                         .connect_duration
                         .observe(now.elapsed().as_secs_f64());
-                    server.record_success(&self.name, &self.health, Source::Session);
+                    server.health.record_success(
+                        &self.name,
+                        &server.label,
+                        &self.health,
+                        Source::Session,
+                    );
                     return Ok(self.ready(&server, stream, greeting, slot));
                 }
                 Err(error) => {
@@ -239,11 +245,17 @@ impl Pool {
                     tracing::warn!(
                         backend = %self.name,
                         server = %server.label,
-                        error = %Chain(&error),
+                        error = %ErrorChain(&error),
                         "backend connect failed"
                     );
                     if self.checks_running.load(Ordering::Acquire) {
-                        server.record_failure(&self.name, &self.health, Source::Session, &error);
+                        server.health.record_failure(
+                            &self.name,
+                            &server.label,
+                            &self.health,
+                            Source::Session,
+                            &error,
+                        );
                     }
                     last_error = Some(error);
                 }
@@ -293,7 +305,7 @@ impl Pool {
             }
             Err(error) => {
                 metrics.connect_failures.inc();
-                tracing::warn!(backend = %self.name, server = %exec.label, error = %Chain(&error), "exec backend did not greet");
+                tracing::warn!(backend = %self.name, server = %exec.label, error = %ErrorChain(&error), "exec backend did not greet");
                 Err(PoolError::NoServerAvailable {
                     backend: self.name.clone(),
                     tried: 1,
@@ -339,94 +351,3 @@ impl Pool {
         }
     }
 }
-
-/// Probes one server every `health.interval` (the first probe at once) until shutdown or
-/// until the pool is dropped (a reload replaced it).
-async fn health_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
-    let Some(interval) = pool.upgrade().map(|p| p.health.interval) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(interval.max(MIN_INTERVAL));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Some(pool) = pool.upgrade() else { return };
-        // Probes send no ID/XCLIENT (there is no client) and a LOCAL PROXY header, which
-        // haproxy-enabled Dovecot listeners accept for exactly this purpose.
-        let hs = Handshake {
-            protocol: pool.protocol,
-            forward: pool.forward,
-            client: None,
-            label: &server.label,
-        };
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = dial::dial(&server.addr, hs, pool.health.timeout) => r,
-        };
-        match result {
-            Ok((mut stream, _greeting)) => {
-                server.record_success(&pool.name, &pool.health, Source::Probe);
-                let goodbye = dial::probe_goodbye(pool.protocol);
-                let _ = tokio::time::timeout(GOODBYE_DEADLINE, stream.write_all(goodbye)).await;
-            }
-            Err(error) => {
-                tracing::debug!(backend = %pool.name, server = %server.label, error = %Chain(&error), "health check failed");
-                server.record_failure(&pool.name, &pool.health, Source::Probe, &error);
-                if !server.is_up() {
-                    server.warm.clear();
-                }
-            }
-        }
-    }
-}
-
-/// Keeps up to `pool.warm` fresh spares for one up server.
-async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(WARM_REFILL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let Some(pool) = pool.upgrade() else { break };
-        if !server.is_up() {
-            server.warm.clear();
-            continue;
-        }
-        while server.warm.prune() < pool.warm {
-            let hs = Handshake {
-                protocol: pool.protocol,
-                forward: ForwardClient::None,
-                client: None,
-                label: &server.label,
-            };
-            let result = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = dial::dial(&server.addr, hs, pool.connect_timeout) => r,
-            };
-            match result {
-                Ok((stream, greeting)) => server.warm.push(Spare {
-                    stream,
-                    greeting,
-                    since: Instant::now(),
-                }),
-                Err(error) => {
-                    tracing::debug!(backend = %pool.name, server = %server.label, error = %Chain(&error), "warm connect failed");
-                    break;
-                }
-            }
-        }
-    }
-    server.warm.clear();
-}
-
-/// A zero or tiny interval would turn health checks into a busy loop.
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
-/// How long a probe may take to say goodbye before the socket is simply closed.
-const GOODBYE_DEADLINE: Duration = Duration::from_millis(200);
-/// How often spares are topped up.
-const WARM_REFILL: Duration = Duration::from_millis(100);

@@ -1,12 +1,13 @@
-//! One backend server: its address, health state, session count and metrics.
+//! One backend server: its address, session count and metrics, and the places its health
+//! ([`crate::health`]) and spares ([`crate::warm`]) are kept.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use postern_config::{HealthConfig, ServerAddr};
+use postern_config::ServerAddr;
 use postern_metrics::ServerMetrics;
 
-use crate::error::ServerError;
+use crate::health::Health;
 use crate::warm::WarmQueue;
 
 #[derive(Debug)]
@@ -16,57 +17,25 @@ pub(crate) struct Server {
     pub(crate) label: String,
     pub(crate) metrics: ServerMetrics,
     pub(crate) warm: WarmQueue,
+    pub(crate) health: Health,
     active: AtomicUsize,
-    /// Mirror of `health.up`, read without the lock on every balancing decision.
-    up: AtomicBool,
-    health: Mutex<Health>,
-}
-
-#[derive(Debug)]
-struct Health {
-    up: bool,
-    failures: u32,
-    successes: u32,
-}
-
-/// Where a health result came from, for the state-change log line.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Source {
-    Probe,
-    Session,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Probe => "health check",
-            Source::Session => "session connect",
-        }
-    }
 }
 
 impl Server {
     pub(crate) fn new(addr: ServerAddr, metrics: ServerMetrics) -> Self {
         let label = addr.to_string();
-        // Optimistic start (documented in the crate docs): serve at once, let checks correct.
-        metrics.up.set(1);
         Self {
             addr,
             label,
+            health: Health::new(metrics.up.clone()),
             metrics,
             warm: WarmQueue::default(),
             active: AtomicUsize::new(0),
-            up: AtomicBool::new(true),
-            health: Mutex::new(Health {
-                up: true,
-                failures: 0,
-                successes: 0,
-            }),
         }
     }
 
     pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.health.is_up()
     }
 
     pub(crate) fn active(&self) -> usize {
@@ -87,58 +56,6 @@ impl Server {
         reserved.ok()?;
         self.metrics.active.inc();
         Some(ServerSlot(Arc::clone(self)))
-    }
-
-    /// Records a success (probe or session connect).
-    pub(crate) fn record_success(&self, backend: &str, cfg: &HealthConfig, source: Source) {
-        let mut h = self.lock();
-        h.failures = 0;
-        h.successes = h.successes.saturating_add(1);
-        if !h.up && h.successes >= cfg.rise {
-            h.up = true;
-            self.up.store(true, Ordering::Release);
-            self.metrics.up.set(1);
-            tracing::info!(
-                backend,
-                server = %self.label,
-                successes = h.successes,
-                source = source.as_str(),
-                "backend server up"
-            );
-        }
-    }
-
-    /// Records a failure (probe or session connect); `fall` in a row mark the server down.
-    pub(crate) fn record_failure(
-        &self,
-        backend: &str,
-        cfg: &HealthConfig,
-        source: Source,
-        error: &ServerError,
-    ) {
-        let mut h = self.lock();
-        h.successes = 0;
-        h.failures = h.failures.saturating_add(1);
-        if h.up && h.failures >= cfg.fall {
-            h.up = false;
-            self.up.store(false, Ordering::Release);
-            self.metrics.up.set(0);
-            tracing::warn!(
-                backend,
-                server = %self.label,
-                failures = h.failures,
-                source = source.as_str(),
-                reason = %error,
-                "backend server down"
-            );
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Health> {
-        // The counters stay consistent even if a holder panicked: each update is one step.
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

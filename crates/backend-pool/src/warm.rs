@@ -1,4 +1,5 @@
-//! Warm connections: pre-connected, pre-greeted spares of one server.
+//! Warm connections: the queue of pre-connected, pre-greeted spares of one server, and the
+//! loop that keeps it filled.
 //!
 //! Valid only with `forward_client = "none"`: a PROXY header must be the first byte and
 //! ID/XCLIENT carry the client address, neither known before the session exists. A spare is
@@ -6,15 +7,23 @@
 //! connections, Dovecot after about a minute) and dropped when its server goes down.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use postern_config::ForwardClient;
+use postern_metrics::ErrorChain;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
+use crate::dial::{self, Handshake};
+use crate::pool::Pool;
+use crate::server::Server;
 use crate::stream::BackendStream;
 
 /// Spares older than this are closed instead of handed out.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(30);
+/// How often spares are topped up.
+const WARM_REFILL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 pub(crate) struct WarmQueue(Mutex<VecDeque<Spare>>);
@@ -73,4 +82,45 @@ fn still_open(spare: &Spare) -> bool {
         Ok(_) => false,
         Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
     }
+}
+
+/// Keeps up to `pool.warm` fresh spares for one up server.
+pub(crate) async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(WARM_REFILL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { break };
+        if !server.is_up() {
+            server.warm.clear();
+            continue;
+        }
+        while server.warm.prune() < pool.warm {
+            let hs = Handshake {
+                protocol: pool.protocol,
+                forward: ForwardClient::None,
+                client: None,
+                label: &server.label,
+            };
+            let result = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = dial::dial(&server.addr, hs, pool.connect_timeout) => r,
+            };
+            match result {
+                Ok((stream, greeting)) => server.warm.push(Spare {
+                    stream,
+                    greeting,
+                    since: Instant::now(),
+                }),
+                Err(error) => {
+                    tracing::debug!(backend = %pool.name, server = %server.label, error = %ErrorChain(&error), "warm connect failed");
+                    break;
+                }
+            }
+        }
+    }
+    server.warm.clear();
 }

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod buckets;
+mod error_chain;
 mod handles;
 pub mod labels;
 pub mod names;
@@ -29,6 +30,7 @@ use prometheus::{
 };
 
 pub use admin::serve_admin;
+pub use error_chain::ErrorChain;
 pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics};
 pub use labels::{HandshakeFailure, SessionOutcome};
 pub use prometheus::{Histogram, IntCounter, IntGauge};
