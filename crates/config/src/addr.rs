@@ -1,7 +1,10 @@
-//! Parsing of listen addresses and backend server addresses.
+//! Parsing of listen addresses, backend server addresses, client networks, certificate
+//! names and URLs.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+
+use ipnet::IpNet;
 
 use crate::ServerAddr;
 
@@ -93,6 +96,108 @@ fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// Whether two server addresses name the same server: the same port and unix path, or
+/// the same host (IP literals compared as addresses, names without regard to case).
+pub(crate) fn same_server(a: &ServerAddr, b: &ServerAddr) -> bool {
+    match (a, b) {
+        (ServerAddr::Unix(a), ServerAddr::Unix(b)) => a == b,
+        (ServerAddr::Tcp { host: ha, port: pa }, ServerAddr::Tcp { host: hb, port: pb }) => {
+            pa == pb
+                && match (ha.parse::<IpAddr>(), hb.parse::<IpAddr>()) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => ha.eq_ignore_ascii_case(hb),
+                }
+        }
+        _ => false,
+    }
+}
+
+/// A client network: CIDR (`10.0.0.0/8`, `2001:db8::/32`) or one address (`192.0.2.7`,
+/// `::1`). Host bits below the prefix are refused: `10.0.0.1/8` is more likely a typo for
+/// `10.0.0.1/32` than a way to write `10.0.0.0/8`, so the admin says which one is meant.
+pub(crate) fn parse_network(value: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let Some((addr, len)) = value.split_once('/') else {
+        return Err("neither an IP address nor addr/prefix".to_owned());
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (write IPv6 without brackets)"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let net = len
+        .parse::<u8>()
+        .ok()
+        .and_then(|len| IpNet::new(ip, len).ok())
+        .ok_or_else(|| format!("the prefix length {len:?} is not 0 to {max}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "has bits set after the /{}: write {} for the network, or {}/{max} for the one address",
+            net.prefix_len(),
+            net.trunc(),
+            ip
+        ));
+    }
+    Ok(net)
+}
+
+/// A DNS name for a certificate, lower-cased and without a trailing dot: letters,
+/// digits and hyphens, at least two labels, no wildcard.
+pub(crate) fn parse_domain(value: &str) -> Result<String, String> {
+    let name = value.strip_suffix('.').unwrap_or(value).to_ascii_lowercase();
+    if name.starts_with("*.") {
+        return Err("a wildcard name needs the dns-01 challenge, which postern does not \
+offer; list each name"
+            .to_owned());
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err("is an IP address; list DNS names".to_owned());
+    }
+    if !name.is_ascii() {
+        return Err("has non-ASCII letters; write the name in its xn-- (punycode) form".to_owned());
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err("is not a fully qualified name; write e.g. \"mail.example.org\"".to_owned());
+    }
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !labels.iter().all(label_ok) {
+        return Err("is not a valid DNS name (letters, digits and inner hyphens, \
+dot-separated labels of 1-63 characters)"
+            .to_owned());
+    }
+    Ok(name)
+}
+
+/// A TLS server name to verify: an IP literal or a DNS name.
+pub(crate) fn check_tls_name(value: &str) -> Result<(), String> {
+    if value.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    check_host(value)
+}
+
+/// An ACME directory URL: `https://host[:port]/path`. RFC 8555 §6.1 requires HTTPS.
+pub(crate) fn check_directory_url(value: &str) -> Result<(), String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| "not a URL".to_owned())?;
+    if uri.scheme_str() != Some("https") {
+        return Err("ACME needs https:// (RFC 8555)".to_owned());
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => Ok(()),
+        _ => Err("no host".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +254,52 @@ mod tests {
         assert!(parse_server("host:x").unwrap_err().contains("not a port"));
         assert!(parse_server("bad host:1").unwrap_err().contains("neither"));
         assert!(parse_server(":143").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn networks() {
+        let net = |s: &str| parse_network(s).map(|n| n.to_string());
+        assert_eq!(net("10.0.0.0/8"), Ok("10.0.0.0/8".into()));
+        assert_eq!(net("192.0.2.7"), Ok("192.0.2.7/32".into()));
+        assert_eq!(net("::1"), Ok("::1/128".into()));
+        assert_eq!(net("2001:db8::/32"), Ok("2001:db8::/32".into()));
+        assert_eq!(net("0.0.0.0/0"), Ok("0.0.0.0/0".into()));
+        assert!(net("10.0.0.1/8").unwrap_err().contains("write 10.0.0.0/8"));
+        assert!(net("10.0.0.0/33").unwrap_err().contains("0 to 32"));
+        assert!(net("::/129").unwrap_err().contains("0 to 128"));
+        assert!(net("[::1]/128").unwrap_err().contains("without brackets"));
+        assert!(net("10.0.0.0/x").is_err());
+        assert!(net("").is_err());
+        assert!(net("example.org").is_err());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(parse_domain("Mail.Example.ORG."), Ok("mail.example.org".into()));
+        assert!(parse_domain("*.example.org").unwrap_err().contains("dns-01"));
+        assert!(parse_domain("192.0.2.1").unwrap_err().contains("IP address"));
+        assert!(parse_domain("mail").unwrap_err().contains("fully qualified"));
+        assert!(parse_domain("bad_name.example.org").is_err());
+        assert!(parse_domain("-x.example.org").is_err());
+        assert!(parse_domain("a..example.org").is_err());
+        assert!(parse_domain("müller.example").unwrap_err().contains("punycode"));
+    }
+
+    #[test]
+    fn directory_urls() {
+        assert!(check_directory_url("https://acme-v02.api.letsencrypt.org/directory").is_ok());
+        assert!(check_directory_url("https://127.0.0.1:14000/dir").is_ok());
+        assert!(check_directory_url("http://example.org/dir").unwrap_err().contains("https"));
+        assert!(check_directory_url("example.org/dir").is_err());
+        assert!(check_directory_url("not a url").is_err());
+    }
+
+    #[test]
+    fn same_server_compares_ips_as_addresses() {
+        let s = |v: &str| parse_server(v).unwrap();
+        assert!(same_server(&s("[::1]:143"), &s("[0:0::1]:143")));
+        assert!(same_server(&s("Imap.Example:143"), &s("imap.example:143")));
+        assert!(!same_server(&s("127.0.0.1:143"), &s("127.0.0.1:993")));
+        assert!(!same_server(&s("unix:/a"), &s("127.0.0.1:1")));
     }
 }

@@ -75,6 +75,7 @@ pub enum ConfigErrorKind {
     #[error("cannot read the configuration file: {error}; check the path given with -c or $POSTERN_CONFIG")]
     Read {
         /// The OS error.
+        #[source]
         error: io::Error,
     },
     /// The file is not valid TOML.
@@ -112,12 +113,13 @@ pub enum ConfigErrorKind {
         allowed: String,
     },
     /// A duration that does not parse.
-    #[error("{value:?} is not a duration ({reason}); expected a duration like \"10s\", \"500ms\" or \"30m\"")]
+    #[error("{value:?} is not a duration ({source}); expected a duration like \"10s\", \"500ms\" or \"30m\"")]
     BadDuration {
         /// The value given.
         value: String,
         /// The parser's reason.
-        reason: String,
+        #[source]
+        source: humantime::DurationError,
     },
     /// A number or duration out of its sensible range.
     #[error("{value} is out of range: {reason}")]
@@ -251,13 +253,110 @@ pub enum ConfigErrorKind {
         /// What to do.
         hint: &'static str,
     },
-    /// A file named by the configuration exists but is unusable.
-    #[error("{}: {problem}", path.display())]
-    FileUnusable {
+    /// A file named by the configuration is a directory.
+    #[error("{} is a directory; name the file in it", path.display())]
+    IsDirectory {
         /// The path.
         path: PathBuf,
-        /// What is wrong and what to do.
-        problem: String,
+    },
+    /// A file named by the configuration cannot be looked at.
+    #[error("{} cannot be checked ({source}); check the permissions of its directories", path.display())]
+    FileUnchecked {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry that may appear once in its list appears again.
+    #[error("{value:?} is listed twice; remove the duplicate")]
+    ListedTwice {
+        /// The repeated entry.
+        value: String,
+    },
+    /// A client network that is not CIDR.
+    #[error("{value:?} is not a network ({reason}); use CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\", or one address")]
+    BadNetwork {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `proxy_protocol` set without `proxy_from`.
+    #[error("is empty but proxy_protocol is on; list the networks of the load balancers that send the PROXY header, e.g. [\"10.0.0.0/8\"]")]
+    ProxyWithoutFrom,
+    /// `proxy_from` set while `proxy_protocol` is `none`.
+    #[error("has no effect while proxy_protocol is \"none\"; set proxy_protocol = \"v1\", \"v2\" or \"any\", or remove proxy_from")]
+    ProxyFromWithoutProxy,
+    /// `proxy_from` holds `0.0.0.0/0` or `::/0`.
+    #[error("trusts every address: any client could claim to be any other and pass allow/deny and the limits; list only your load balancers' networks")]
+    ProxyFromEverywhere,
+    /// `tls` other than `none` on an exec backend.
+    #[error("applies to `servers` backends only: an exec backend is a local pipe; remove tls")]
+    TlsWithExec,
+    /// `tls_name` that is neither a DNS name nor an IP literal.
+    #[error("{value:?} is not a name to verify ({reason}); use the DNS name (or IP address) in the servers' certificates")]
+    BadTlsName {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// TLS to a `unix:` server with no `tls_name`.
+    #[error("a unix: server has no host name to verify; set tls_name to the name in its certificate")]
+    TlsNameNeededForUnix,
+    /// `route = "user"` on an exec backend.
+    #[error("route = \"user\" picks one of several servers; an exec backend has none. Use servers, or route = \"connection\"")]
+    RouteUserWithExec,
+    /// A `weights` key that is not one of the backend's servers.
+    #[error("{server:?} is not one of this backend's servers ({servers}); weigh a server listed in `servers`, written the same way")]
+    UnknownWeightServer {
+        /// The key given.
+        server: String,
+        /// The backend's servers, quoted and comma-separated.
+        servers: String,
+    },
+    /// `limits.prelogin_timeout` shorter than `tls.handshake_timeout`.
+    #[error("{} is shorter than tls.handshake_timeout ({}): clients would be closed before they can log in; make it longer", humantime::format_duration(*prelogin), humantime::format_duration(*handshake))]
+    PreloginShorterThanHandshake {
+        /// prelogin_timeout.
+        prelogin: Duration,
+        /// tls.handshake_timeout.
+        handshake: Duration,
+    },
+    /// An ACME name that is not a valid DNS name for a certificate.
+    #[error("{value:?} {reason}")]
+    BadDomain {
+        /// The value given.
+        value: String,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// An ACME contact that is not `mailto:`.
+    #[error("{value:?} is not a contact the CA accepts; write \"mailto:postmaster@example.org\"")]
+    BadContact {
+        /// The value given.
+        value: String,
+    },
+    /// An ACME directory that is not an https URL.
+    #[error("{value:?} is not an ACME directory URL ({reason}); e.g. \"https://acme-v02.api.letsencrypt.org/directory\"")]
+    BadDirectoryUrl {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An ACME `challenge_listen` address that a listener or the admin endpoint binds.
+    #[error("{addr} is also bound by {owner} ({other}); the CA's validation connections (port {port} by default) need an address of their own: change challenge_listen or that address")]
+    ChallengeListenTaken {
+        /// The challenge address.
+        addr: std::net::SocketAddr,
+        /// The address it collides with.
+        other: std::net::SocketAddr,
+        /// `listener "NAME"` or `admin`.
+        owner: String,
+        /// The challenge's standard port.
+        port: u16,
     },
 }
 

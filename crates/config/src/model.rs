@@ -1,15 +1,27 @@
 //! The validated configuration: what the rest of postern consumes.
 //!
 //! Every value here has passed validation; defaults are already applied. Runtime crates
-//! receive these types and never see TOML.
+//! receive these types and never see TOML. Where a combination of keys is invalid, the
+//! model has no way to express it (a backend's TLS settings exist only when `tls` is not
+//! `none`, a listener's PROXY settings only when `proxy_protocol` is not `none`...).
+
+mod backend;
+mod limits;
+mod net;
+mod tls;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use postern_proto::Protocol;
+
+pub use backend::*;
+pub use limits::*;
+pub use net::*;
+pub use tls::*;
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
@@ -17,7 +29,7 @@ pub struct Config {
     /// Where this configuration came from (a file, or the embedded default).
     pub source: ConfigSource,
     /// `[server]`
-    pub server: ServerConfig,
+    pub server: ProcessConfig,
     /// `[admin]`
     pub admin: AdminConfig,
     /// `[log]`
@@ -26,8 +38,14 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[[listener]]`, in file order. Names are unique.
     pub listeners: Vec<ListenerConfig>,
-    /// `[[backend]]`, in file order. Names are unique.
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// The `[[backend]]`s that a listener uses, in file order. Names are unique.
     pub backends: Vec<BackendConfig>,
+    /// Names of the `[[backend]]`s no listener uses. They were validated like the others
+    /// but are not part of the running configuration: no pool, no health checks, no
+    /// effect on `/readyz`. `check-config` and the start log name them.
+    pub unused_backends: Vec<String>,
 }
 
 /// Where a configuration was read from.
@@ -48,9 +66,10 @@ impl fmt::Display for ConfigSource {
     }
 }
 
-/// `[server]`
+/// `[server]`: settings of the postern process as a whole (threads, capacity, drain,
+/// privileges, state). Not to be confused with a backend server ([`ServerAddr`]).
 #[derive(Clone, Debug)]
-pub struct ServerConfig {
+pub struct ProcessConfig {
     /// Acceptor/worker threads; `workers = 0` in the file resolves to the CPU count.
     pub workers: NonZeroUsize,
     /// Sessions open at once across all listeners; over it new connections are closed at once.
@@ -94,67 +113,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[tls]`
-#[derive(Clone, Debug)]
-pub struct TlsConfig {
-    /// Lowest TLS version accepted.
-    pub min_version: TlsVersion,
-    /// Deadline for the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// What to do with a private key readable or writable by group/others.
-    pub key_permissions: KeyPermissions,
-    /// Reload certificates when their files change.
-    pub watch: bool,
-    /// `[[tls.certificate]]`; empty means "generate a self-signed certificate in state_dir".
-    /// The first entry is the default for clients that send no (or an unknown) SNI name.
-    pub certificates: Vec<CertificateConfig>,
-}
-
-/// Lowest accepted TLS version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsVersion {
-    /// TLS 1.2 and 1.3.
-    V1_2,
-    /// TLS 1.3 only.
-    V1_3,
-}
-
-/// Key file permission policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyPermissions {
-    /// Log one warning naming the file, its mode and the fix.
-    Warn,
-    /// Refuse the key (at start: exit; on reload: keep the old one).
-    Strict,
-}
-
-/// One `[[tls.certificate]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateConfig {
-    /// PEM chain, leaf first; may also hold the key (stunnel-style combined file).
-    pub cert: PathBuf,
-    /// PEM private key; `None` when `cert` holds the key.
-    pub key: Option<PathBuf>,
-}
-
-/// How TLS starts on a listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsMode {
-    /// TLS from the first byte (993, 995, 465).
-    Implicit,
-    /// Plaintext greeting, then STARTTLS / STLS (143, 110, 587).
-    Starttls,
-}
-
-impl TlsMode {
-    /// The config spelling.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Implicit => "implicit",
-            TlsMode::Starttls => "starttls",
-        }
-    }
-}
 
 /// One `[[listener]]`.
 #[derive(Clone, Debug)]
@@ -180,104 +138,40 @@ pub struct ListenerConfig {
     /// Commands accepted before STARTTLS before the client is disconnected
     /// (`max_plaintext_commands`, default 20).
     pub max_plaintext_commands: usize,
+    /// `allow`: when not empty, only clients in these networks are served.
+    pub allow: NetworkSet,
+    /// `deny`: clients in these networks are refused; deny wins over allow.
+    pub deny: NetworkSet,
+    /// `proxy_protocol` and `proxy_from`; `None` for `proxy_protocol = "none"`.
+    pub proxy: Option<ProxyConfig>,
 }
 
-/// One `[[backend]]`.
-#[derive(Clone, Debug)]
-pub struct BackendConfig {
-    /// Name used by listeners and as the `backend` metric label.
-    pub name: String,
-    /// The protocol of the listeners that use it (all of them must agree; validated).
-    /// `None` when no listener uses this backend.
-    pub protocol: Option<Protocol>,
-    /// Where sessions go.
-    pub target: BackendTarget,
-    /// Server selection.
-    pub balance: Balance,
-    /// How the backend learns the client's address.
-    pub forward_client: ForwardClient,
-    /// Deadline for connect + greeting (+ forwarding exchange) to one server.
-    pub connect_timeout: Duration,
-    /// `[backend.health]`
-    pub health: HealthConfig,
-    /// Sessions one server may hold at once; 0 = unlimited (`max_connections_per_server`).
-    pub max_connections_per_server: usize,
-    /// Pre-connected, pre-greeted spare connections kept per server (`warm`, default 0).
-    pub warm: usize,
-}
-
-/// Where a backend's sessions go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BackendTarget {
-    /// Network or unix-socket servers (at least one).
-    Servers(Vec<ServerAddr>),
-    /// inetd style: run this program per session, the session on its stdin/stdout.
-    Exec {
-        /// argv; `argv[0]` is an absolute path.
-        argv: Vec<String>,
-        /// Children running at once (`max_children`, default 1000).
-        max_children: usize,
-    },
-}
-
-/// One backend server address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ServerAddr {
-    /// `host:port`; `host` is an IP literal or a DNS name resolved at connect time.
-    Tcp {
-        /// Host name or IP literal (IPv6 without brackets).
-        host: String,
-        /// TCP port.
-        port: u16,
-    },
-    /// `unix:/path`
-    Unix(PathBuf),
-}
-
-impl fmt::Display for ServerAddr {
-    /// The config spelling, also used as the `server` metric label.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            ServerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
-            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
+impl ListenerConfig {
+    /// Whether `allow`/`deny` let `client` in: not in `deny`, and in `allow` when `allow`
+    /// is not empty. `client` is the real client address (from the PROXY header when the
+    /// listener takes one). IPv4-mapped IPv6 addresses match IPv4 networks.
+    pub fn admits(&self, client: IpAddr) -> bool {
+        !self.deny.contains(client) && (self.allow.is_empty() || self.allow.contains(client))
     }
 }
 
-/// Server selection policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Balance {
-    /// The healthy server with the fewest open sessions.
-    LeastConnections,
-    /// Healthy servers in turn.
-    RoundRobin,
-    /// A consistent hash of the client IP address.
-    ClientHash,
+/// A listener's PROXY protocol settings (`proxy_protocol` other than `none`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Which header versions are accepted.
+    pub version: ProxyVersion,
+    /// `proxy_from`: the peers (load balancers) that may send the header; never empty.
+    /// A connection from any other peer is refused (reason `proxy`).
+    pub from: NetworkSet,
 }
 
-/// How the backend learns the client's address.
+/// The PROXY protocol versions a listener accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwardClient {
-    /// Not at all.
-    None,
-    /// PROXY protocol v1 header first on the connection.
-    ProxyV1,
-    /// PROXY protocol v2 header first on the connection.
-    ProxyV2,
-    /// IMAP `ID` with x-originating-*, POP3/SMTP `XCLIENT`, after the greeting.
-    Protocol,
-}
-
-/// `[backend.health]`
-#[derive(Clone, Copy, Debug)]
-pub struct HealthConfig {
-    /// Time between probes of one server.
-    pub interval: Duration,
-    /// Deadline for one probe (connect + greeting).
-    pub timeout: Duration,
-    /// Consecutive failures that mark a server down (`fall`, default 3).
-    pub fall: u32,
-    /// Consecutive successes that bring it back (`rise`, default 2).
-    pub rise: u32,
+pub enum ProxyVersion {
+    /// Only the text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// Only the binary header.
+    V2,
+    /// Either, told apart by the first bytes.
+    Any,
 }

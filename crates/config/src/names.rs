@@ -1,6 +1,6 @@
 //! Config spellings of the model's enums, for logs, metric labels and the summary.
 
-use crate::{Balance, ForwardClient, KeyPermissions, LogFormat, TlsVersion};
+use crate::{Balance, ForwardClient, GuardMode, KeyPermissions, LogFormat, ProxyVersion, TlsVersion};
 
 impl LogFormat {
     /// The config spelling (`text`, `json`).
@@ -51,6 +51,27 @@ impl ForwardClient {
             ForwardClient::ProxyV1 => "proxy-v1",
             ForwardClient::ProxyV2 => "proxy-v2",
             ForwardClient::Protocol => "protocol",
+        }
+    }
+}
+
+impl ProxyVersion {
+    /// The config spelling (`v1`, `v2`, `any`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+            ProxyVersion::Any => "any",
+        }
+    }
+}
+
+impl GuardMode {
+    /// `strict` or `standard`, for logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GuardMode::Strict => "strict",
+            GuardMode::Standard => "standard",
         }
     }
 }

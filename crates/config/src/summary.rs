@@ -4,11 +4,12 @@ use std::fmt::Write as _;
 
 use humantime::format_duration;
 
-use crate::{BackendTarget, Config};
+use crate::{BackendConfig, BackendTarget, Config, ListenerConfig, Route, ServerAddr};
 
 impl Config {
-    /// Listeners → backends (addresses, protocol, TLS mode, servers), then certificates
-    /// and the server-wide settings. Does not repeat [`Config::source`].
+    /// Listeners → backends (addresses, protocol, TLS mode, access lists, PROXY, servers,
+    /// backend TLS, route), then certificates, ACME, limits and the process-wide settings.
+    /// Does not repeat [`Config::source`].
     pub fn summary(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -36,6 +37,9 @@ impl Config {
                 l.backend(self).name,
                 format_duration(l.idle_timeout),
             )?;
+            if let Some(access) = access(l) {
+                writeln!(out, "  {:lw$}  {access}", "")?;
+            }
         }
         let bw = self
             .backends
@@ -45,16 +49,19 @@ impl Config {
             .unwrap_or(0);
         writeln!(out, "backends:")?;
         for b in &self.backends {
-            let protocol = b.protocol.map_or("-", |p| p.as_str());
+            let protocol = b.protocol.as_str();
             match &b.target {
                 BackendTarget::Servers(servers) => {
                     let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+                    let pick = match &b.route {
+                        Route::Connection => b.balance.as_str(),
+                        Route::User(_) => "by user",
+                    };
                     writeln!(
                         out,
-                        "  {:bw$}  {protocol:4}  {} ({}, forward {}, connect {}, health every {})",
+                        "  {:bw$}  {protocol:4}  {} ({pick}, forward {}, connect {}, health every {})",
                         b.name,
                         servers.join(", "),
-                        b.balance.as_str(),
                         b.forward_client.as_str(),
                         format_duration(b.connect_timeout),
                         format_duration(b.health.interval),
@@ -69,32 +76,41 @@ impl Config {
                     )?;
                 }
             }
-            if b.protocol.is_none() {
-                writeln!(out, "  {:bw$}  (no listener uses this backend)", "")?;
+            for line in backend_details(b) {
+                writeln!(out, "  {:bw$}  {line}", "")?;
             }
         }
-        writeln!(out, "certificates:")?;
-        if self.tls.certificates.is_empty() {
+        if !self.unused_backends.is_empty() {
             writeln!(
                 out,
-                "  none configured: a self-signed certificate is generated in {}",
-                self.server.state_dir.display()
+                "unused backends (no listener uses them; ignored): {}",
+                self.unused_backends.join(", ")
             )?;
         }
-        for (i, c) in self.tls.certificates.iter().enumerate() {
-            let default = if i == 0 { " (default)" } else { "" };
-            match &c.key {
-                Some(key) => writeln!(out, "  {} + {}{default}", c.cert.display(), key.display())?,
-                None => writeln!(out, "  {} (cert and key){default}", c.cert.display())?,
-            }
-        }
+        self.write_tls(out)?;
+        let limits = &self.limits;
+        let count = |n: Option<std::num::NonZeroU32>, what: &str| {
+            n.map_or(format!("no {what} limit"), |n| format!("{n} {what}"))
+        };
+        let brake = match limits.auth_failures {
+            Some(n) => format!(
+                "refused for {} after {n} failed logins",
+                format_duration(limits.auth_failure_window)
+            ),
+            None => "no failed-login brake".to_owned(),
+        };
         writeln!(
             out,
-            "tls: min {}, handshake {}, key permissions {}, watch {}",
-            self.tls.min_version.as_str(),
-            format_duration(self.tls.handshake_timeout),
-            self.tls.key_permissions.as_str(),
-            if self.tls.watch { "on" } else { "off" },
+            "limits per client address: {}, {}/s, {brake}; exempt: {}",
+            count(limits.per_ip_connections, "sessions"),
+            limits.per_ip_rate.map_or("no rate limit".to_owned(), |n| n.to_string()),
+            limits.exempt,
+        )?;
+        writeln!(
+            out,
+            "limits before login: {}, at most {} sessions at once",
+            format_duration(limits.prelogin_timeout),
+            limits.max_prelogin,
         )?;
         let user = match (&self.server.user, &self.server.group) {
             (Some(u), Some(g)) => format!(", runs as {u}:{g}"),
@@ -117,4 +133,135 @@ impl Config {
             self.log.level
         )
     }
+
+    fn write_tls(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "certificates:")?;
+        if self.tls.certificates.is_empty() {
+            let until = if self.tls.acme.is_some() {
+                " until the ACME certificate is issued"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  none configured: a self-signed certificate is generated in {}{until}",
+                self.server.state_dir.display()
+            )?;
+        }
+        for (i, c) in self.tls.certificates.iter().enumerate() {
+            let default = if i == 0 { " (default)" } else { "" };
+            match &c.key {
+                Some(key) => writeln!(out, "  {} + {}{default}", c.cert.display(), key.display())?,
+                None => writeln!(out, "  {} (cert and key){default}", c.cert.display())?,
+            }
+        }
+        if let Some(acme) = &self.tls.acme {
+            let listen: Vec<String> = acme.challenge_listen.iter().map(ToString::to_string).collect();
+            let roots = acme
+                .ca_roots
+                .as_ref()
+                .map_or("the system roots".to_owned(), |p| p.display().to_string());
+            writeln!(
+                out,
+                "acme: {} from {} (CA verified by {roots})",
+                acme.domains.join(", "),
+                acme.directory,
+            )?;
+            writeln!(
+                out,
+                "  challenge {}, answered on {}; renewed {} before expiry; kept in {}",
+                acme.challenge.as_str(),
+                listen.join(", "),
+                format_duration(acme.renew_before),
+                acme.store.display(),
+            )?;
+        }
+        let tickets = match &self.tls.ticket_key_file {
+            Some(p) => format!("session tickets from {}", p.display()),
+            None => "session tickets from per-process keys".to_owned(),
+        };
+        writeln!(
+            out,
+            "tls: min {}, handshake {}, key permissions {}, watch {}, {tickets}",
+            self.tls.min_version.as_str(),
+            format_duration(self.tls.handshake_timeout),
+            self.tls.key_permissions.as_str(),
+            if self.tls.watch { "on" } else { "off" },
+        )
+    }
+}
+
+/// `allow 10.0.0.0/8; deny ...; PROXY v2 from ...`, or `None` when the listener serves
+/// every address directly.
+fn access(l: &ListenerConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if !l.allow.is_empty() {
+        parts.push(format!("allow only {}", l.allow));
+    }
+    if !l.deny.is_empty() {
+        parts.push(format!("deny {}", l.deny));
+    }
+    if let Some(p) = &l.proxy {
+        parts.push(format!("PROXY {} header required from {}", p.version.as_str(), p.from));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Lines about a backend's TLS, DNS and route, when they differ from plain TCP by
+/// connection.
+fn backend_details(b: &BackendConfig) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(tls) = &b.tls {
+        let name = tls
+            .name
+            .as_ref()
+            .map_or("each server's host".to_owned(), |n| format!("{n:?}"));
+        let ca = tls
+            .ca
+            .as_ref()
+            .map_or("the system roots".to_owned(), |p| p.display().to_string());
+        lines.push(format!(
+            "TLS {} to the servers, verified as {name} against {ca}",
+            tls.mode.as_str()
+        ));
+    } else if let BackendTarget::Servers(servers) = &b.target {
+        let remote = servers.iter().any(|s| match s {
+            ServerAddr::Tcp { host, .. } => !host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            ServerAddr::Unix(_) => false,
+        });
+        if remote {
+            lines.push(
+                "plaintext (tls = \"none\") to servers off this host: logins cross the network in clear"
+                    .to_owned(),
+            );
+        }
+    }
+    if let BackendTarget::Servers(servers) = &b.target {
+        let names = servers.iter().any(|s| match s {
+            ServerAddr::Tcp { host, .. } => host.parse::<std::net::IpAddr>().is_err(),
+            ServerAddr::Unix(_) => false,
+        });
+        if names {
+            lines.push(format!(
+                "host names re-resolved every {}",
+                format_duration(b.resolve_interval)
+            ));
+        }
+    }
+    if let Route::User(route) = &b.route {
+        let map = route
+            .user_map
+            .as_ref()
+            .map_or("no user_map".to_owned(), |p| format!("user_map {}", p.display()));
+        let weights = if route.weights.is_empty() {
+            "every server weighs 1".to_owned()
+        } else {
+            let w: Vec<String> = route.weights.iter().map(|(s, w)| format!("{s} = {w}")).collect();
+            format!("weights {} (others 1)", w.join(", "))
+        };
+        lines.push(format!("route by user: {map}, {weights}"));
+    }
+    lines
 }

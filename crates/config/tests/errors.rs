@@ -3,47 +3,11 @@
 
 use std::time::Duration;
 
-use postern_config::{from_toml, load, Config, ConfigSource};
+use postern_config::load;
 
-/// Lines 1-5.
-const LISTENER: &str = "[[listener]]\nname = \"imaps\"\nprotocol = \"imap\"\nlisten = [\"127.0.0.1:993\"]\nbackend = \"imap\"\n";
-/// Three lines.
-const BACKEND: &str = "[[backend]]\nname = \"imap\"\nservers = [\"127.0.0.1:143\"]\n";
+mod common;
 
-fn check(text: &str) -> Result<Config, Vec<String>> {
-    from_toml(text, ConfigSource::File("postern.toml".into()))
-        .map_err(|e| e.errors().iter().map(ToString::to_string).collect())
-}
-
-#[track_caller]
-fn errors(text: &str) -> Vec<String> {
-    match check(text) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(errors) => errors,
-    }
-}
-
-#[track_caller]
-fn one_error(text: &str) -> String {
-    let errors = errors(text);
-    assert_eq!(errors.len(), 1, "{errors:#?}");
-    errors.into_iter().next().unwrap_or_default()
-}
-
-/// A valid config with `extra` appended to the listener table (line 6 onwards).
-fn listener_with(extra: &str) -> String {
-    format!("{LISTENER}{extra}\n{BACKEND}")
-}
-
-/// A valid config with `extra` appended to the backend table (line 9 onwards).
-fn backend_with(extra: &str) -> String {
-    format!("{LISTENER}{BACKEND}{extra}\n")
-}
-
-/// A valid config followed by a top-level table (its header on line 9).
-fn with_table(table: &str) -> String {
-    format!("{LISTENER}{BACKEND}{table}\n")
-}
+use common::*;
 
 #[test]
 fn base_config_is_valid_with_defaults() {
@@ -67,7 +31,7 @@ fn base_config_is_valid_with_defaults() {
     assert_eq!(l.max_plaintext_commands, 20);
     let b = l.backend(&c);
     assert_eq!(b.name, "imap");
-    assert_eq!(b.protocol, Some(postern_config::Protocol::Imap));
+    assert_eq!(b.protocol, postern_config::Protocol::Imap);
     assert_eq!(b.balance, postern_config::Balance::LeastConnections);
     assert_eq!(b.forward_client, postern_config::ForwardClient::None);
     assert_eq!(b.connect_timeout, Duration::from_secs(3));
@@ -80,14 +44,14 @@ fn base_config_is_valid_with_defaults() {
 #[test]
 fn unknown_key_in_every_table_is_named_with_its_line() {
     let cases = [
-        ("colour = 1\n".to_owned() + LISTENER + BACKEND, "postern.toml:1: colour: unknown key `colour`; valid keys here: server, admin, log, tls, listener, backend"),
+        ("colour = 1\n".to_owned() + LISTENER + BACKEND, "postern.toml:1: colour: unknown key `colour`; valid keys here: server, admin, log, tls, limits, listener, backend"),
         (with_table("[server]\nworkerz = 2"), "postern.toml:10: server.workerz: unknown key `workerz`; valid keys here: workers, max_connections, shutdown_grace, drain_spread, user, group, state_dir"),
         (with_table("[admin]\nport = 9190"), "postern.toml:10: admin.port: unknown key `port`; valid keys here: listen"),
         (with_table("[log]\nlevel = \"info\"\nfile = \"/var/log/postern.log\""), "postern.toml:11: log.file: unknown key `file`; valid keys here: format, level"),
-        (with_table("[tls]\nciphers = \"HIGH\""), "postern.toml:10: tls.ciphers: unknown key `ciphers`; valid keys here: min_version, handshake_timeout, key_permissions, watch, certificate"),
+        (with_table("[tls]\nciphers = \"HIGH\""), "postern.toml:10: tls.ciphers: unknown key `ciphers`; valid keys here: min_version, handshake_timeout, key_permissions, watch, ticket_key_file, certificate, acme"),
         (with_table("[[tls.certificate]]\ncert = \"/dev/null\"\nchain = \"/y.pem\""), "postern.toml:11: tls.certificate[0].chain: unknown key `chain`; valid keys here: cert, key"),
-        (listener_with("timeout = \"1m\""), "postern.toml:6: listener[0].timeout: unknown key `timeout`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands"),
-        (backend_with("server = [\"a:1\"]"), "postern.toml:9: backend[0].server: unknown key `server`; valid keys here: name, servers, exec, max_children, balance, forward_client, connect_timeout, max_connections_per_server, warm, health"),
+        (listener_with("timeout = \"1m\""), "postern.toml:6: listener[0].timeout: unknown key `timeout`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands, allow, deny, proxy_protocol, proxy_from"),
+        (backend_with("server = [\"a:1\"]"), "postern.toml:9: backend[0].server: unknown key `server`; valid keys here: name, servers, exec, max_children, balance, forward_client, connect_timeout, max_connections_per_server, warm, tls, tls_ca, tls_name, resolve_interval, route, user_map, weights, health"),
         (backend_with("[backend.health]\nintervall = \"1s\""), "postern.toml:10: backend[0].health.intervall: unknown key `intervall`; valid keys here: interval, timeout, fall, rise"),
     ];
     for (text, expected) in cases {
@@ -102,7 +66,7 @@ fn all_unknown_keys_are_reported_at_once_with_semantic_errors() {
         errors(&text),
         [
             "postern.toml:2: server.workerz: unknown key `workerz`; valid keys here: workers, max_connections, shutdown_grace, drain_spread, user, group, state_dir",
-            "postern.toml:9: listener[0].idle: unknown key `idle`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands",
+            "postern.toml:9: listener[0].idle: unknown key `idle`; valid keys here: name, protocol, tls, listen, backend, idle_timeout, plaintext_timeout, max_line_length, max_plaintext_commands, allow, deny, proxy_protocol, proxy_from",
             "postern.toml:14: backend[0].health.intervall: unknown key `intervall`; valid keys here: interval, timeout, fall, rise",
             "postern.toml:15: backend[0].health.fall: 0 is out of range: use 1 to 100",
         ]
@@ -406,13 +370,23 @@ fn listeners_sharing_a_backend_speak_one_protocol() {
         one_error(&format!("{LISTENER}{pop3}{BACKEND}")),
         "postern.toml:10: listener[1].backend: listener \"pop3s\" speaks pop3 but shares backend \"imap\" with listener \"imaps\", which speaks imap; give each protocol its own [[backend]]"
     );
-    // An unused backend is allowed and has no protocol.
-    let c = check(&format!(
-        "{LISTENER}{BACKEND}{}",
-        BACKEND.replace("\"imap\"", "\"spare\"")
-    ))
-    .unwrap();
-    assert_eq!(c.backends[1].protocol, None);
+    // An unused backend is allowed, validated, and left out of the running model.
+    let spare = BACKEND.replace("\"imap\"", "\"spare\"");
+    let c = check(&format!("{BACKEND}{spare}{LISTENER}")).unwrap();
+    assert_eq!(c.backends.len(), 1);
+    assert_eq!(c.backends[0].name, "imap");
+    assert_eq!(c.listeners[0].backend(&c).name, "imap");
+    assert_eq!(c.unused_backends, ["spare"]);
+    assert!(c.summary().contains("unused backends (no listener uses them; ignored): spare"));
+    // The listener's index is renumbered when an unused backend comes first.
+    let c = check(&format!("{spare}{BACKEND}{LISTENER}")).unwrap();
+    assert_eq!(c.listeners[0].backend(&c).name, "imap");
+    // Its errors are still reported.
+    let bad = spare.replace("127.0.0.1:143", "nope");
+    assert_eq!(
+        one_error(&format!("{BACKEND}{bad}{LISTENER}")),
+        "postern.toml:6: backend[1].servers[0]: \"nope\" is not a server address (no port); use \"host:port\", \"[v6addr]:port\" or \"unix:/absolute/path\""
+    );
 }
 
 #[test]
@@ -454,7 +428,7 @@ fn certificate_and_key_files_must_exist() {
     assert_eq!(
         one_error(&with_table(&table)),
         format!(
-            "postern.toml:10: tls.certificate[0].cert: {}: is a directory; name the PEM file in it",
+            "postern.toml:10: tls.certificate[0].cert: {} is a directory; name the file in it",
             dir.path().display()
         )
     );

@@ -190,7 +190,7 @@ fn embedded_default_is_the_spec_single_host_case() {
                 })
                 .unwrap()])
         );
-        assert_eq!(b.protocol, Some(protocol));
+        assert_eq!(b.protocol, protocol);
     }
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9190");
     assert!(

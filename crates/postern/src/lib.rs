@@ -100,14 +100,11 @@ impl Gateway {
         let pools: Vec<Arc<Pool>> = config
             .backends
             .iter()
-            .map(|b| {
-                Pool::new(
-                    b,
-                    b.protocol.unwrap_or(postern_proto::Protocol::Imap),
-                    &metrics,
-                )
-            })
+            .map(|b| Pool::new(b, b.protocol, &metrics))
             .collect();
+        for name in &config.unused_backends {
+            warn!(backend = %name, "no listener uses this backend; it is ignored");
+        }
 
         // Bind everything before anything is served or privileges are dropped.
         let workers = config.server.workers.get();
@@ -138,10 +135,7 @@ impl Gateway {
                 max_plaintext_commands: l.max_plaintext_commands,
                 hostname: hostname.clone(),
                 keepalive: CLIENT_KEEPALIVE,
-                strict_watch: matches!(
-                    config.backends[l.backend].forward_client,
-                    postern_config::ForwardClient::None | postern_config::ForwardClient::Protocol
-                ),
+                strict_watch: l.backend(&config).guard == postern_config::GuardMode::Strict,
             };
             let handler = SessionHandler::new(
                 settings,

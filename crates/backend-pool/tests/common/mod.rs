@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use postern_backend_pool::{ClientInfo, Pool};
 use postern_config::{
-    BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig, ServerAddr,
+    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig, Route,
+    ServerAddr,
 };
 use postern_metrics::Metrics;
 use postern_proto::Protocol;
@@ -168,7 +169,7 @@ pub fn health(interval_ms: u64) -> HealthConfig {
 pub fn backend(name: &str, servers: Vec<ServerAddr>, balance: Balance) -> BackendConfig {
     BackendConfig {
         name: name.to_owned(),
-        protocol: Some(Protocol::Imap),
+        protocol: Protocol::Imap,
         target: BackendTarget::Servers(servers),
         balance,
         forward_client: ForwardClient::None,
@@ -176,6 +177,10 @@ pub fn backend(name: &str, servers: Vec<ServerAddr>, balance: Balance) -> Backen
         health: health(5000),
         max_connections_per_server: 0,
         warm: 0,
+        guard: GuardMode::Strict,
+        tls: None,
+        resolve_interval: Duration::from_secs(30),
+        route: Route::Connection,
     }
 }
 

@@ -5,12 +5,26 @@ use std::collections::HashMap;
 use super::{millis, minutes, secs, Validator};
 use crate::error::ConfigErrorKind as Kind;
 use crate::raw::{RawBackend, RawHealth};
-use crate::{BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig};
+use crate::{
+    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig,
+    ListenerConfig, Protocol,
+};
 
 impl Validator<'_> {
-    pub(super) fn backends(&mut self, raw: Vec<RawBackend>) -> Vec<BackendConfig> {
+    /// Validates every backend; returns those a listener uses (`protocols[i]` is `Some`),
+    /// with the listeners' `backend` indexes renumbered to point into that list, and the
+    /// names of the unused ones.
+    pub(super) fn backends(
+        &mut self,
+        raw: Vec<RawBackend>,
+        protocols: &[Option<Protocol>],
+        listeners: &mut [ListenerConfig],
+    ) -> (Vec<BackendConfig>, Vec<String>) {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.len());
+        let mut unused = Vec::new();
+        // file index → index among the used backends
+        let mut renumber: Vec<usize> = Vec::with_capacity(raw.len());
         for (i, b) in raw.into_iter().enumerate() {
             let key = format!("backend[{i}]");
             if b.name.trim().is_empty() {
@@ -32,12 +46,33 @@ impl Validator<'_> {
             } else {
                 seen.insert(b.name.clone(), i);
             }
-            backends.push(self.backend(&key, b));
+            let name = b.name.clone();
+            match self.backend(&key, b, protocols.get(i).copied().flatten()) {
+                Some(backend) => {
+                    renumber.push(backends.len());
+                    backends.push(backend);
+                }
+                None => {
+                    renumber.push(usize::MAX);
+                    unused.push(name);
+                }
+            }
         }
-        backends
+        for l in listeners.iter_mut() {
+            // An unknown backend name was reported already and keeps its out-of-range index.
+            l.backend = renumber.get(l.backend).copied().unwrap_or(usize::MAX);
+        }
+        (backends, unused)
     }
 
-    fn backend(&mut self, key: &str, b: RawBackend) -> BackendConfig {
+    /// One backend, validated the same whether or not a listener uses it; `None` when no
+    /// listener uses it (`protocol` is the protocol of those that do).
+    fn backend(
+        &mut self,
+        key: &str,
+        b: RawBackend,
+        protocol: Option<Protocol>,
+    ) -> Option<BackendConfig> {
         let target = self.target(key, &b);
         let balance = self.choice(
             &format!("{key}.balance"),
@@ -67,6 +102,9 @@ impl Validator<'_> {
             millis(10),
             minutes(5),
         );
+        let tls = self.backend_tls(key, &b, &target);
+        let resolve_interval = self.resolve_interval(key, &b, &target);
+        let route = self.route(key, &b, &target);
         let health = self.health(&format!("{key}.health"), b.health);
         let max_connections_per_server = self.number(
             &format!("{key}.max_connections_per_server"),
@@ -95,9 +133,9 @@ impl Validator<'_> {
                 },
             );
         }
-        BackendConfig {
+        protocol.map(|protocol| BackendConfig {
             name: b.name,
-            protocol: None,
+            protocol,
             target,
             balance,
             forward_client,
@@ -105,7 +143,11 @@ impl Validator<'_> {
             health,
             max_connections_per_server,
             warm,
-        }
+            guard: GuardMode::for_forward_client(forward_client),
+            tls,
+            resolve_interval,
+            route,
+        })
     }
 
     fn target(&mut self, key: &str, b: &RawBackend) -> BackendTarget {

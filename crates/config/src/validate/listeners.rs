@@ -3,18 +3,23 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use super::conflicts::overlaps;
 use super::{hours, minutes, secs, Validator};
 use crate::error::ConfigErrorKind as Kind;
 use crate::raw::RawListener;
-use crate::{BackendConfig, ListenerConfig, Protocol, TlsMode};
+use crate::{ListenerConfig, Protocol, ProxyConfig, ProxyVersion, TlsMode};
 
 impl Validator<'_> {
-    /// Validates the listeners and records on each backend the protocol its listeners speak.
+    /// Validates the listeners against the backend names of the file (`backends`, in file
+    /// order) and returns, beside them, the protocol each backend is used with (`None` for
+    /// a backend no listener uses). Each listener's `backend` is an index into `backends`
+    /// for now; [`Validator::backends`] renumbers it once unused backends are left out.
     pub(super) fn listeners(
         &mut self,
         raw: Vec<RawListener>,
-        backends: &mut [BackendConfig],
-    ) -> Vec<ListenerConfig> {
+        backends: &[String],
+    ) -> (Vec<ListenerConfig>, Vec<Option<Protocol>>) {
+        let mut protocols: Vec<Option<Protocol>> = vec![None; backends.len()];
         if raw.is_empty() {
             self.error("listener", Kind::NoListeners);
         }
@@ -45,15 +50,15 @@ impl Validator<'_> {
                 names.insert(l.name.clone(), i);
             }
             let listener = self.listener(&key, l, backends, &mut bound);
-            if let Some(backend) = backends.get_mut(listener.backend) {
+            if let Some(name) = backends.get(listener.backend) {
                 match users.get(&listener.backend) {
                     None => {
                         users.insert(listener.backend, (listener.name.clone(), listener.protocol));
-                        backend.protocol = Some(listener.protocol);
+                        protocols[listener.backend] = Some(listener.protocol);
                     }
                     Some((first, first_protocol)) if *first_protocol != listener.protocol => {
                         let kind = Kind::ProtocolMismatch {
-                            backend: backend.name.clone(),
+                            backend: name.clone(),
                             listener: listener.name.clone(),
                             protocol: listener.protocol.as_str(),
                             first: first.clone(),
@@ -66,14 +71,14 @@ impl Validator<'_> {
             }
             listeners.push(listener);
         }
-        listeners
+        (listeners, protocols)
     }
 
     fn listener(
         &mut self,
         key: &str,
         l: RawListener,
-        backends: &[BackendConfig],
+        backends: &[String],
         bound: &mut HashMap<SocketAddr, String>,
     ) -> ListenerConfig {
         let protocol = Protocol::parse(&l.protocol).unwrap_or_else(|| {
@@ -127,11 +132,10 @@ impl Validator<'_> {
             }
             listen.push(addr);
         }
-        let backend = match backends.iter().position(|b| b.name == l.backend) {
+        let backend = match backends.iter().position(|b| *b == l.backend) {
             Some(index) => index,
             None => {
-                let mut defined: Vec<String> =
-                    backends.iter().map(|b| format!("{:?}", b.name)).collect();
+                let mut defined: Vec<String> = backends.iter().map(|b| format!("{b:?}")).collect();
                 defined.dedup();
                 let defined = if defined.is_empty() {
                     "none".to_owned()
@@ -178,6 +182,9 @@ impl Validator<'_> {
             1000,
             "1 to 1000",
         );
+        let allow = self.networks(&format!("{key}.allow"), l.allow.as_deref(), &[]);
+        let deny = self.networks(&format!("{key}.deny"), l.deny.as_deref(), &[]);
+        let proxy = self.proxy(key, l.proxy_protocol.as_deref(), l.proxy_from.as_deref());
         ListenerConfig {
             name: l.name,
             protocol,
@@ -188,16 +195,46 @@ impl Validator<'_> {
             plaintext_timeout,
             max_line_length,
             max_plaintext_commands,
+            allow,
+            deny,
+            proxy,
         }
     }
-}
 
-/// Whether binding both addresses would make them share connections: the same port and
-/// family, one of them the wildcard. IPv6 sockets are IPV6_V6ONLY, so `[::]` does not
-/// cover IPv4.
-pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    /// `proxy_protocol` and `proxy_from`, which go together.
+    fn proxy(
+        &mut self,
+        key: &str,
+        version: Option<&str>,
+        from: Option<&[String]>,
+    ) -> Option<ProxyConfig> {
+        let version = self.choice(
+            &format!("{key}.proxy_protocol"),
+            version,
+            None,
+            &[
+                ("none", None),
+                ("v1", Some(ProxyVersion::V1)),
+                ("v2", Some(ProxyVersion::V2)),
+                ("any", Some(ProxyVersion::Any)),
+            ],
+        );
+        let from_key = format!("{key}.proxy_from");
+        let Some(version) = version else {
+            if from.is_some_and(|f| !f.is_empty()) {
+                self.error(&from_key, Kind::ProxyFromWithoutProxy);
+            }
+            return None;
+        };
+        let from = self.networks(&from_key, from, &[]);
+        if from.is_empty() {
+            self.error(&from_key, Kind::ProxyWithoutFrom);
+        }
+        // A header from anywhere would let every client on the internet claim any address,
+        // getting round allow/deny, the limits and the logs.
+        if from.iter().any(|n| n.prefix_len() == 0) {
+            self.error(&from_key, Kind::ProxyFromEverywhere);
+        }
+        Some(ProxyConfig { version, from })
+    }
 }

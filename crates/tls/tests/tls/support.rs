@@ -95,6 +95,8 @@ pub fn config(certs: &[(PathBuf, Option<PathBuf>)]) -> TlsConfig {
                 key: key.clone(),
             })
             .collect(),
+        ticket_key_file: None,
+        acme: None,
     }
 }
 

@@ -8,14 +8,14 @@ use toml::Spanned;
 
 use crate::error::ConfigErrorKind as Kind;
 use crate::lines::{split_indexes, Lines};
-use crate::raw::RawConfig;
+use super::RawConfig;
 use crate::ConfigError;
 
 /// Deserializes the raw schema. serde stops at the first unknown key, so each one found
 /// is recorded, removed from the document and deserialization retried: every misspelt
 /// key is reported in one pass, along with the semantic errors of the rest. Any other
 /// schema error (wrong type, missing key) ends parsing.
-pub(super) fn deserialize(
+pub(crate) fn deserialize(
     text: &str,
     file: &str,
     lines: &Lines<'_>,
@@ -168,6 +168,10 @@ const DURATION_KEYS: &[&str] = &[
     "connect_timeout",
     "interval",
     "timeout",
+    "prelogin_timeout",
+    "auth_failure_window",
+    "resolve_interval",
+    "renew_before",
 ];
 
 /// Arrays of tables, written `[[name]]`.
