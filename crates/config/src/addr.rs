@@ -145,11 +145,16 @@ pub(crate) fn parse_network(value: &str) -> Result<IpNet, String> {
 /// A DNS name for a certificate, lower-cased and without a trailing dot: letters,
 /// digits and hyphens, at least two labels, no wildcard.
 pub(crate) fn parse_domain(value: &str) -> Result<String, String> {
-    let name = value.strip_suffix('.').unwrap_or(value).to_ascii_lowercase();
+    let name = value
+        .strip_suffix('.')
+        .unwrap_or(value)
+        .to_ascii_lowercase();
     if name.starts_with("*.") {
-        return Err("a wildcard name needs the dns-01 challenge, which postern does not \
+        return Err(
+            "a wildcard name needs the dns-01 challenge, which postern does not \
 offer; list each name"
-            .to_owned());
+                .to_owned(),
+        );
     }
     if name.parse::<IpAddr>().is_ok() {
         return Err("is an IP address; list DNS names".to_owned());
@@ -169,9 +174,11 @@ offer; list each name"
             && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
     if name.len() > 253 || !labels.iter().all(label_ok) {
-        return Err("is not a valid DNS name (letters, digits and inner hyphens, \
+        return Err(
+            "is not a valid DNS name (letters, digits and inner hyphens, \
 dot-separated labels of 1-63 characters)"
-            .to_owned());
+                .to_owned(),
+        );
     }
     Ok(name)
 }
@@ -186,9 +193,7 @@ pub(crate) fn check_tls_name(value: &str) -> Result<(), String> {
 
 /// An ACME directory URL: `https://host[:port]/path`. RFC 8555 §6.1 requires HTTPS.
 pub(crate) fn check_directory_url(value: &str) -> Result<(), String> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|_| "not a URL".to_owned())?;
+    let uri: http::Uri = value.parse().map_err(|_| "not a URL".to_owned())?;
     if uri.scheme_str() != Some("https") {
         return Err("ACME needs https:// (RFC 8555)".to_owned());
     }
@@ -275,21 +280,34 @@ mod tests {
 
     #[test]
     fn domains() {
-        assert_eq!(parse_domain("Mail.Example.ORG."), Ok("mail.example.org".into()));
-        assert!(parse_domain("*.example.org").unwrap_err().contains("dns-01"));
-        assert!(parse_domain("192.0.2.1").unwrap_err().contains("IP address"));
-        assert!(parse_domain("mail").unwrap_err().contains("fully qualified"));
+        assert_eq!(
+            parse_domain("Mail.Example.ORG."),
+            Ok("mail.example.org".into())
+        );
+        assert!(parse_domain("*.example.org")
+            .unwrap_err()
+            .contains("dns-01"));
+        assert!(parse_domain("192.0.2.1")
+            .unwrap_err()
+            .contains("IP address"));
+        assert!(parse_domain("mail")
+            .unwrap_err()
+            .contains("fully qualified"));
         assert!(parse_domain("bad_name.example.org").is_err());
         assert!(parse_domain("-x.example.org").is_err());
         assert!(parse_domain("a..example.org").is_err());
-        assert!(parse_domain("müller.example").unwrap_err().contains("punycode"));
+        assert!(parse_domain("müller.example")
+            .unwrap_err()
+            .contains("punycode"));
     }
 
     #[test]
     fn directory_urls() {
         assert!(check_directory_url("https://acme-v02.api.letsencrypt.org/directory").is_ok());
         assert!(check_directory_url("https://127.0.0.1:14000/dir").is_ok());
-        assert!(check_directory_url("http://example.org/dir").unwrap_err().contains("https"));
+        assert!(check_directory_url("http://example.org/dir")
+            .unwrap_err()
+            .contains("https"));
         assert!(check_directory_url("example.org/dir").is_err());
         assert!(check_directory_url("not a url").is_err());
     }

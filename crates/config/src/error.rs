@@ -283,7 +283,7 @@ pub enum ConfigErrorKind {
         reason: String,
     },
     /// `proxy_protocol` set without `proxy_from`.
-    #[error("is empty but proxy_protocol is on; list the networks of the load balancers that send the PROXY header, e.g. [\"10.0.0.0/8\"]")]
+    #[error("a PROXY header is only taken from the peers in proxy_from, and it lists none; set proxy_from to the networks of your load balancers, e.g. [\"10.0.0.0/8\"]")]
     ProxyWithoutFrom,
     /// `proxy_from` set while `proxy_protocol` is `none`.
     #[error("has no effect while proxy_protocol is \"none\"; set proxy_protocol = \"v1\", \"v2\" or \"any\", or remove proxy_from")]
@@ -303,7 +303,9 @@ pub enum ConfigErrorKind {
         reason: String,
     },
     /// TLS to a `unix:` server with no `tls_name`.
-    #[error("a unix: server has no host name to verify; set tls_name to the name in its certificate")]
+    #[error(
+        "a unix: server has no host name to verify; set tls_name to the name in its certificate"
+    )]
     TlsNameNeededForUnix,
     /// `route = "user"` on an exec backend.
     #[error("route = \"user\" picks one of several servers; an exec backend has none. Use servers, or route = \"connection\"")]

@@ -113,7 +113,6 @@ pub enum LogFormat {
     Json,
 }
 
-
 /// One `[[listener]]`.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {

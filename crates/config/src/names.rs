@@ -1,6 +1,8 @@
 //! Config spellings of the model's enums, for logs, metric labels and the summary.
 
-use crate::{Balance, ForwardClient, GuardMode, KeyPermissions, LogFormat, ProxyVersion, TlsVersion};
+use crate::{
+    Balance, ForwardClient, GuardMode, KeyPermissions, LogFormat, ProxyVersion, TlsVersion,
+};
 
 impl LogFormat {
     /// The config spelling (`text`, `json`).

@@ -89,9 +89,17 @@ impl Config {
         }
         self.write_tls(out)?;
         let limits = &self.limits;
-        let count = |n: Option<std::num::NonZeroU32>, what: &str| {
-            n.map_or(format!("no {what} limit"), |n| format!("{n} {what}"))
-        };
+        let sessions = limits
+            .per_ip_connections
+            .map_or("no session limit".to_owned(), |n| {
+                format!("at most {n} sessions")
+            });
+        let rate = limits.per_ip_rate.map_or("no rate limit".to_owned(), |n| {
+            format!(
+                "{n} new connections/s (burst {})",
+                n.get().saturating_mul(2)
+            )
+        });
         let brake = match limits.auth_failures {
             Some(n) => format!(
                 "refused for {} after {n} failed logins",
@@ -101,9 +109,7 @@ impl Config {
         };
         writeln!(
             out,
-            "limits per client address: {}, {}/s, {brake}; exempt: {}",
-            count(limits.per_ip_connections, "sessions"),
-            limits.per_ip_rate.map_or("no rate limit".to_owned(), |n| n.to_string()),
+            "limits per client address (IPv6 per /64): {sessions}, {rate}, {brake}; exempt: {}",
             limits.exempt,
         )?;
         writeln!(
@@ -156,7 +162,11 @@ impl Config {
             }
         }
         if let Some(acme) = &self.tls.acme {
-            let listen: Vec<String> = acme.challenge_listen.iter().map(ToString::to_string).collect();
+            let listen: Vec<String> = acme
+                .challenge_listen
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let roots = acme
                 .ca_roots
                 .as_ref()
@@ -202,7 +212,11 @@ fn access(l: &ListenerConfig) -> Option<String> {
         parts.push(format!("deny {}", l.deny));
     }
     if let Some(p) = &l.proxy {
-        parts.push(format!("PROXY {} header required from {}", p.version.as_str(), p.from));
+        parts.push(format!(
+            "PROXY {} header required from {}",
+            p.version.as_str(),
+            p.from
+        ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -254,11 +268,17 @@ fn backend_details(b: &BackendConfig) -> Vec<String> {
         let map = route
             .user_map
             .as_ref()
-            .map_or("no user_map".to_owned(), |p| format!("user_map {}", p.display()));
+            .map_or("no user_map".to_owned(), |p| {
+                format!("user_map {}", p.display())
+            });
         let weights = if route.weights.is_empty() {
             "every server weighs 1".to_owned()
         } else {
-            let w: Vec<String> = route.weights.iter().map(|(s, w)| format!("{s} = {w}")).collect();
+            let w: Vec<String> = route
+                .weights
+                .iter()
+                .map(|(s, w)| format!("{s} = {w}"))
+                .collect();
             format!("weights {} (others 1)", w.join(", "))
         };
         lines.push(format!("route by user: {map}, {weights}"));

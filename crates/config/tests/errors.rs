@@ -377,7 +377,9 @@ fn listeners_sharing_a_backend_speak_one_protocol() {
     assert_eq!(c.backends[0].name, "imap");
     assert_eq!(c.listeners[0].backend(&c).name, "imap");
     assert_eq!(c.unused_backends, ["spare"]);
-    assert!(c.summary().contains("unused backends (no listener uses them; ignored): spare"));
+    assert!(c
+        .summary()
+        .contains("unused backends (no listener uses them; ignored): spare"));
     // The listener's index is renumbered when an unused backend comes first.
     let c = check(&format!("{spare}{BACKEND}{LISTENER}")).unwrap();
     assert_eq!(c.listeners[0].backend(&c).name, "imap");

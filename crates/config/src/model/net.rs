@@ -103,7 +103,10 @@ mod tests {
         assert!(s.contains(ip("::ffff:10.1.2.3")));
         assert!(!s.contains(ip("::ffff:11.1.2.3")));
         let mapped = set(&["::ffff:10.0.0.0/104"]);
-        assert_eq!(mapped, s, "a mapped network is kept as the IPv4 network it means");
+        assert_eq!(
+            mapped, s,
+            "a mapped network is kept as the IPv4 network it means"
+        );
         assert!(mapped.contains(ip("10.1.2.3")));
         assert!(mapped.contains(ip("::ffff:10.1.2.3")));
         // IPv4-compatible or other IPv6 networks stay IPv6.
@@ -113,7 +116,10 @@ mod tests {
 
     #[test]
     fn displays_as_written() {
-        assert_eq!(set(&["10.0.0.0/8", "::1/128"]).to_string(), "10.0.0.0/8, ::1/128");
+        assert_eq!(
+            set(&["10.0.0.0/8", "::1/128"]).to_string(),
+            "10.0.0.0/8, ::1/128"
+        );
         assert_eq!(NetworkSet::default().to_string(), "none");
     }
 }

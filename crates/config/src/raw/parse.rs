@@ -6,9 +6,9 @@ use std::borrow::BorrowMut;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::RawConfig;
 use crate::error::ConfigErrorKind as Kind;
 use crate::lines::{split_indexes, Lines};
-use super::RawConfig;
 use crate::ConfigError;
 
 /// Deserializes the raw schema. serde stops at the first unknown key, so each one found

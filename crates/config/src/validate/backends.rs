@@ -6,8 +6,8 @@ use super::{millis, minutes, secs, Validator};
 use crate::error::ConfigErrorKind as Kind;
 use crate::raw::{RawBackend, RawHealth};
 use crate::{
-    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig,
-    ListenerConfig, Protocol,
+    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig, ListenerConfig,
+    Protocol,
 };
 
 impl Validator<'_> {

@@ -44,8 +44,15 @@ impl Validator<'_> {
             let key = format!("tls.acme.challenge_listen[{i}]");
             let clash = listeners
                 .iter()
-                .find_map(|l| l.listen.iter().find(|a| overlaps(*addr, **a)).map(|a| (l.name.clone(), *a)))
-                .or_else(|| overlaps(*addr, admin.listen).then(|| ("admin".to_owned(), admin.listen)));
+                .find_map(|l| {
+                    l.listen
+                        .iter()
+                        .find(|a| overlaps(*addr, **a))
+                        .map(|a| (format!("listener {:?}", l.name), *a))
+                })
+                .or_else(|| {
+                    overlaps(*addr, admin.listen).then(|| ("admin".to_owned(), admin.listen))
+                });
             if let Some((owner, other)) = clash {
                 self.error(
                     &key,

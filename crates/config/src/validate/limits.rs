@@ -17,8 +17,13 @@ impl Validator<'_> {
             1_000_000,
             "no limit",
         );
-        let per_ip_rate =
-            self.limit("limits.per_ip_rate", raw.per_ip_rate, 50, 100_000, "no limit");
+        let per_ip_rate = self.limit(
+            "limits.per_ip_rate",
+            raw.per_ip_rate,
+            50,
+            100_000,
+            "no limit",
+        );
         let prelogin_timeout = self.duration(
             "limits.prelogin_timeout",
             raw.prelogin_timeout.as_deref(),
@@ -45,8 +50,13 @@ impl Validator<'_> {
             10_000_000,
             "1 to 10000000",
         );
-        let auth_failures =
-            self.limit("limits.auth_failures", raw.auth_failures, 10, 1_000_000, "off");
+        let auth_failures = self.limit(
+            "limits.auth_failures",
+            raw.auth_failures,
+            10,
+            1_000_000,
+            "off",
+        );
         let auth_failure_window = self.duration(
             "limits.auth_failure_window",
             raw.auth_failure_window.as_deref(),

@@ -226,9 +226,16 @@ impl Validator<'_> {
             }
             return None;
         };
+        let written = from.is_some();
         let from = self.networks(&from_key, from, &[]);
         if from.is_empty() {
-            self.error(&from_key, Kind::ProxyWithoutFrom);
+            // Point at proxy_from when it is written (empty), else at proxy_protocol.
+            let key = if written {
+                from_key.clone()
+            } else {
+                format!("{key}.proxy_protocol")
+            };
+            self.error(&key, Kind::ProxyWithoutFrom);
         }
         // A header from anywhere would let every client on the internet claim any address,
         // getting round allow/deny, the limits and the logs.

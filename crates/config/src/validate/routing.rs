@@ -28,8 +28,8 @@ impl Validator<'_> {
         let (ca_key, name_key) = (format!("{key}.tls_ca"), format!("{key}.tls_name"));
         let Some(mode) = mode else {
             let why = "applies only with tls = \"implicit\" or \"starttls\"";
-            self.not_applicable(&ca_key, &b.tls_ca, why);
-            self.not_applicable(&name_key, &b.tls_name, why);
+            self.not_applicable(&ca_key, is_set(&b.tls_ca), why);
+            self.not_applicable(&name_key, is_set(&b.tls_name), why);
             return None;
         };
         let servers = match target {
@@ -70,7 +70,7 @@ impl Validator<'_> {
         let rkey = format!("{key}.resolve_interval");
         if matches!(target, BackendTarget::Exec { .. }) {
             let why = "applies to `servers` backends only (an exec backend resolves nothing)";
-            self.not_applicable(&rkey, &b.resolve_interval, why);
+            self.not_applicable(&rkey, b.resolve_interval.is_some(), why);
         }
         self.duration(
             &rkey,
@@ -97,8 +97,9 @@ impl Validator<'_> {
         match route {
             R::Connection => {
                 let why = "applies only with route = \"user\"";
-                self.not_applicable(&map_key, &b.user_map, why);
-                self.not_applicable(&weights_key, &b.weights, why);
+                self.not_applicable(&map_key, is_set(&b.user_map), why);
+                let weighted = b.weights.as_ref().is_some_and(|w| !w.is_empty());
+                self.not_applicable(&weights_key, weighted, why);
                 Route::Connection
             }
             R::User => {
@@ -108,7 +109,7 @@ impl Validator<'_> {
                 };
                 let why = "does not apply with route = \"user\", which places each user on a \
                            server by their login name";
-                self.not_applicable(&format!("{key}.balance"), &b.balance, why);
+                self.not_applicable(&format!("{key}.balance"), b.balance.is_some(), why);
                 let user_map = self.optional_file(&map_key, b.user_map.as_deref(), USER_MAP_HINT);
                 let weights = self.weights(&weights_key, b, servers);
                 Route::User(UserRoute { user_map, weights })
@@ -145,7 +146,12 @@ impl Validator<'_> {
             };
             let weight = self.number(&wkey, Some(*weight), 1, 1, 1000, "1 to 1000");
             if weights.iter().any(|(s, _)| s == addr) {
-                self.error(&wkey, Kind::ListedTwice { value: server.clone() });
+                self.error(
+                    &wkey,
+                    Kind::ListedTwice {
+                        value: server.clone(),
+                    },
+                );
                 continue;
             }
             if let Some(w) = u32::try_from(weight).ok().and_then(NonZeroU32::new) {
@@ -154,6 +160,11 @@ impl Validator<'_> {
         }
         weights
     }
+}
+
+/// Set to something other than `""`, which SPEC writes for "not set".
+fn is_set(value: &Option<String>) -> bool {
+    value.as_deref().is_some_and(|v| !v.is_empty())
 }
 
 const TLS_CA_HINT: &str = "point `tls_ca` at the PEM bundle of the CA that signed the \

@@ -150,10 +150,7 @@ impl Validator<'_> {
         let path = self.resolve(value);
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                self.error(
-                    key,
-                    Kind::IsDirectory { path: path.clone() },
-                );
+                self.error(key, Kind::IsDirectory { path: path.clone() });
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -201,7 +198,9 @@ impl Validator<'_> {
         default: &[&str],
     ) -> NetworkSet {
         let Some(values) = values else {
-            let nets = default.iter().filter_map(|n| crate::addr::parse_network(n).ok());
+            let nets = default
+                .iter()
+                .filter_map(|n| crate::addr::parse_network(n).ok());
             return NetworkSet::new(nets);
         };
         let mut nets = Vec::with_capacity(values.len());
@@ -230,7 +229,12 @@ impl Validator<'_> {
             let akey = format!("{key}[{i}]");
             let addr = self.listen_addr(&akey, value);
             if addrs.contains(&addr) {
-                self.error(&akey, Kind::ListedTwice { value: value.clone() });
+                self.error(
+                    &akey,
+                    Kind::ListedTwice {
+                        value: value.clone(),
+                    },
+                );
             } else {
                 addrs.push(addr);
             }
@@ -238,9 +242,11 @@ impl Validator<'_> {
         addrs
     }
 
-    /// Records that `key` does not apply in this table (`why`), when it is set.
-    pub(super) fn not_applicable<T>(&mut self, key: &str, value: &Option<T>, why: &str) {
-        if value.is_some() {
+    /// Records that `key` does not apply in this table (`why`), when it is `set` to
+    /// something other than its default (SPEC's own examples write `tls_ca = ""`,
+    /// `weights = {}` beside `tls = "none"`, `route = "connection"`).
+    pub(super) fn not_applicable(&mut self, key: &str, set: bool, why: &str) {
+        if set {
             self.error(
                 key,
                 Kind::InvalidValue {
