@@ -161,6 +161,38 @@ pub enum TlsError {
     /// `spawn_watcher` was called outside a tokio runtime.
     #[error("the certificate watcher must be started from inside a tokio runtime")]
     NoRuntime,
+
+    /// `tls.ticket_key_file` could not be read.
+    #[error("cannot read session ticket key file {path}: check that it exists and is readable by postern's user (create it with one `openssl rand -base64 80` line per key), or remove `ticket_key_file` to let each process make its own keys")]
+    TicketKeyRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A line of `tls.ticket_key_file` is not a key.
+    #[error("{path} line {line}: {problem}; each line must be one key, the base64 of 80 random bytes (`openssl rand -base64 80`)")]
+    TicketKeyLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// `tls.ticket_key_file` holds no key.
+    #[error("session ticket key file {path} holds no key; add one line `openssl rand -base64 80` prints (the first line seals new tickets, every line opens old ones)")]
+    TicketKeyEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The system random generator failed while making a ticket key.
+    #[error("the system random number generator failed while making a session ticket key; check /dev/urandom and the getrandom system call")]
+    TicketRandom,
 }
 
 impl TlsError {

@@ -21,7 +21,8 @@
 //! (the `ArcSwap` holding it, publish, `check-config`) ← `reload` (retrying, de-duplicated
 //! reload) ← `cert_watcher` (file events and the periodic re-check). `resolver` is what
 //! rustls calls per handshake; `listener_config` builds each listener's `ServerConfig`;
-//! `fingerprint` digests the files.
+//! `fingerprint` digests the files; `tickets` is the process's session-ticket key ring
+//! (rotation, `tls.ticket_key_file` reload) over `ticket_keys` (the file format, seal/open).
 //!
 //! # Reload sequence
 //! 1. The certificate file watcher (`notify`/inotify) reports a change in a directory holding
@@ -46,6 +47,8 @@ mod resolver;
 mod selfsigned;
 mod set;
 mod store;
+mod ticket_keys;
+mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -10,18 +10,22 @@ use rustls::server::ServerSessionMemoryCache;
 
 use crate::resolver::SniResolver;
 use crate::set::CertSet;
+use crate::tickets::Ticketer;
 use crate::TlsError;
 
 /// Provider and protocol versions, checked once at load so per-listener builds cannot fail.
 #[derive(Debug)]
 pub(crate) struct ListenerTlsBuilder {
     builder: rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>,
+    /// One per process: every listener and worker seals and opens with the same keys.
+    ticketer: Arc<Ticketer>,
 }
 
 impl ListenerTlsBuilder {
     pub(crate) fn new(
         provider: Arc<CryptoProvider>,
         min_version: TlsVersion,
+        ticketer: Arc<Ticketer>,
     ) -> Result<ListenerTlsBuilder, TlsError> {
         let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
             TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -32,7 +36,7 @@ impl ListenerTlsBuilder {
             .map_err(|e| TlsError::Provider {
                 reason: e.to_string(),
             })?;
-        Ok(ListenerTlsBuilder { builder })
+        Ok(ListenerTlsBuilder { builder, ticketer })
     }
 
     pub(crate) fn build(
@@ -49,8 +53,11 @@ impl ListenerTlsBuilder {
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         config.alpn_protocols = vec![alpn.to_vec()];
-        // Mail clients reconnect often (several IMAP connections per account), so stateful
-        // resumption pays; a bounded cache keeps memory flat under connection floods.
+        // Mail clients reconnect often (several IMAP connections per account), so resumption
+        // pays. TLS 1.3 (and 1.2 clients that support tickets) get stateless tickets: nothing
+        // per session stays in memory and any worker or replica with the keys resumes; the
+        // bounded cache serves TLS 1.2 clients without ticket support.
+        config.ticketer = Arc::clone(&self.ticketer) as Arc<dyn rustls::server::ProducesTickets>;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.send_tls13_tickets = 1;
         Arc::new(config)

@@ -15,6 +15,7 @@ use crate::listener_config::ListenerTlsBuilder;
 use crate::load::{self, Files, Source};
 use crate::reload::Reloader;
 use crate::set::{self, CertSet};
+use crate::tickets::Ticketer;
 use crate::{selfsigned, TlsError};
 use postern_metrics::TlsMetrics;
 
@@ -51,7 +52,9 @@ impl Store {
         for entry in &set.entries {
             metrics.set_expiry(&entry.info.name(), entry.info.not_after);
         }
-        let listener_tls = ListenerTlsBuilder::new(Arc::clone(&provider), config.min_version)?;
+        let ticketer = Ticketer::new(None)?;
+        let listener_tls =
+            ListenerTlsBuilder::new(Arc::clone(&provider), config.min_version, ticketer)?;
         Ok(Store {
             sources,
             watch: config.watch,
