@@ -6,7 +6,9 @@ fronting that Dovecot with implicit-TLS listeners `imaps`, `pop3s`, `submissions
 
 Per test: `postern_factory` (start postern with any config; stopped with SIGTERM afterwards
 and required to exit 0), `dovecot_factory` (a private Dovecot, e.g. to stop it mid-test),
-`mailbox` (a fresh user with two known messages).
+`mailbox` (a fresh user with two known messages), `greeters` (scripted fake backends).
+
+Started on first use, shared by the test_starttls_*.py files: `starttls_env`.
 
 Tests that stop or break a backend must use their own Dovecot from `dovecot_factory`, never
 the shared one.
@@ -31,6 +33,7 @@ from harness import (  # noqa: E402
     Dovecot,
     Postern,
     PosternConfig,
+    ScriptedBackend,
     SmtpSink,
     binary_path,
     make_message,
@@ -38,6 +41,7 @@ from harness import (  # noqa: E402
     make_test_root,
     remove_tree,
 )
+from harness.starttls import StartTlsEnv, starttls_env as make_starttls_env  # noqa: E402
 from harness.util import tail  # noqa: E402
 
 BIG_MESSAGE_SIZE = 20 * 1024 * 1024
@@ -257,3 +261,27 @@ def gateway(gateway_session: Postern, dovecot: Dovecot) -> Postern:
     if not gateway_session.alive():
         pytest.fail(f"the shared postern died earlier in the run\n{tail(gateway_session.log_text(), 40)}", pytrace=False)
     return gateway_session
+
+
+@pytest.fixture
+def greeters() -> Iterator[Callable[..., list[ScriptedBackend]]]:
+    """make(n, **kw) -> n started ScriptedBackends (IMAP-shaped, named g0, g1, ... in the
+    order made; `kw` goes to each, e.g. respond=smtp_responder); all stopped after the test."""
+    made: list[ScriptedBackend] = []
+
+    def make(n: int, **kw: Any) -> list[ScriptedBackend]:
+        gs = [ScriptedBackend(f"g{len(made) + i}", **kw).start() for i in range(n)]
+        made.extend(gs)
+        return gs
+
+    yield make
+    for g in made:
+        g.stop()
+
+
+@pytest.fixture(scope="session")
+def starttls_env(test_root: Path, postern_bin: Path, certs: CertPair, smtp_sink: SmtpSink) -> Iterator[StartTlsEnv]:
+    """One postern with STARTTLS and implicit listeners per protocol in front of a Dovecot with
+    `ssl = yes` (see harness/starttls.py), shared by the test_starttls_*.py files."""
+    with make_starttls_env(test_root / "starttls", postern_bin, certs, smtp_sink.port) as env:
+        yield env

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PosternConfig
+from harness import PosternConfig, pem_to_der, served_cert_der
 from harness.clients import imaps
 
 ENCRYPTED_PASS = "Pw-Cert-Pass-42"
@@ -31,24 +31,6 @@ def generate(postern_bin: Path, out: Path, *names: str, key_type: str = "ecdsa-p
     res = run_cli(postern_bin, *args)
     assert res.returncode == 0, res.stderr
     return out / "fullchain.pem", out / "privkey.pem"
-
-
-def served_der(addr: tuple[str, int], server_name: str | None) -> bytes:
-    """The leaf certificate a full handshake gets (no verification, no resumption)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(addr, timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return der
-
-
-def pem_der(path: Path) -> bytes:
-    text = path.read_text()
-    first = text[text.index("-----BEGIN CERTIFICATE-----"): text.index("-----END CERTIFICATE-----") + 25]
-    return ssl.PEM_cert_to_DER_cert(first)
 
 
 def config_with(factory, dovecot, cert: Path, key: Path | None, **tls_extra) -> PosternConfig:
@@ -170,12 +152,12 @@ def test_combined_pem_and_sni(postern_bin, postern_factory, dovecot, tmp_path):
     cfg.section("tls")["certificate"] = [{"cert": str(a_cert), "key": str(a_key)}, {"cert": str(combined)}]
     gw = postern_factory.start(cfg)
     addr = gw.addr("imaps")
-    assert served_der(addr, "a.example.test") == pem_der(a_cert)
-    assert served_der(addr, "b.example.test") == pem_der(b_cert)
-    assert served_der(addr, "x.wild.example.test") == pem_der(b_cert)
+    assert served_cert_der(addr, "a.example.test") == pem_to_der(a_cert)
+    assert served_cert_der(addr, "b.example.test") == pem_to_der(b_cert)
+    assert served_cert_der(addr, "x.wild.example.test") == pem_to_der(b_cert)
     # no SNI (most IMAP clients) and an unknown name get the first certificate
-    assert served_der(addr, None) == pem_der(a_cert)
-    assert served_der(addr, "unknown.example.test") == pem_der(a_cert)
+    assert served_cert_der(addr, None) == pem_to_der(a_cert)
+    assert served_cert_der(addr, "unknown.example.test") == pem_to_der(a_cert)
 
 
 def test_self_signed_default_is_generated_once_and_reused(postern_factory, dovecot):
@@ -186,11 +168,11 @@ def test_self_signed_default_is_generated_once_and_reused(postern_factory, dovec
     key = state / "privkey.pem"
     assert (key.stat().st_mode & 0o777) == 0o600
     assert gw.find_records(lambda r: r.get("level") == "WARN" and "self-signed" in str(r.get("message", ""))), "no self-signed warning"
-    first = served_der(gw.addr("imaps"), None)
-    assert first == pem_der(state / "fullchain.pem")
+    first = served_cert_der(gw.addr("imaps"), None)
+    assert first == pem_to_der(state / "fullchain.pem")
     assert gw.stop() == 0
     again = postern_factory.start(cfg)
-    assert served_der(again.addr("imaps"), None) == first, "self-signed certificate was not reused"
+    assert served_cert_der(again.addr("imaps"), None) == first, "self-signed certificate was not reused"
 
 
 def test_hot_reload_by_rename_without_a_signal(postern_bin, postern_factory, dovecot, tmp_path):
@@ -198,24 +180,24 @@ def test_hot_reload_by_rename_without_a_signal(postern_bin, postern_factory, dov
     cert, key = generate(postern_bin, live, "mail.example.test")
     gw = postern_factory.start(config_with(postern_factory, dovecot, cert, key))
     addr = gw.addr("imaps")
-    old = served_der(addr, None)
+    old = served_cert_der(addr, None)
 
     # certbot style: new files written elsewhere, renamed over the old ones
     new_cert, new_key = generate(postern_bin, tmp_path / "next", "mail.example.test")
     os.replace(new_key, key)
     os.replace(new_cert, cert)
     deadline = time.monotonic() + 5
-    while served_der(addr, None) == old:
+    while served_cert_der(addr, None) == old:
         assert time.monotonic() < deadline, "new certificate not served within 5 s"
         time.sleep(0.05)
-    assert served_der(addr, None) == pem_der(cert)
+    assert served_cert_der(addr, None) == pem_to_der(cert)
     gw.wait_metric("postern_certificate_reloads_total", lambda v: v >= 1, result="ok")
 
     # a broken replacement keeps the served certificate and counts an error
-    served = served_der(addr, None)
+    served = served_cert_der(addr, None)
     tmp = live / ".broken"
     tmp.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
     os.replace(tmp, cert)
     gw.wait_metric("postern_certificate_reloads_total", lambda v: v >= 1, result="error")
-    assert served_der(addr, None) == served
+    assert served_cert_der(addr, None) == served
     assert gw.alive()

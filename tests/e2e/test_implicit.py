@@ -14,7 +14,6 @@ import signal
 import socket
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -24,9 +23,11 @@ from harness import (
     curl,
     imaps,
     make_message,
+    open_fds,
     pop3s,
     read_line,
     read_until_eof,
+    run_sessions,
     smtps,
     tls_connect,
     wait_for,
@@ -160,36 +161,28 @@ def test_200_concurrent_sessions(gateway: Postern, mailbox, client_ctx):
     n = 200
     addr = gateway.addr("imaps")
     accepted_before = gateway.metrics().value("postern_connections_accepted_total", listener="imaps")
-    fds_before = _open_fds(gateway.pid)
+    fds_before = open_fds(gateway.pid)
 
-    def one(i: int) -> str:
+    def one(i: int) -> None:
         m = imaps(addr, client_ctx, timeout=60)
         try:
             m.login(mailbox.user, mailbox.password)
             typ, data = m.select("INBOX", readonly=True)
-            if (typ, data) != ("OK", [b"2"]):
-                return f"session {i}: SELECT gave {typ} {data}"
+            assert (typ, data) == ("OK", [b"2"]), f"SELECT gave {typ} {data}"
         finally:
             typ, _ = m.logout()
-        return "ok" if typ == "BYE" else f"session {i}: LOGOUT gave {typ}"
+        assert typ == "BYE", f"LOGOUT gave {typ}"
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        results = list(pool.map(one, range(n)))
+    run_sessions(n, one, parallel=n).check(show=5)
     elapsed = time.monotonic() - started
-    failures = [r for r in results if r != "ok"]
-    assert not failures, failures[:5]
     print(f"{n} concurrent IMAPS sessions in {elapsed:.2f}s")
     assert gateway.alive()
     gateway.wait_metric("postern_connections_active", lambda v: v == 0, what="no session left active", listener="imaps")
     assert gateway.metrics().value("postern_connections_accepted_total", listener="imaps") == accepted_before + n
     # every session's sockets are released (a leak of one fd per session would show as +200)
-    wait_for(lambda: _open_fds(gateway.pid) <= fds_before + 8, 10,
-             f"postern's open fds back near {fds_before}", on_timeout=lambda: f"now {_open_fds(gateway.pid)}")
-
-
-def _open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    wait_for(lambda: open_fds(gateway.pid) <= fds_before + 8, 10,
+             f"postern's open fds back near {fds_before}", on_timeout=lambda: f"now {open_fds(gateway.pid)}")
 
 
 # ---- failure cases ----------------------------------------------------------------------------

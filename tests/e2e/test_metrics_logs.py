@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from harness import CountingClient, Postern, closed_port, imaps, tls_connect, wait_for
+from harness import LineClient, Postern, closed_port, imaps, wait_for
 
 SESSION_FIELDS = ("listener", "peer", "user", "backend", "duration", "bytes_up", "bytes_down", "tls", "sni", "outcome")
 
@@ -46,21 +46,19 @@ MUST_EXIST_AFTER_A_SESSION = (
 
 def _counting_imap_session(addr, ctx, user, password, sni="mail.test", source=None):
     """Open a TLS session, return (client, local 'ip:port'). The greeting is read."""
-    sock = tls_connect(addr, ctx, server_hostname=sni, source=source)
-    c = CountingClient(sock)
-    greeting = c.read_line()
+    c = LineClient.tls(addr, ctx, server_hostname=sni, source=source)
+    greeting = c.line()
     assert greeting.startswith(b"* OK"), greeting
-    local = "%s:%d" % sock.getsockname()[:2]
-    return c, local
+    return c, c.peer
 
 
-def _finish_imap_session(c: CountingClient, user: str, password: str) -> None:
+def _finish_imap_session(c: LineClient, user: str, password: str) -> None:
     c.send(f"a1 LOGIN {user} {password}\r\n".encode())
-    assert c.read_until_prefix(b"a1 ")[-1].startswith(b"a1 OK")
+    assert c.tagged(b"a1")[-1].startswith(b"a1 OK")
     c.send(b"a2 SELECT INBOX\r\n")
-    assert c.read_until_prefix(b"a2 ")[-1].startswith(b"a2 OK")
+    assert c.tagged(b"a2")[-1].startswith(b"a2 OK")
     c.send(b"a3 LOGOUT\r\n")
-    assert c.read_until_prefix(b"a3 ")[-1].startswith(b"a3 OK")
+    assert c.tagged(b"a3")[-1].startswith(b"a3 OK")
     assert c.read_to_eof() == b""
     c.close()
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 DEFAULT_NAMES = ("mail.test", "localhost")
 DEFAULT_IPS = ("127.0.0.1",)
@@ -71,3 +75,34 @@ def make_self_signed(
         raise RuntimeError(f"openssl req failed (rc {res.returncode}): {res.stderr}")
     key.chmod(0o600)
     return CertPair(cert=cert, key=key, names=tuple(names))
+
+
+def served_cert_der(addr: tuple[str, int], server_name: Optional[str] = None, timeout: float = 5.0) -> bytes:
+    """The leaf certificate (DER) a full handshake with addr gets (no verification, no resumption)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(addr, timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+
+def pem_to_der(path: Path) -> bytes:
+    """The first certificate of a PEM file (a chain, or cert + key) as DER."""
+    text = path.read_text()
+    first = text[text.index("-----BEGIN CERTIFICATE-----"): text.index("-----END CERTIFICATE-----") + 25]
+    return ssl.PEM_cert_to_DER_cert(first)
+
+
+def install_cert(pair: CertPair, cert_path: Path, key_path: Path, key_owner: int, group: int) -> None:
+    """Put a certificate in place the way an admin (or a certbot hook) should for a postern
+    that drops privileges: cert root 0644, key owned by `key_owner` 0600, both group `group`,
+    each file swapped in by rename (a watcher never sees half a file)."""
+    for src, dst, mode, uid in ((pair.key, key_path, 0o600, key_owner), (pair.cert, cert_path, 0o644, 0)):
+        tmp = dst.with_name(f".{dst.name}.new")
+        shutil.copyfile(src, tmp)
+        os.chown(tmp, uid, group)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)

@@ -280,6 +280,18 @@ service submission-login {{
                        f"dovecot to log login #{count} of {user}", on_timeout=lambda: tail(self.log_text(), 20))
         return got[count - 1]
 
+    def login_line(self, user: str, service: Optional[str] = None, timeout: float = 10.0) -> str:
+        """The latest raw `Login:` line Dovecot logged for `user` (from `<service>-login` when
+        given: imap, pop3, submission), polled until it appears."""
+        pat = re.compile(rf"{service + '-login' if service else ''}.*Login: user=<{re.escape(user)}>.*")
+
+        def find() -> Optional[str]:
+            m = pat.findall(self.log_text())
+            return m[-1] if m else None
+
+        return wait_for(find, timeout, f"Dovecot's {service or 'any'}-login Login line for {user}",
+                        on_timeout=lambda: tail(self.log_text(), 20))
+
     def log_text(self) -> str:
         """Everything Dovecot logged so far."""
         try:
@@ -419,6 +431,16 @@ service submission-login {{
 
 _LOGIN_LINE = re.compile(r"(\w+-login): Info: Login: (.*)$")
 _LOGIN_FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,\s]+)")
+
+
+class ZlibDovecot(Dovecot):
+    """A Dovecot that offers IMAP COMPRESS=DEFLATE (RFC 4978), as many production ones do."""
+
+    def _config(self) -> str:
+        return super()._config() + (
+            "\nmail_plugins = $mail_plugins zlib\n"
+            "protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n"
+        )
 
 
 def _greets(addr: tuple[str, int], prefix: bytes, timeout: float = 1.0) -> bool:

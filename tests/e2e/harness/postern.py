@@ -29,6 +29,11 @@ ANY = "127.0.0.1:0"
 DOVECOT_LISTENER = {"imap": "imap", "pop3": "pop3", "smtp": "submission"}
 
 
+def message_is(message: str) -> Callable[[dict[str, Any]], bool]:
+    """A record predicate for find_records / wait_for_record: the `message` field equals."""
+    return lambda r: r.get("message") == message
+
+
 class PosternStartError(AssertionError):
     """postern exited or did not log `ready` in time; the message carries its log."""
 
@@ -334,6 +339,17 @@ class Postern:
         self.returncode = self.proc.returncode
         return self.returncode
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for postern to exit by itself (after a signal the test sent); the exit code."""
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"postern did not exit within {timeout}s\n{tail(self.log_text(), 40)}") from None
+        self._join_reader()
+        self.returncode = rc
+        return rc
+
     def kill(self) -> None:
         self.killed_by_test = True
         if self.proc is not None and self.proc.poll() is None:
@@ -373,6 +389,12 @@ class Postern:
     def find_records(self, pred: Callable[[dict[str, Any]], bool], after: int = 0) -> list[dict[str, Any]]:
         with self._cond:
             return [r for r in self.records[after:] if pred(r)]
+
+    def one_record(self, message: str, after: int = 0) -> dict[str, Any]:
+        """The record with this `message` (after `after`); fails unless there is exactly one."""
+        got = self.find_records(message_is(message), after)
+        assert len(got) == 1, f"want exactly one `{message}` log line, got {len(got)}\n{tail(self.log_text(), 40)}"
+        return got[0]
 
     def wait_for_record(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0, what: str = "a log record", after: int = 0, count: int = 1) -> list[dict[str, Any]]:
         """Wait until at least `count` records after `after` satisfy `pred`; return them."""
@@ -422,3 +444,27 @@ def check_config(binary: Path, path: Path, timeout: float = 30.0) -> subprocess.
     env = dict(os.environ)
     env.pop("RUST_LOG", None)
     return subprocess.run([str(binary), "check-config", "-c", str(path)], capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+# what a crash looks like in postern's output; a refusal to start must show none of it
+PANIC_MARKERS = re.compile(r"panicked at|stack backtrace|RUST_BACKTRACE|Traceback", re.IGNORECASE)
+
+
+def run_expecting_failure(binary: Path, config_path: Path, timeout: float = 30.0, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`postern run -c PATH` for a config that must not start; stdout+stderr as text.
+    `prefix` runs it through another command (e.g. setpriv to start as another user).
+
+    Not through postern_factory: its teardown treats a non-zero exit as a failure.
+    """
+    env = dict(os.environ)
+    env.pop("RUST_LOG", None)
+    env.pop("NOTIFY_SOCKET", None)
+    env["RUST_BACKTRACE"] = "1"  # a panic would then show its backtrace, which the tests reject
+    try:
+        return subprocess.run(
+            [*prefix, str(binary), "run", "-c", str(config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"postern kept running for {timeout}s with a config that must fail; output:\n{e.output}") from None
