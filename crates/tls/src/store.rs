@@ -52,7 +52,7 @@ impl Store {
         for entry in &set.entries {
             metrics.set_expiry(&entry.info.name(), entry.info.not_after);
         }
-        let ticketer = Ticketer::new(None)?;
+        let ticketer = Ticketer::new(config.ticket_key_file.as_deref())?;
         let listener_tls =
             ListenerTlsBuilder::new(Arc::clone(&provider), config.min_version, ticketer)?;
         Ok(Store {
@@ -169,6 +169,10 @@ pub(crate) fn check(config: &TlsConfig, state_dir: &Path) -> Result<Vec<String>,
     let files = read_all(&sources)?;
     let (set, warnings) = set::build(&sources, &files, config.key_permissions, &provider)?;
     let mut lines = set.describe();
+    if let Some(path) = &config.ticket_key_file {
+        let keys = crate::tickets::check(path)?;
+        lines.push(format!("session ticket keys: {keys} in {}", path.display()));
+    }
     lines.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
     Ok(lines)
 }

@@ -216,8 +216,6 @@ impl ProducesTickets for Ticketer {
 }
 
 /// `check-config`: the file's keys, or why they are unusable. Returns the number of keys.
-// Called by `Tls::check` once `tls.ticket_key_file` is in the config model.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn check(path: &Path) -> Result<usize, TlsError> {
     read(path).map(|(keys, _)| keys.len())
 }

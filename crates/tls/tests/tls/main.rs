@@ -13,3 +13,4 @@ mod reload;
 mod rotation;
 mod sni;
 mod support;
+mod tickets;
