@@ -50,6 +50,11 @@ impl std::error::Error for ConfigErrors {}
 
 /// One configuration problem.
 ///
+/// Variants caused by another error keep it as their `#[source]` and also show its text
+/// in their message, because the message is what `check-config` prints as one line per
+/// problem; the workspace's error-chain formatter skips a cause whose text is already
+/// shown.
+///
 /// Displays as `FILE:LINE: KEY: MESSAGE`, e.g.
 /// `postern.toml:12: listener[1].backend: backend "imapx" is not defined; ...`.
 /// `LINE` is left out when unknown, `KEY` when the problem concerns the whole file.
@@ -79,10 +84,11 @@ pub enum ConfigErrorKind {
         error: io::Error,
     },
     /// The file is not valid TOML.
-    #[error("TOML syntax error: {message}")]
+    #[error("TOML syntax error: {}", source.message().trim_end())]
     Syntax {
-        /// The parser's message.
-        message: String,
+        /// The parser's error (its span gave the line).
+        #[source]
+        source: toml::de::Error,
     },
     /// A key the schema does not know (often a typo).
     #[error("unknown key `{name}`; valid keys here: {expected}")]
@@ -99,9 +105,18 @@ pub enum ConfigErrorKind {
         name: String,
     },
     /// A value of the wrong TOML type or shape.
+    #[error("{}{hint}", wrong_type(source))]
+    WrongType {
+        /// The deserializer's error: what was expected and found.
+        #[source]
+        source: toml::de::Error,
+        /// How to write it instead (`; write the value in quotes`), or empty.
+        hint: &'static str,
+    },
+    /// A value postern cannot use, with what to do instead.
     #[error("{message}")]
     InvalidValue {
-        /// What was expected and found.
+        /// What is wrong and what to do.
         message: String,
     },
     /// A value outside a closed set.
@@ -360,6 +375,13 @@ pub enum ConfigErrorKind {
         /// The challenge's standard port.
         port: u16,
     },
+}
+
+/// serde's message for a wrong type, in the admin's words rather than Rust's.
+fn wrong_type(e: &toml::de::Error) -> String {
+    e.message()
+        .trim_end()
+        .replace("expected u64", "expected a whole number of 0 or more")
 }
 
 struct LineDisplay(Option<usize>);

@@ -507,3 +507,22 @@ fn embedded_default_summary_names_listeners_and_backends() {
     );
     assert!(summary.contains("self-signed"), "{summary}");
 }
+
+#[test]
+fn causes_are_kept_as_sources() {
+    use std::error::Error as _;
+    let source_of = |text: &str| {
+        let errors = postern_config::from_toml(text, postern_config::ConfigSource::Embedded)
+            .err()
+            .unwrap();
+        errors.errors()[0].kind.source().map(ToString::to_string)
+    };
+    assert_eq!(
+        source_of(&listener_with("idle_timeout = \"30\"")).as_deref(),
+        Some("time unit needed, for example 30sec or 30ms")
+    );
+    assert!(source_of(&with_table("[server\nworkers = 1")).is_some());
+    assert!(source_of(&with_table("[server]\nworkers = \"2\"")).is_some());
+    let missing = load(std::path::Path::new("/nonexistent/postern.toml")).unwrap_err();
+    assert!(missing.errors()[0].kind.source().is_some());
+}

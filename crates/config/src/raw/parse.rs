@@ -21,10 +21,8 @@ pub(crate) fn deserialize(
     lines: &Lines<'_>,
 ) -> Result<(RawConfig, Vec<ConfigError>), Vec<ConfigError>> {
     let mut doc = DeTable::parse(text).map_err(|e| {
-        let kind = Kind::Syntax {
-            message: e.message().trim_end().to_owned(),
-        };
         let line = e.span().map(|s| lines.line_of_offset(s.start));
+        let kind = Kind::Syntax { source: e };
         vec![ConfigError {
             file: file.to_owned(),
             key: String::new(),
@@ -120,7 +118,6 @@ fn schema_error(
         (join(&path, &name), Kind::MissingKey { name })
     } else {
         let last = path.rsplit('.').next().unwrap_or("");
-        let message = message.replace("expected u64", "expected a whole number of 0 or more");
         let hint = if message.contains("expected a string") && DURATION_KEYS.contains(&last) {
             "; write a duration in quotes, e.g. \"10s\""
         } else if message.contains("expected a string") {
@@ -134,8 +131,9 @@ fn schema_error(
         };
         (
             path,
-            Kind::InvalidValue {
-                message: format!("{message}{hint}"),
+            Kind::WrongType {
+                source: inner,
+                hint,
             },
         )
     };
