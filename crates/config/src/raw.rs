@@ -8,6 +8,8 @@
 //! path is an `Option<String>` where SPEC writes `""` for "none", and validation treats
 //! `""` as absent.
 
+#[cfg(test)]
+mod coverage;
 mod parse;
 
 use std::collections::BTreeMap;
