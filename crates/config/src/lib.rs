@@ -22,6 +22,7 @@ mod lines;
 mod model;
 mod names;
 mod raw;
+mod reload;
 mod state_dir;
 mod summary;
 mod validate;

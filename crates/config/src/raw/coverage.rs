@@ -44,7 +44,9 @@ fn walk(registry: &Registry, name: &str, path: &str, header: &str, keys: &mut Ve
         match format {
             Format::TypeName(t) => walk(registry, t, &sub, &format!("[{sub}]"), keys),
             Format::Seq(item) if matches!(**item, Format::TypeName(_)) => {
-                let Format::TypeName(t) = &**item else { unreachable!() };
+                let Format::TypeName(t) = &**item else {
+                    unreachable!()
+                };
                 walk(registry, t, &sub, &format!("[[{sub}]]"), keys);
             }
             _ => keys.push((header.to_owned(), field.name.clone())),
@@ -53,7 +55,9 @@ fn walk(registry: &Registry, name: &str, path: &str, header: &str, keys: &mut Ve
 }
 
 fn repo_file(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
@@ -69,7 +73,10 @@ fn the_schema_walk_finds_nested_and_array_tables() {
         ("[tls.acme]", "renew_before"),
         ("[limits]", "exempt"),
     ] {
-        assert!(keys.contains(&(header.to_owned(), key.to_owned())), "{header} {key}");
+        assert!(
+            keys.contains(&(header.to_owned(), key.to_owned())),
+            "{header} {key}"
+        );
     }
     assert!(keys.len() > 60, "{keys:?}");
 }
