@@ -16,8 +16,10 @@ import ssl
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Optional
 
-from harness import Deflated, LineClient, Postern, children, run_sessions, wait_for, wait_no_children
+from harness import Deflated, LineClient, Postern, PosternConfig, children, run_sessions, wait_for, wait_no_children
 
 
 # ---- exec backends -----------------------------------------------------------------------------
@@ -48,19 +50,29 @@ done
 """
 
 
-def _exec_pool(postern_factory, tmp_path, max_children: int = 200, **listener_kw) -> Postern:
-    script = tmp_path / "exec-imapd.sh"
-    script.write_text(EXEC_SCRIPT)
+def _script(tmp_path: Path, name: str, text: str) -> Path:
+    """An executable shell script in tmp_path."""
+    script = tmp_path / name
+    script.write_text(text)
     script.chmod(0o755)
+    return script
+
+
+def _exec_config(postern_factory, argv: list, name: str = "uw", listener: str = "imaps", listener_kw: Optional[dict] = None, **backend_kw) -> PosternConfig:
+    """A config whose IMAP `listener` runs `argv` per session (exec backend `name`)."""
     cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "uw", "exec": [str(script)], "max_children": max_children})
-    cfg.listener("imaps", "imap", "uw", **listener_kw)
-    return postern_factory.start(cfg)
+    cfg.data["backend"].append({"name": name, "exec": [str(a) for a in argv], **backend_kw})
+    cfg.listener(listener, "imap", name, **(listener_kw or {}))
+    return cfg
+
+
+def _exec_pool(postern_factory, tmp_path, max_children: int = 200, **listener_kw) -> Postern:
+    script = _script(tmp_path, "exec-imapd.sh", EXEC_SCRIPT)
+    return postern_factory.start(_exec_config(postern_factory, [script], max_children=max_children, listener_kw=listener_kw))
 
 
 def _exec_env_session(addr, ctx, source_ip: str) -> tuple[str, dict[str, str]]:
-    s = LineClient.tls(addr, ctx, "mail.test", source=source_ip)
-    try:
+    with LineClient.tls(addr, ctx, "mail.test", source=source_ip) as s:
         local = s.peer
         greeting = s.line()
         assert greeting == b"* OK exec ready\r\n", greeting
@@ -72,8 +84,6 @@ def _exec_env_session(addr, ctx, source_ip: str) -> tuple[str, dict[str, str]]:
         assert s.tagged(b"e2")[-1].startswith(b"e2 OK")
         assert s.read_to_eof() == b""
         return local, env
-    finally:
-        s.close()
 
 
 def test_exec_backend_environment_and_no_zombies(postern_factory, tmp_path, client_ctx):
@@ -100,13 +110,8 @@ def test_exec_backend_environment_and_no_zombies(postern_factory, tmp_path, clie
 
 
 def test_exec_environment_ipv6_client(postern_factory, tmp_path, client_ctx):
-    script = tmp_path / "exec-imapd.sh"
-    script.write_text(EXEC_SCRIPT)
-    script.chmod(0o755)
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "uw", "exec": [str(script)]})
-    cfg.listener("imaps6", "imap", "uw", listen=["[::1]:0"])
-    gw = postern_factory.start(cfg)
+    script = _script(tmp_path, "exec-imapd.sh", EXEC_SCRIPT)
+    gw = postern_factory.start(_exec_config(postern_factory, [script], listener="imaps6", listener_kw={"listen": ["[::1]:0"]}))
     local, env = _exec_env_session(gw.addr("imaps6"), client_ctx, "::1")
     assert env == {"TCPREMOTEIP": "::1", "REMOTE_HOST": "::1", "TCPREMOTEPORT": local.rsplit(":", 1)[1], "PROTO": "TCP"}, env
 
@@ -138,11 +143,8 @@ def test_exec_max_children(postern_factory, tmp_path, client_ctx):
     try:
         for h in held:
             assert h.line() == b"* OK exec ready\r\n"
-        s = LineClient.tls(addr, client_ctx, "mail.test")
-        try:
+        with LineClient.tls(addr, client_ctx, "mail.test") as s:
             data = s.read_to_eof(timeout=10)
-        finally:
-            s.close()
         assert data.startswith(b"* BYE [UNAVAILABLE]"), data
     finally:
         for h in held:
@@ -183,24 +185,15 @@ ECHO_SCRIPT = "#!/bin/sh\nprintf '* OK echo ready\\r\\n'\nexec cat\n"
 
 
 def test_exec_relays_bulk_data_intact(postern_factory, tmp_path, client_ctx):
-    script = tmp_path / "echo.sh"
-    script.write_text(ECHO_SCRIPT)
-    script.chmod(0o755)
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "echo", "exec": [str(script)]})
-    cfg.listener("imaps", "imap", "echo")
-    gw = postern_factory.start(cfg)
+    gw = postern_factory.start(_exec_config(postern_factory, [_script(tmp_path, "echo.sh", ECHO_SCRIPT)], name="echo"))
     # binary data as an IMAP literal: before a login postern's command watch holds a
     # partial line until its line end (by design), literal bytes pass at once
     data = os.urandom(3 * 1024 * 1024 + 17)
     payload = b"a1 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n"
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-    try:
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
         assert s.line() == b"* OK echo ready\r\n"
         assert not s.buf
         got = _pump(s.sock, payload, deadline=time.monotonic() + 30)
-    finally:
-        s.close()
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
     wait_no_children(gw.pid)
 
@@ -208,37 +201,21 @@ def test_exec_relays_bulk_data_intact(postern_factory, tmp_path, client_ctx):
 def test_exec_child_with_loud_stderr(postern_factory, tmp_path, client_ctx):
     """A child writing far more than a pipe holds (64 KiB) to stderr before its greeting
     must not block: postern drains stderr into its log."""
-    script = tmp_path / "loud.sh"
-    script.write_text("#!/bin/sh\n"
-                      "i=0; while [ $i -lt 3000 ]; do echo \"loud-stderr line $i padding padding padding padding padding\" >&2; i=$((i+1)); done\n"
-                      "printf '* OK loud ready\\r\\n'\nexec cat\n")
-    script.chmod(0o755)
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "loud", "exec": [str(script)]})
-    cfg.listener("imaps", "imap", "loud")
-    gw = postern_factory.start(cfg)
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-    try:
+    script = _script(tmp_path, "loud.sh", "#!/bin/sh\n"
+                     "i=0; while [ $i -lt 3000 ]; do echo \"loud-stderr line $i padding padding padding padding padding\" >&2; i=$((i+1)); done\n"
+                     "printf '* OK loud ready\\r\\n'\nexec cat\n")
+    gw = postern_factory.start(_exec_config(postern_factory, [script], name="loud"))
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
         assert s.line() == b"* OK loud ready\r\n"
-    finally:
-        s.close()
     gw.wait_for_record(lambda r: "loud-stderr line 2999 " in str(r.get("stderr", "")), what="the child's last stderr line in the log")
     wait_no_children(gw.pid)
 
 
 def test_exec_child_that_never_greets(postern_factory, tmp_path, client_ctx):
-    script = tmp_path / "mute.sh"
-    script.write_text("#!/bin/sh\nexec sleep 60\n")
-    script.chmod(0o755)
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "mute", "exec": [str(script)], "connect_timeout": "500ms"})
-    cfg.listener("imaps", "imap", "mute")
-    gw = postern_factory.start(cfg)
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-    try:
+    script = _script(tmp_path, "mute.sh", "#!/bin/sh\nexec sleep 60\n")
+    gw = postern_factory.start(_exec_config(postern_factory, [script], name="mute", connect_timeout="500ms"))
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
         data = s.read_to_eof(timeout=10)
-    finally:
-        s.close()
     assert data.startswith(b"* BYE [UNAVAILABLE]") and data.count(b"\r\n") == 1, data
     wait_no_children(gw.pid, timeout=5)
 
@@ -247,9 +224,7 @@ def test_exec_program_missing(postern_factory, postern_bin, tmp_path, client_ctx
     """A missing program is a config error (check-config and run exit 2 naming it); one that
     disappears after start gets each session the goodbye, and the log names it."""
     missing = tmp_path / "no-such-imapd"
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "gone", "exec": [str(missing)]})
-    cfg.listener("imaps", "imap", "gone")
+    cfg = _exec_config(postern_factory, [missing], name="gone")
     res = subprocess.run([str(postern_bin), "check-config", "-c", str(cfg.write())], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and str(missing) in res.stderr and "does not exist" in res.stderr, res
 
@@ -257,11 +232,8 @@ def test_exec_program_missing(postern_factory, postern_bin, tmp_path, client_ctx
     missing.chmod(0o755)
     gw = postern_factory.start(cfg)
     missing.unlink()
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-    try:
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
         data = s.read_to_eof(timeout=10)
-    finally:
-        s.close()
     assert data.startswith(b"* BYE [UNAVAILABLE]") and data.count(b"\r\n") == 1, data
     gw.wait_for_record(lambda r: str(missing) in json.dumps(r), what=f"a log line naming {missing}")
     assert gw.alive()
@@ -279,10 +251,7 @@ def _dovecot_exec_gateway(postern_factory, dovecot, user: str, test_root, extra_
     argv = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
             "/usr/bin/env", f"USER={user}", f"HOME={dovecot.root}/mail/{user}",
             "/usr/lib/dovecot/imap", "-c", str(conf)]
-    cfg = postern_factory.config()
-    cfg.data["backend"].append({"name": "dvexec", "exec": argv})
-    cfg.listener("imaps", "imap", "dvexec")
-    return postern_factory.start(cfg)
+    return postern_factory.start(_exec_config(postern_factory, argv, name="dvexec"))
 
 
 def test_exec_real_dovecot_imap_preauth(postern_factory, dovecot, mailbox, test_root, client_ctx):
@@ -291,8 +260,7 @@ def test_exec_real_dovecot_imap_preauth(postern_factory, dovecot, mailbox, test_
     greeting, the mailbox's messages byte for byte, LOGOUT, the child gone."""
     gw = _dovecot_exec_gateway(postern_factory, dovecot, mailbox.user, test_root)
     for _ in range(3):
-        s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-        try:
+        with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
             greeting = s.line()
             assert greeting.startswith(b"* PREAUTH") and f"Logged in as {mailbox.user}".encode() in greeting, greeting
             s.send(b"b1 SELECT INBOX\r\n")
@@ -307,8 +275,6 @@ def test_exec_real_dovecot_imap_preauth(postern_factory, dovecot, mailbox, test_
             s.send(b"b3 LOGOUT\r\n")
             assert s.tagged(b"b3")[-1].startswith(b"b3 OK")
             assert s.read_to_eof() == b""
-        finally:
-            s.close()
     wait_no_children(gw.pid)
 
 
@@ -320,8 +286,7 @@ def test_exec_preauth_compress_deflate(postern_factory, dovecot, test_root, clie
     user, _ = dovecot.new_user()
     gw = _dovecot_exec_gateway(postern_factory, dovecot, user, test_root,
                                "mail_plugins = zlib\nprotocol imap {\n  mail_plugins = zlib imap_zlib\n}\n")
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-    try:
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
         greeting = s.line()
         assert greeting.startswith(b"* PREAUTH") and b"COMPRESS=DEFLATE" in greeting, greeting
         s.send(b"z1 COMPRESS DEFLATE\r\n")
@@ -331,5 +296,3 @@ def test_exec_preauth_compress_deflate(postern_factory, dovecot, test_root, clie
         # TimeoutError: no reply to the compressed NOOP within 3 s
         got = z.read_until(b"z2 ", 3)
         assert b"z2 OK" in got, got
-    finally:
-        s.close()

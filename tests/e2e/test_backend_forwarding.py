@@ -19,9 +19,8 @@ from harness.pool import FAST_HEALTH, up
 
 
 def _imap_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
-    """Greeting, NOOP, LOGIN, LOGOUT over a raw socket; returns every line the client got."""
-    s = LineClient.tls(gw.addr("imaps"), ctx, "mail.test", source=source_ip)
-    try:
+    """Greeting, NOOP, LOGIN, LOGOUT with the line client; returns every line the client got."""
+    with LineClient.tls(gw.addr("imaps"), ctx, "mail.test", source=source_ip) as s:
         got = [s.line()]
         s.send(b"a1 NOOP\r\n")
         got += s.tagged(b"a1")
@@ -32,13 +31,10 @@ def _imap_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str)
         rest = s.read_to_eof()
         got += rest.splitlines(keepends=True)
         return got
-    finally:
-        s.close()
 
 
 def _pop3_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
-    s = LineClient.tls(gw.addr("pop3s"), ctx, "mail.test", source=source_ip)
-    try:
+    with LineClient.tls(gw.addr("pop3s"), ctx, "mail.test", source=source_ip) as s:
         got = [s.line()]
         s.send(b"CAPA\r\n")
         while True:
@@ -50,14 +46,11 @@ def _pop3_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str)
             got.append(s.line())
         got += s.read_to_eof().splitlines(keepends=True)
         return got
-    finally:
-        s.close()
 
 
 def _smtp_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str) -> list[bytes]:
-    """Greeting, EHLO, AUTH PLAIN, QUIT over a raw socket; every line the client got."""
-    s = LineClient.tls(gw.addr("submissions"), ctx, "mail.test", source=source_ip)
-    try:
+    """Greeting, EHLO, AUTH PLAIN, QUIT with the line client; every line the client got."""
+    with LineClient.tls(gw.addr("submissions"), ctx, "mail.test", source=source_ip) as s:
         got = [s.line()]
         s.send(b"EHLO client.test\r\n")
         while True:
@@ -71,8 +64,6 @@ def _smtp_login_from(gw: Postern, ctx, user: str, password: str, source_ip: str)
         got.append(s.line())
         got += s.read_to_eof().splitlines(keepends=True)
         return got
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("version", ["proxy-v2", "proxy-v1"])
@@ -128,8 +119,7 @@ def test_protocol_forwarding_imap_id(postern_factory, dovecot, client_ctx):
 def test_protocol_forwarding_keeps_early_client_bytes_in_order(postern_factory, dovecot, client_ctx):
     cfg = postern_factory.config(dovecot, protocols=("imap",), forward_client="protocol")
     gw = postern_factory.start(cfg)
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test", source="127.0.0.2")
-    try:
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test", source="127.0.0.2") as s:
         # sent before the greeting arrives, i.e. while postern still talks ID with Dovecot
         s.send(b"p1 NOOP\r\np2 CAPABILITY\r\np3 LOGOUT\r\n")
         got = [s.line()]
@@ -137,8 +127,6 @@ def test_protocol_forwarding_keeps_early_client_bytes_in_order(postern_factory, 
         got += s.tagged(b"p2")
         got += s.tagged(b"p3")
         assert s.read_to_eof() == b""
-    finally:
-        s.close()
     assert got[0].startswith(b"* OK"), got
     assert got[1].startswith(b"p1 OK"), got
     assert got[2].startswith(b"* CAPABILITY") and got[3].startswith(b"p2 OK"), got
@@ -154,8 +142,7 @@ def test_client_cannot_spoof_its_address_with_id_or_xclient(postern_factory, dov
     gw = postern_factory.start(cfg)
 
     user, password = dovecot.new_user()
-    s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test", source="127.0.0.2")
-    try:
+    with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test", source="127.0.0.2") as s:
         assert s.line().startswith(b"* OK")
         s.send(b'c1 ID ("x-originating-ip" "192.0.2.66" "x-originating-port" "4242")\r\n')
         reply = s.tagged(b"c1")
@@ -163,22 +150,17 @@ def test_client_cannot_spoof_its_address_with_id_or_xclient(postern_factory, dov
         s.send(f"c2 LOGIN {user} {password}\r\nc3 LOGOUT\r\n".encode())
         assert s.tagged(b"c2")[-1].startswith(b"c2 OK")
         assert s.tagged(b"c3")[-1].startswith(b"c3 OK")
-    finally:
-        s.close()
     line = dovecot.login_line(user, "imap")
     assert "rip=127.0.0.2," in line, line
 
     user, password = dovecot.new_user()
-    s = LineClient.tls(gw.addr("pop3s"), client_ctx, "mail.test", source="127.0.0.2")
-    try:
+    with LineClient.tls(gw.addr("pop3s"), client_ctx, "mail.test", source="127.0.0.2") as s:
         assert s.line().startswith(b"+OK")
         s.send(b"XCLIENT ADDR=192.0.2.66 PORT=4242\r\n")
         assert s.line().startswith(b"-ERR")
         for cmd in (f"USER {user}", f"PASS {password}", "QUIT"):
             s.send(cmd.encode() + b"\r\n")
             assert s.line().startswith(b"+OK")
-    finally:
-        s.close()
     line = dovecot.login_line(user, "pop3")
     assert "rip=127.0.0.2," in line, line
     assert "192.0.2.66" not in dovecot.log_text()
@@ -192,14 +174,11 @@ def test_ipv6_client_address_forwarded(postern_factory, dovecot, client_ctx, for
     cfg.listener("imaps6", "imap", "imap", listen=["[::1]:0"])
     gw = postern_factory.start(cfg)
     user, password = dovecot.new_user()
-    s = LineClient.tls(gw.addr("imaps6"), client_ctx, "mail.test", source="::1")
-    try:
+    with LineClient.tls(gw.addr("imaps6"), client_ctx, "mail.test", source="::1") as s:
         assert s.line().startswith(b"* OK")
         s.send(f"a1 LOGIN {user} {password}\r\na2 LOGOUT\r\n".encode())
         assert s.tagged(b"a1")[-1].startswith(b"a1 OK")
         assert s.tagged(b"a2")[-1].startswith(b"a2 OK")
-    finally:
-        s.close()
     line = dovecot.login_line(user, "imap")
     assert "rip=::1," in line, line
 
@@ -210,11 +189,8 @@ def test_pop3_xclient_refused_by_untrusted_dovecot(postern_factory, dovecot_fact
     dv = dovecot_factory(trusted=False)
     cfg = postern_factory.config(dv, protocols=("pop3",), forward_client="protocol")
     gw = postern_factory.start(cfg)
-    s = LineClient.tls(gw.addr("pop3s"), client_ctx, "mail.test", source="127.0.0.2")
-    try:
+    with LineClient.tls(gw.addr("pop3s"), client_ctx, "mail.test", source="127.0.0.2") as s:
         data = s.read_to_eof(timeout=10)
-    finally:
-        s.close()
     assert data.startswith(b"-ERR [SYS/TEMP]") and data.count(b"\r\n") == 1, data
     gw.wait_for_record(lambda r: "trusted" in str(r.get("error", "")), what="a log line with the XCLIENT refusal")
 

@@ -164,11 +164,8 @@ def test_max_connections_per_server(postern_factory, greeters, client_ctx):
         for g in gs:
             wait_for(lambda g=g: gw.metrics().value("postern_backend_connections_active", backend="pool", server=g.server) == 1,
                      5, f"one held session on {g.server}")
-        s = LineClient.tls(addr, client_ctx, "mail.test")
-        try:
+        with LineClient.tls(addr, client_ctx, "mail.test") as s:
             data = s.read_to_eof(timeout=10)
-        finally:
-            s.close()
         assert data.startswith(b"* BYE [UNAVAILABLE]"), data
     finally:
         held[0].close()
@@ -207,15 +204,12 @@ def test_warm_spares_serve_sessions(postern_factory, greeters, client_ctx):
         # (50 ms old and silent: the pool has surely read their greetings and queued them)
         wait_for(lambda: g.idle_for(0.05) >= 2, 5, "2 warm spare connections at the greeter")
         t_client = time.monotonic()
-        s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-        try:
+        with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
             assert s.line() == b"* OK ready g0\r\n"
             s.send(b"w1 NOOP\r\n")
             assert s.tagged(b"w1")[-1] == b"w1 OK NOOP done g0\r\n"
             s.send(b"w2 LOGOUT\r\n")
             assert s.tagged(b"w2")[-1].startswith(b"w2 OK")
-        finally:
-            s.close()
         assert g.sessions == i + 1
         assert g.session_accepted[-1] < t_client, f"session {i} got a fresh connection, not a warm spare"
 

@@ -99,11 +99,8 @@ def test_all_servers_hung_goodbye_within_bound(postern_factory, client_ctx):
     try:
         gw = imap_pool(postern_factory, [h.server for h in hung], connect_timeout="400ms")
         t0 = time.monotonic()
-        s = LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test")
-        try:
+        with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
             data = s.read_to_eof(timeout=10)
-        finally:
-            s.close()
         took = time.monotonic() - t0
         assert data.startswith(b"* BYE [UNAVAILABLE]"), data
         assert took < 0.8 + 0.7, f"goodbye after {took:.2f}s (connect_timeout 400ms, bound 2x)"
@@ -175,11 +172,8 @@ def test_all_backends_down_goodbyes(postern_factory, client_ctx):
 
     def check_goodbyes(phase: str) -> None:
         for lname, prefix in expect.items():
-            s = LineClient.tls(gw.addr(lname), client_ctx, "mail.test")
-            try:
+            with LineClient.tls(gw.addr(lname), client_ctx, "mail.test") as s:
                 data = s.read_to_eof(timeout=10)
-            finally:
-                s.close()
             lines = data.split(b"\r\n")
             assert data.startswith(prefix) and data.endswith(b"\r\n") and len(lines) == 2, f"{phase} {lname}: {data!r}"
 

@@ -63,6 +63,15 @@ def _finish_imap_session(c: LineClient, user: str, password: str) -> None:
     c.close()
 
 
+def _imaplib_session(gw: Postern, ctx, mailbox) -> dict:
+    """LOGIN and LOGOUT with imaplib at `imaps`; its `session ended` record."""
+    mark = gw.log_mark()
+    m = imaps(gw.addr("imaps"), ctx)
+    m.login(mailbox.user, mailbox.password)
+    m.logout()
+    return gw.wait_session_end(after=mark, listener="imaps")[0]
+
+
 @pytest.fixture
 def fresh_gateway(postern_factory, dovecot) -> Postern:
     """A postern of its own (all counters start at zero) in front of the shared Dovecot."""
@@ -132,11 +141,7 @@ def test_json_session_log_line(fresh_gateway: Postern, mailbox, client_ctx, dove
 
 def test_every_log_line_is_json_and_no_password(fresh_gateway: Postern, mailbox, client_ctx):
     gw = fresh_gateway
-    mark = gw.log_mark()
-    m = imaps(gw.addr("imaps"), client_ctx)
-    m.login(mailbox.user, mailbox.password)
-    m.logout()
-    gw.wait_session_end(after=mark, listener="imaps")
+    _imaplib_session(gw, client_ctx, mailbox)
     assert gw.lines, "postern logged nothing"
     for line in gw.lines:
         obj = json.loads(line)  # raises on any non-JSON line
@@ -146,11 +151,7 @@ def test_every_log_line_is_json_and_no_password(fresh_gateway: Postern, mailbox,
 
 def test_promtool_check_metrics(fresh_gateway: Postern, mailbox, client_ctx):
     gw = fresh_gateway
-    mark = gw.log_mark()
-    m = imaps(gw.addr("imaps"), client_ctx)
-    m.login(mailbox.user, mailbox.password)
-    m.logout()
-    gw.wait_session_end(after=mark, listener="imaps")
+    _imaplib_session(gw, client_ctx, mailbox)
 
     resp = gw.get("/metrics")
     assert resp.status == 200
@@ -278,11 +279,7 @@ def test_text_log_format_session_line(postern_factory, dovecot, mailbox, client_
     cfg = postern_factory.config(dovecot, protocols=("imap",))
     cfg.section("log")["format"] = "text"
     gw = postern_factory.start(cfg)
-    mark = gw.log_mark()
-    m = imaps(gw.addr("imaps"), client_ctx)
-    m.login(mailbox.user, mailbox.password)
-    m.logout()
-    rec = gw.wait_session_end(after=mark, listener="imaps")[0]
+    rec = _imaplib_session(gw, client_ctx, mailbox)
     missing = [f for f in SESSION_FIELDS if f not in rec]
     assert not missing, f"text session line lacks {missing}: {rec}"
     assert rec["user"] == mailbox.user

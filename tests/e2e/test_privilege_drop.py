@@ -20,8 +20,10 @@ import pytest
 
 from harness import (
     PANIC_MARKERS,
+    CertPair,
     NotifySocket,
     Postern,
+    PosternConfig,
     imaps,
     install_cert,
     make_self_signed,
@@ -40,17 +42,23 @@ NOGROUP = grp.getgrnam("nogroup").gr_gid
 
 # ---- privilege drop ----------------------------------------------------------------------------
 
-def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovecot, mailbox):
-    cfg = postern_factory.config(dovecot, protocols=("imap",))
-    # The documented layout: directory root:nogroup 0750, certificate 0644, key nobody 0600.
+def _tls_dir_with_cert(cfg: PosternConfig, pair: CertPair, key_owner: int, watch: bool) -> tuple[Path, Path]:
+    """The documented layout in cfg's workdir: directory tls/ root:nogroup 0750, certificate
+    0644, key `key_owner` 0600; the config's only certificate. Returns (cert, key) paths."""
     tls_dir = cfg.workdir / "tls"
     tls_dir.mkdir()
     os.chown(tls_dir, 0, NOGROUP)
     tls_dir.chmod(0o750)
     cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    install_cert(pair, cert_path, key_path, key_owner, NOGROUP)
+    cfg.section("tls").update(watch=watch, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    return cert_path, key_path
+
+
+def test_privilege_drop_to_nobody_then_certificate_reload(postern_factory, dovecot, mailbox):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
     first = make_self_signed(cfg.workdir / "gen1", stem="first")
-    install_cert(first, cert_path, key_path, NOBODY, NOGROUP)
-    cfg.section("tls").update(watch=True, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    cert_path, key_path = _tls_dir_with_cert(cfg, first, NOBODY, watch=True)
     cfg.section("server").update(user="nobody", group="nogroup")
 
     # NOTIFY_SOCKET like systemd's (writable by all): STOPPING=1 must still go out after the drop.
@@ -113,12 +121,8 @@ def test_privilege_drop_rotation_unreadable_by_the_user_is_refused_loudly(poster
     rotation cannot be read after the drop. It must say so, count it, and keep serving the
     previous certificate rather than fail handshakes."""
     cfg = postern_factory.config(dovecot, protocols=("imap",))
-    tls_dir = cfg.workdir / "tls"
-    tls_dir.mkdir()
-    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
     first = make_self_signed(cfg.workdir / "gen1", stem="first")
-    install_cert(first, cert_path, key_path, 0, NOGROUP)
-    cfg.section("tls").update(watch=True, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    cert_path, key_path = _tls_dir_with_cert(cfg, first, 0, watch=True)
     cfg.section("server").update(user="nobody", group="nogroup")
     p = postern_factory.start(cfg)
     addr = p.addr("imaps")
@@ -156,11 +160,7 @@ def test_setuid_refused_when_not_started_as_root(postern_factory, dovecot, poste
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     cfg = postern_factory.config(dovecot, protocols=("imap",))
-    tls_dir = cfg.workdir / "tls"
-    tls_dir.mkdir()
-    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
-    install_cert(make_self_signed(cfg.workdir / "gen", stem="c"), cert_path, key_path, NOBODY, NOGROUP)
-    cfg.section("tls").update(watch=False, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    _tls_dir_with_cert(cfg, make_self_signed(cfg.workdir / "gen", stem="c"), NOBODY, watch=False)
     cfg.section("server").update(user="daemon")
     res = run_expecting_failure(postern_bin, cfg.write(), prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"))
     out = res.stdout
@@ -212,11 +212,7 @@ def test_bind_below_1024_without_privilege_is_one_clear_error(postern_factory, d
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     cfg = postern_factory.config(dovecot, protocols=("imap",))
-    tls_dir = cfg.workdir / "tls"
-    tls_dir.mkdir()
-    cert_path, key_path = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
-    install_cert(make_self_signed(cfg.workdir / "gen", stem="c"), cert_path, key_path, NOBODY, NOGROUP)
-    cfg.section("tls").update(watch=False, certificate=[{"cert": str(cert_path), "key": str(key_path)}])
+    _tls_dir_with_cert(cfg, make_self_signed(cfg.workdir / "gen", stem="c"), NOBODY, watch=False)
     low = f"127.0.0.1:{_free_low_port()}"
     cfg.get_listener("imaps")["listen"] = [low]
     res = run_expecting_failure(postern_bin, cfg.write(), prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"))

@@ -197,10 +197,11 @@ def test_user_after_failed_first_login_is_the_authenticated_one(env: StartTlsEnv
 # ---- user capture for every login form ---------------------------------------------------------
 
 
-def _imap_session(env: StartTlsEnv, ctx, mode: str):
+def _session(env: StartTlsEnv, ctx, proto: str, mode: str) -> LineClient:
+    """A TLS session at `P-implicit` or, upgraded, at `P-st`."""
     if mode == "implicit":
-        return env.implicit("imap-implicit", ctx, "imap")
-    return env.starttls("imap", "imap-st", ctx)
+        return env.implicit(f"{proto}-implicit", ctx, proto)
+    return env.starttls(proto, f"{proto}-st", ctx)
 
 
 def _expect_user(env: StartTlsEnv, c: LineClient, user: str, listener_mode: str, proto: str) -> None:
@@ -215,7 +216,7 @@ def _expect_user(env: StartTlsEnv, c: LineClient, user: str, listener_mode: str,
 def test_imap_user_capture(env: StartTlsEnv, client_ctx, mode, form):
     user = {"atom": "st-atom", "quoted": "st-quoted", "literal": "stlit", "literal-plus": "stlip", "sasl-ir": "st-sasl-ir", "sasl-continuation": "st-sasl-cont"}[form]
     pw = USERS[user].encode()
-    with _imap_session(env, client_ctx, mode) as c:
+    with _session(env, client_ctx, "imap", mode) as c:
         if form == "atom":
             c.cmd(b"a LOGIN %s %s" % (user.encode(), pw))
         elif form == "quoted":
@@ -245,18 +246,12 @@ def test_imap_user_capture(env: StartTlsEnv, client_ctx, mode, form):
     _expect_user(env, c, user, mode, "imap")
 
 
-def _pop3_session(env: StartTlsEnv, ctx, mode: str):
-    if mode == "implicit":
-        return env.implicit("pop3-implicit", ctx, "pop3")
-    return env.starttls("pop3", "pop3-st", ctx)
-
-
 @pytest.mark.parametrize("mode", ["st", "implicit"])
 @pytest.mark.parametrize("form", ["user-pass", "auth-plain", "auth-plain-continuation"])
 def test_pop3_user_capture(env: StartTlsEnv, client_ctx, mode, form):
     user = {"user-pass": "st-pop-user", "auth-plain": "st-pop-plain", "auth-plain-continuation": "st-pop-plaincont"}[form]
     pw = USERS[user]
-    with _pop3_session(env, client_ctx, mode) as c:
+    with _session(env, client_ctx, "pop3", mode) as c:
         if form == "user-pass":
             c.cmd(b"USER " + user.encode())
             assert c.line().startswith(b"+OK")
@@ -277,18 +272,12 @@ def test_pop3_user_capture(env: StartTlsEnv, client_ctx, mode, form):
     _expect_user(env, c, user, mode, "pop3")
 
 
-def _smtp_session(env: StartTlsEnv, ctx, mode: str):
-    if mode == "implicit":
-        return env.implicit("smtp-implicit", ctx, "smtp")
-    return env.starttls("smtp", "smtp-st", ctx)
-
-
 @pytest.mark.parametrize("mode", ["st", "implicit"])
 @pytest.mark.parametrize("form", ["auth-plain", "auth-plain-continuation", "auth-login"])
 def test_smtp_user_capture(env: StartTlsEnv, client_ctx, mode, form):
     user = {"auth-plain": "st-smtp-plain", "auth-plain-continuation": "st-smtp-plaincont", "auth-login": "st-smtp-login"}[form]
     pw = USERS[user]
-    with _smtp_session(env, client_ctx, mode) as c:
+    with _session(env, client_ctx, "smtp", mode) as c:
         c.cmd(b"EHLO client.test")
         c.smtp_reply()
         if form == "auth-plain":
