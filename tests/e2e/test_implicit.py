@@ -494,6 +494,28 @@ def test_check_config_bad_duration(postern_factory, postern_bin, dovecot):
     assert "connect_timeout" in out, out
 
 
+def test_check_config_summary_shows_edge_protection_and_backend_tls(postern_factory, dovecot, postern_bin):
+    cfg = postern_factory.config(dovecot, protocols=("imap",))
+    cfg.section("limits").update(per_ip_connections=50, exempt=["192.0.2.0/24"])
+    cfg.get_listener("imaps").update(deny=["198.51.100.0/24"], proxy_protocol="v2", proxy_from=["127.0.0.0/8"])
+    cfg.get_backend("imap").update(tls="starttls", tls_name="imap.example.org")
+    res = check_config(postern_bin, cfg.write())
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    for text in (
+        "at most 50 sessions",
+        "exempt: 192.0.2.0/24",
+        "deny 198.51.100.0/24; PROXY v2 header required from 127.0.0.0/8",
+        'TLS starttls to the servers, verified as "imap.example.org"',
+    ):
+        assert text in out, out
+
+
+def test_check_config_proxy_protocol_without_proxy_from(postern_factory, postern_bin, dovecot):
+    out = _bad_config_output(postern_factory, postern_bin, dovecot, lambda c: c.get_listener("imaps").update(proxy_protocol="v1"))
+    assert "proxy_protocol: a PROXY header is only taken from the peers in proxy_from" in out, out
+
+
 # ---- half-close and byte integrity with a scripted backend ---------------------------------------
 
 
