@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
-use crate::labels::{HandshakeFailure, SessionOutcome};
+use crate::labels::{HandshakeFailure, RejectReason, SessionOutcome};
 use crate::Families;
 
 /// Per-listener handles; every series carries `listener="<name>"`.
@@ -33,6 +33,7 @@ pub struct ListenerMetrics {
     pub accept_errors: IntCounter,
     // Shared between clones: one allocation per listener, not per session.
     handshake_failures: Arc<[IntCounter; HandshakeFailure::ALL.len()]>,
+    rejected: Arc<[IntCounter; RejectReason::ALL.len()]>,
     outcomes: Arc<[IntCounter; SessionOutcome::ALL.len()]>,
 }
 
@@ -41,6 +42,12 @@ impl ListenerMetrics {
     /// `postern_tls_handshake_failures_total{listener,reason}`.
     pub fn handshake_failure(&self, reason: HandshakeFailure) {
         self.handshake_failures[reason as usize].inc();
+    }
+
+    /// Counts one refused connection in
+    /// `postern_connections_rejected_total{listener,reason}`.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].inc();
     }
 
     /// Counts one ended session in `postern_sessions_total{listener,outcome}` (extra).
@@ -110,6 +117,7 @@ pub(crate) fn listener(f: &Families, name: &str) -> ListenerMetrics {
         handshake_failures: Arc::new(
             HandshakeFailure::ALL.map(|r| by_reason(&f.handshake_failures, r.as_str())),
         ),
+        rejected: Arc::new(RejectReason::ALL.map(|r| by_reason(&f.rejected, r.as_str()))),
         outcomes: Arc::new(SessionOutcome::ALL.map(|o| by_reason(&f.sessions, o.as_str()))),
     }
 }

@@ -47,6 +47,62 @@ impl HandshakeFailure {
     }
 }
 
+/// Why a connection was refused before it became a session; the label value of
+/// `postern_connections_rejected_total{reason}` (SPEC §3, §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Over `server.max_connections`.
+    Limit,
+    /// The gateway is draining.
+    Shutdown,
+    /// Over `limits.per_ip_connections` for the client's address.
+    PerIp,
+    /// Over `limits.per_ip_rate` for the client's address.
+    Rate,
+    /// Over `limits.max_prelogin`.
+    Prelogin,
+    /// The client's address is blocked after `limits.auth_failures` failed logins.
+    AuthFailures,
+    /// The client's address is in the listener's `deny` or outside its `allow`.
+    Denied,
+    /// PROXY protocol: a peer not in `proxy_from`, or no valid header in time.
+    Proxy,
+}
+
+impl RejectReason {
+    /// Every variant, in discriminant order (the index into the pre-resolved counters).
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::Limit,
+        RejectReason::Shutdown,
+        RejectReason::PerIp,
+        RejectReason::Rate,
+        RejectReason::Prelogin,
+        RejectReason::AuthFailures,
+        RejectReason::Denied,
+        RejectReason::Proxy,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Limit => "limit",
+            RejectReason::Shutdown => "shutdown",
+            RejectReason::PerIp => "per_ip",
+            RejectReason::Rate => "rate",
+            RejectReason::Prelogin => "prelogin",
+            RejectReason::AuthFailures => "auth_failures",
+            RejectReason::Denied => "denied",
+            RejectReason::Proxy => "proxy",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a client session ended: the `outcome` field of the `session ended` log line and the
 /// `outcome` label of `postern_sessions_total`. The session crate decides it, this crate
 /// owns it (the label set must be known when a listener's handles are resolved, and

@@ -32,7 +32,7 @@ use prometheus::{
 pub use admin::serve_admin;
 pub use error_chain::ErrorChain;
 pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics};
-pub use labels::{HandshakeFailure, SessionOutcome};
+pub use labels::{HandshakeFailure, RejectReason, SessionOutcome};
 pub use prometheus::{Histogram, IntCounter, IntGauge};
 
 /// All of postern's metric families, registered in one registry. Cheap to clone (every
@@ -76,7 +76,7 @@ impl Metrics {
             rejected: counter(
                 r,
                 names::CONNECTIONS_REJECTED_TOTAL,
-                "Connections closed at once after accept, by reason (limit: over max_connections; shutdown: draining).",
+                "Connections refused after accept, before they became sessions, by reason (limit: over max_connections; shutdown: draining; per_ip, rate, prelogin, auth_failures: [limits]; denied: allow/deny; proxy: PROXY protocol).",
                 &["listener", "reason"],
             ),
             handshake_duration: histogram(

@@ -25,6 +25,10 @@ fn exercised() -> Metrics {
         for reason in HandshakeFailure::ALL {
             l.handshake_failure(reason);
         }
+        // `limit` and `shutdown` were counted through their fields above.
+        for reason in &RejectReason::ALL[2..] {
+            l.rejected(*reason);
+        }
         for outcome in SessionOutcome::ALL {
             l.session_outcome(outcome);
         }
@@ -162,6 +166,7 @@ fn handles_update_the_series_they_name() {
         "postern_connections_accepted_total{listener=\"imaps\"} 1",
         "postern_connections_rejected_total{listener=\"imaps\",reason=\"limit\"} 1",
         "postern_connections_rejected_total{listener=\"imaps\",reason=\"shutdown\"} 1",
+        "postern_connections_rejected_total{listener=\"imaps\",reason=\"proxy\"} 1",
         "postern_bytes_total{direction=\"client_to_backend\",listener=\"imaps\"} 10",
         "postern_bytes_total{direction=\"backend_to_client\",listener=\"imaps\"} 20",
         "postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"no_cert\"} 1",

@@ -20,7 +20,7 @@ use postern_backend_pool::Pool;
 use postern_config::Config;
 use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
 use postern_metrics::Metrics;
-use postern_session::{SessionHandler, SessionSettings};
+use postern_session::{SessionHandler, SessionPolicy, SessionSettings};
 use postern_tls::{Tls, TlsError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -137,10 +137,17 @@ impl Gateway {
                 keepalive: CLIENT_KEEPALIVE,
                 strict_watch: l.backend(&config).guard == postern_config::GuardMode::Strict,
             };
-            let handler = SessionHandler::new(
+            let policy = SessionPolicy {
                 settings,
+                pool: Arc::clone(&pools[l.backend]),
+                proxy: l.proxy.clone(),
+                allow: l.allow.clone(),
+                deny: l.deny.clone(),
+                limits: Arc::new(config.limits.clone()),
+            };
+            let handler = SessionHandler::new(
+                policy,
                 tls.server_config(l.protocol.alpn()),
-                Arc::clone(&pools[l.backend]),
                 metrics.listener(&l.name),
             );
             worker_listeners.push(WorkerListener {

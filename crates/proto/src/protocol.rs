@@ -68,6 +68,19 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// The refusal sent on a STARTTLS listener, before the close, to a connection refused
+    /// before it became a session (a limit, `allow`/`deny`, the PROXY protocol; SPEC §3).
+    /// Implicit-TLS listeners close such connections without a word.
+    pub const fn refused_goodbye(self) -> &'static [u8] {
+        match self {
+            Protocol::Imap => b"* BYE [UNAVAILABLE] connection refused\r\n",
+            Protocol::Pop3 => b"-ERR [IN-USE] connection refused\r\n",
+            Protocol::Smtp => b"421 4.7.0 connection refused\r\n",
+        }
+    }
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -84,6 +97,7 @@ mod tests {
             assert_eq!(Protocol::parse(p.as_str()), Some(p));
             assert!(p.unavailable_goodbye().ends_with(b"\r\n"));
             assert!(p.shutdown_goodbye().ends_with(b"\r\n"));
+            assert!(p.refused_goodbye().ends_with(b"\r\n"));
         }
         assert_eq!(Protocol::parse("submission"), None);
     }

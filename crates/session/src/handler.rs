@@ -6,10 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use postern_backend_pool::{ClientInfo, Pool};
-use postern_config::TlsMode;
+use postern_config::{LimitsConfig, NetworkSet, ProxyConfig, TlsMode};
 use postern_listener::{Connection, Handler};
-use postern_metrics::{HandshakeFailure, ListenerMetrics, SessionOutcome};
+use postern_metrics::{HandshakeFailure, ListenerMetrics, RejectReason, SessionOutcome};
 use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::ImapState;
 use postern_proto::starttls::PlainLimits;
@@ -22,11 +23,13 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::proxy::{self, Addresses};
 use crate::record::{SessionRecord, TlsFacts};
+use crate::refusal::{refuse, RefusalLog};
 use crate::relay::{relay, Counters, Filters, RelayEnd, RelayPlan};
 use crate::starttls::{plaintext_phase, PlainEnd};
 
-/// Everything a listener's sessions need to know, fixed for the listener's lifetime.
+/// Everything a listener's sessions need to know about themselves.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
     /// Listener name (log field and metric label).
@@ -55,20 +58,41 @@ pub struct SessionSettings {
     pub strict_watch: bool,
 }
 
+/// What a listener's new sessions follow: the part of the configuration a reload may
+/// change (SPEC §1). A session takes the policy in force when it is accepted and keeps it,
+/// its pool included, to its end; [`SessionHandler::set_policy`] swaps it for the sessions
+/// that come after.
+#[derive(Clone, Debug)]
+pub struct SessionPolicy {
+    /// Timeouts, limits and names. `listener`, `protocol` and `tls` need a restart (the
+    /// sockets and the TLS configuration are the listener's): a reload keeps them.
+    pub settings: SessionSettings,
+    /// The backend's pool.
+    pub pool: Arc<Pool>,
+    /// `proxy_protocol` / `proxy_from`; `None`: the TCP peer is the client.
+    pub proxy: Option<ProxyConfig>,
+    /// `allow`: when not empty, only these client networks are served.
+    pub allow: NetworkSet,
+    /// `deny`: these client networks are refused (deny wins over allow).
+    pub deny: NetworkSet,
+    /// `[limits]`, process-wide, for the admission checks on the client address.
+    pub limits: Arc<LimitsConfig>,
+}
+
 /// Runs sessions for one listener; plugged into the listener crate's workers.
 pub struct SessionHandler {
-    settings: SessionSettings,
+    policy: ArcSwap<SessionPolicy>,
     acceptor: TlsAcceptor,
-    pool: Arc<Pool>,
     metrics: ListenerMetrics,
     /// The listener's byte counters, resolved once for all its sessions.
     counters: Counters,
+    refusals: RefusalLog,
 }
 
 impl std::fmt::Debug for SessionHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionHandler")
-            .field("settings", &self.settings)
+            .field("policy", &self.policy.load())
             .finish_non_exhaustive()
     }
 }
@@ -76,9 +100,8 @@ impl std::fmt::Debug for SessionHandler {
 impl SessionHandler {
     /// A handler for one listener.
     pub fn new(
-        settings: SessionSettings,
+        policy: SessionPolicy,
         tls: Arc<rustls::ServerConfig>,
-        pool: Arc<Pool>,
         metrics: ListenerMetrics,
     ) -> Self {
         let counters = Counters {
@@ -86,46 +109,147 @@ impl SessionHandler {
             down: metrics.bytes_backend_to_client.clone(),
         };
         SessionHandler {
-            settings,
+            policy: ArcSwap::from_pointee(policy),
             acceptor: TlsAcceptor::from(tls),
-            pool,
             metrics,
             counters,
+            refusals: RefusalLog::new(),
         }
+    }
+
+    /// The policy new sessions follow.
+    pub fn policy(&self) -> Arc<SessionPolicy> {
+        self.policy.load_full()
+    }
+
+    /// Swaps in a new policy (a config reload): sessions accepted from now on follow it;
+    /// open sessions keep the one they started with.
+    pub fn set_policy(&self, policy: SessionPolicy) {
+        self.policy.store(Arc::new(policy));
     }
 }
 
 impl Handler for SessionHandler {
     fn handle(self: Arc<Self>, conn: Connection) -> Pin<Box<dyn Future<Output = ()>>> {
-        let span = info_span!("session", listener = %self.settings.listener, conn.id = conn.id, client.addr = %conn.peer);
-        Box::pin(async move { self.run(conn).await }.instrument(span))
+        let policy = self.policy.load_full();
+        // Behind a load balancer the client is known only after the PROXY header.
+        let span = info_span!(
+            "session",
+            listener = %policy.settings.listener,
+            conn.id = conn.id,
+            client.addr = tracing::field::Empty,
+            proxy.peer = tracing::field::Empty,
+        );
+        if policy.proxy.is_some() {
+            span.record("proxy.peer", tracing::field::display(conn.peer));
+        } else {
+            span.record("client.addr", tracing::field::display(conn.peer));
+        }
+        Box::pin(async move { self.run(conn, policy).await }.instrument(span))
     }
 }
 
+/// The connection after the client's address is known and admission passed.
+struct Admitted {
+    stream: TcpStream,
+    client: ClientInfo,
+}
+
 impl SessionHandler {
-    async fn run(self: Arc<Self>, conn: Connection) {
+    async fn run(self: Arc<Self>, conn: Connection, policy: Arc<SessionPolicy>) {
         let started = Instant::now();
-        let peer = conn.peer;
-        let record = self.drive(conn).await;
+        let goodbye = conn.goodbye.clone();
+        let Some(admitted) = self.admit(conn, &policy).await else {
+            // Refused: counted and logged (at a bounded rate) instead of a session line.
+            return;
+        };
+        let peer = admitted.client.peer;
+        let record = self.drive(admitted, goodbye, &policy).await;
         record.report(
-            &self.settings.listener,
+            &policy.settings.listener,
             peer,
             started.elapsed(),
             &self.metrics,
         );
     }
 
-    /// Runs the session to its end and returns its record.
-    async fn drive(&self, conn: Connection) -> SessionRecord {
+    /// Learns the real client address (the PROXY header, when the listener takes one), then
+    /// runs the admission checks on it, before postern spends a TLS handshake or a greeting
+    /// on the connection. `None`: refused, counted, answered and closed.
+    ///
+    /// Admission checks that need the client address (`allow`/`deny`, the `[limits]`
+    /// per-address limits) belong right here, after [`proxy::read_header`] and before the
+    /// first byte postern sends, and read their policy from `policy`.
+    async fn admit(&self, conn: Connection, policy: &SessionPolicy) -> Option<Admitted> {
         let Connection {
             mut stream,
             peer,
             local,
-            goodbye,
             ..
         } = conn;
-        let s = &self.settings;
+        let s = &policy.settings;
         tune_client_socket(&stream, s.keepalive);
+        let addresses = match &policy.proxy {
+            None => Addresses {
+                client: peer,
+                local,
+            },
+            Some(proxy) => {
+                match proxy::read_header(&mut stream, proxy, peer, local, s.handshake_timeout).await
+                {
+                    Ok(addresses) => {
+                        tracing::Span::current()
+                            .record("client.addr", tracing::field::display(addresses.client));
+                        addresses
+                    }
+                    Err(refusal) => {
+                        let detail = format!("{peer}: {}", postern_metrics::ErrorChain(&refusal));
+                        self.refuse(stream, RejectReason::Proxy, &detail, s).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        let client = addresses.client.ip();
+        let denied = policy.deny.contains(client)
+            || (!policy.allow.is_empty() && !policy.allow.contains(client));
+        if denied {
+            let detail = format!(
+                "{}: not allowed by the listener's allow/deny",
+                addresses.client
+            );
+            self.refuse(stream, RejectReason::Denied, &detail, s).await;
+            return None;
+        }
+        Some(Admitted {
+            stream,
+            client: ClientInfo {
+                peer: addresses.client,
+                local: addresses.local,
+            },
+        })
+    }
+
+    async fn refuse(
+        &self,
+        stream: TcpStream,
+        reason: RejectReason,
+        detail: &dyn std::fmt::Display,
+        s: &SessionSettings,
+    ) {
+        let wire = (s.protocol, s.tls);
+        refuse(stream, reason, detail, wire, &self.metrics, &self.refusals).await;
+    }
+
+    /// Runs the session to its end and returns its record.
+    async fn drive(
+        &self,
+        admitted: Admitted,
+        goodbye: postern_listener::Goodbye,
+        policy: &SessionPolicy,
+    ) -> SessionRecord {
+        let Admitted { mut stream, client } = admitted;
+        let s = &policy.settings;
 
         if s.tls == TlsMode::Starttls {
             let limits = PlainLimits {
@@ -161,7 +285,7 @@ impl SessionHandler {
             }
         }
 
-        let mut tls = match Box::pin(self.handshake(stream)).await {
+        let mut tls = match Box::pin(self.handshake(stream, s.handshake_timeout)).await {
             Ok(tls) => tls,
             Err(reason) => {
                 self.metrics.handshake_failure(reason);
@@ -170,7 +294,7 @@ impl SessionHandler {
         };
         let tls_facts = TlsFacts::of(&tls);
 
-        let backend = match Box::pin(self.pool.connect(ClientInfo { peer, local })).await {
+        let backend = match Box::pin(policy.pool.connect(client)).await {
             Ok(b) => b,
             Err(error) => {
                 warn!(%error, "no backend server reachable; sending the goodbye");
@@ -252,14 +376,13 @@ impl SessionHandler {
         }
     }
 
-    async fn handshake(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        deadline: Duration,
+    ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
         let started = Instant::now();
-        match tokio::time::timeout(
-            self.settings.handshake_timeout,
-            self.acceptor.accept(stream),
-        )
-        .await
-        {
+        match tokio::time::timeout(deadline, self.acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 self.metrics
                     .handshake_duration

@@ -9,11 +9,18 @@
 //!   and counted, never fed to TLS (rule T1/T2); the TLS engine only ever reads the socket.
 //! - A password or token never reaches a log line: the only user field comes from
 //!   `proto::watch`, which keeps login names only.
-//! - Exactly one `session ended` log line per accepted connection that reached the handler.
+//! - Exactly one `session ended` log line per connection that was admitted; a refused one
+//!   (PROXY protocol, `allow`/`deny`, limits) is counted in
+//!   `postern_connections_rejected_total{reason}` and logged at a bounded rate instead.
+//! - The client address is the real one everywhere (log lines, balancing, forwarding, exec
+//!   environment): behind a load balancer it comes from the PROXY header, read before any
+//!   admission check, TLS byte or greeting.
 
 mod handler;
+mod proxy;
 mod record;
+mod refusal;
 mod relay;
 mod starttls;
 
-pub use handler::{SessionHandler, SessionSettings};
+pub use handler::{SessionHandler, SessionPolicy, SessionSettings};
