@@ -51,6 +51,9 @@ pub enum StartError {
     /// Worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Runtime(#[source] std::io::Error),
+    /// `[tls.acme]`: `challenge_listen` could not be bound, or the CA's roots are unusable.
+    #[error(transparent)]
+    Acme(#[from] postern_tls::acme::AcmeError),
 }
 
 impl StartError {
@@ -58,7 +61,11 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Tls(_) | StartError::PrivDrop(_) => 2,
-            StartError::Bind(_) | StartError::Admin { .. } | StartError::Runtime(_) => 1,
+            StartError::Acme(e) if !e.is_bind() => 2,
+            StartError::Bind(_)
+            | StartError::Admin { .. }
+            | StartError::Runtime(_)
+            | StartError::Acme(_) => 1,
         }
     }
 }
@@ -170,6 +177,14 @@ impl Gateway {
                 source,
             })?;
 
+        // Port 443 or 80: bound before the privilege drop, served by the ACME task.
+        let acme_sockets = config
+            .tls
+            .acme
+            .as_ref()
+            .map(postern_tls::acme::bind)
+            .transpose()?;
+
         if let Some(user) = &config.server.user {
             let (uid, gid) = privdrop::drop_privileges(user, config.server.group.as_deref())?;
             info!(user = %user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
@@ -182,6 +197,9 @@ impl Gateway {
         }
         if config.tls.watch {
             tls.spawn_watcher(control.child_token())?;
+        }
+        if let (Some(acme), Some(sockets)) = (&config.tls.acme, acme_sockets) {
+            tls.spawn_acme(acme, sockets, control.child_token())?;
         }
         let ready = {
             let draining = Arc::clone(&draining);

@@ -118,8 +118,16 @@ fn check_config(cli: Option<&Path>) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let acme = match postern_tls::acme::describe(&config.tls) {
+        Ok(lines) => lines,
+        Err(e) => {
+            eprintln!("postern: {}: {}", config.source, chain(&e));
+            return 2;
+        }
+    };
     match postern_tls::Tls::check(&config.tls, &config.server.state_dir) {
-        Ok(lines) => {
+        Ok(mut lines) => {
+            lines.extend(acme);
             println!("{} is valid", config.source);
             print!("{}", config.summary());
             for line in lines {

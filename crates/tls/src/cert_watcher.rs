@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::load::Source;
+use crate::load::{Source, SourceKind};
 use crate::store::Store;
 use crate::TlsError;
 
@@ -45,7 +45,12 @@ pub(crate) fn spawn(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime)?;
     // The self-signed pair is postern's own and changes only at start (regeneration); after a
     // privilege drop its 0700 directory may not even be readable any more.
-    if !store.watch || store.sources.iter().all(|s| s.self_signed) {
+    if !store.watch
+        || store
+            .sources
+            .iter()
+            .all(|s| s.kind != SourceKind::Configured)
+    {
         return Ok(runtime.spawn(async {}));
     }
     // Capacity 1: a pending wake-up already covers every later event of the burst.

@@ -86,9 +86,15 @@ fn read_chain(report: &mut Report) -> Option<Vec<rustls_pki_types::CertificateDe
     report.not_after = Some(info.not_after);
     report.chain_len = chain.len();
     report.key_type = Some(info.key_type.clone());
+    // postern's own ACME certificate (`state_dir/acme/`) gets postern's advice, not certbot's.
+    let kind = if crate::acme::is_acme_certificate(&cert) {
+        load::SourceKind::Acme
+    } else {
+        load::SourceKind::Configured
+    };
     report
         .warnings
-        .extend(info.validity_warnings(&cert, load::unix_now()));
+        .extend(info.validity_warnings(&cert, load::unix_now(), kind));
     if info.dns_names.is_empty() && info.ip_names.is_empty() {
         report.warnings.push(format!(
             "{} has no subjectAltName; current clients ignore the CN and will reject it: reissue it with the host names as SANs (postern cert generate --name HOST)",

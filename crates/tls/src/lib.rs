@@ -35,6 +35,7 @@
 //! 5. The new set is swapped in; handshakes from then on use it, open sessions keep theirs.
 //! 6. Watched directories are re-resolved (symlinks may now point elsewhere).
 
+pub mod acme;
 mod cert_watcher;
 mod error;
 mod fingerprint;
@@ -67,15 +68,36 @@ pub struct Tls {
 impl Tls {
     /// Loads every `[[tls.certificate]]` (or, when there is none, loads or generates the
     /// self-signed pair in `<state_dir>/selfsigned/`), validates fully, logs one line per
-    /// certificate and every warning, and sets the expiry metrics.
+    /// certificate and every warning, and sets the expiry metrics. With `[tls.acme]`, the
+    /// stored ACME certificate, when there is one, is served first and the self-signed pair
+    /// steps aside.
     pub fn load(
         config: &postern_config::TlsConfig,
         state_dir: &Path,
         metrics: TlsMetrics,
     ) -> Result<Tls, TlsError> {
-        store::Store::load(config, state_dir, metrics).map(|inner| Tls {
+        let acme = config.acme.as_ref().map(acme::source);
+        store::Store::load(config, state_dir, metrics, acme).map(|inner| Tls {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Starts the ACME challenge responders on `sockets` (from [`acme::bind`]) and the ACME
+    /// task, on the current runtime, until `shutdown`. The task orders when there is no
+    /// certificate for the configured CA and names, renews when less than `renew_before` is
+    /// left, and installs each new certificate into this store.
+    pub fn spawn_acme(
+        &self,
+        settings: &postern_config::AcmeConfig,
+        sockets: acme::ChallengeSockets,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, acme::AcmeError> {
+        acme::spawn(Arc::clone(&self.inner), settings, sockets, shutdown)
+    }
+
+    /// What is served while no ACME certificate has been issued (for `check-config`).
+    pub fn fallback_description(&self) -> &'static str {
+        self.inner.fallback_description()
     }
 
     /// Same validation as [`Tls::load`] without side effects (no generation, no metrics, no

@@ -25,11 +25,27 @@ pub(crate) struct Source {
     pub(crate) cert: PathBuf,
     /// `None`: the key is in `cert` (combined file).
     pub(crate) key: Option<PathBuf>,
+    /// Who put the files there.
+    pub(crate) kind: SourceKind,
+}
+
+/// Where a certificate comes from; postern's own files are never watched for changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceKind {
+    /// A `[[tls.certificate]]` entry.
+    Configured,
     /// The pair postern generated in its state directory.
-    pub(crate) self_signed: bool,
+    SelfSigned,
+    /// The certificate postern obtained from the ACME CA (`state_dir/acme/`).
+    Acme,
 }
 
 impl Source {
+    /// The self-signed pair postern generated.
+    pub(crate) fn self_signed(&self) -> bool {
+        self.kind == SourceKind::SelfSigned
+    }
+
     /// The file that holds the private key.
     pub(crate) fn key_file(&self) -> &Path {
         self.key.as_deref().unwrap_or(&self.cert)
@@ -122,11 +138,18 @@ impl CertInfo {
     }
 
     /// Validity warnings for a served certificate (it is still served: an admin must not lose
-    /// mail access over a clock).
-    pub(crate) fn validity_warnings(&self, file: &Path, now: i64) -> Vec<String> {
+    /// mail access over a clock). For postern's own ACME certificate the advice is postern's
+    /// renewal, and nearing the end is no warning: the ACME task renews it and logs failures.
+    pub(crate) fn validity_warnings(&self, file: &Path, now: i64, kind: SourceKind) -> Vec<String> {
         let mut out = Vec::new();
         let file = file.display();
-        if now > self.not_after {
+        if kind == SourceKind::Acme && now > self.not_after {
+            out.push(format!(
+                "ACME certificate {file} expired on {}; it is still served but clients will reject it: its renewal has been failing, see the `ACME order failed` lines for the CA's reason",
+                format_time(self.not_after)
+            ));
+        } else if kind == SourceKind::Acme {
+        } else if now > self.not_after {
             out.push(format!(
                 "certificate {file} expired on {} ({} days ago); it is still served but clients will reject it: renew it (certbot renew) or replace the file; postern picks up the new one without a restart",
                 format_time(self.not_after),
@@ -180,7 +203,7 @@ pub(crate) fn load(
         }
     }
     let certified = certify(chain, key, &source.cert, key_path, provider)?;
-    warnings.extend(info.validity_warnings(&source.cert, unix_now()));
+    warnings.extend(info.validity_warnings(&source.cert, unix_now(), source.kind));
     warnings.extend(chain_order_warning(&source.cert, &certified.cert));
     Ok((
         Loaded {

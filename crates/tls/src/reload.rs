@@ -1,7 +1,7 @@
 //! The retrying reload: read every file, skip when nothing changed, re-check a failure for a
 //! replacement still being written, and report a failure once, not on every re-check.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::fingerprint::fingerprint;
@@ -27,61 +27,85 @@ impl Reloader {
         store: &Store,
         settle: Option<Duration>,
     ) -> Result<bool, (TlsError, bool)> {
-        let mut last_failed = match self.last_failed.lock() {
+        let mut last_failed = self.lock();
+        reload_locked(&mut last_failed, store, settle)
+    }
+
+    /// Runs `write`, then reloads, holding the reload lock throughout. A failed `write` is
+    /// returned as is and nothing is reloaded.
+    pub(crate) fn write_then_reload<E>(
+        &self,
+        store: &Store,
+        write: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<bool, TlsError>, E> {
+        let mut last_failed = self.lock();
+        write()?;
+        Ok(reload_locked(&mut last_failed, store, None).map_err(|(error, _)| error))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
+        match self.last_failed.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut retries = if settle.is_some() {
-            TORN_READ_RETRIES
-        } else {
-            0
-        };
-        loop {
-            let (files, result) = match store.read_all() {
-                Ok(files) => {
-                    if store.current_fingerprint() == fingerprint(&files) {
-                        *last_failed = None;
-                        return Ok(false);
-                    }
-                    let built = store.build(&files);
-                    (Some(files), built)
-                }
-                Err(error) => (None, Err(error)),
-            };
-            let error = match result {
-                Ok((set, warnings)) => {
-                    *last_failed = None;
-                    store.publish(set, &warnings);
-                    return Ok(true);
-                }
-                Err(error) => error,
-            };
-            if let Some(wait) = settle {
-                // Wait for the writer to finish: poll for changed bytes a few times.
-                let wait = wait.max(TORN_READ_MIN_WAIT);
-                let mut changed = false;
-                while retries > 0 && !changed {
-                    retries -= 1;
-                    std::thread::sleep(wait);
-                    changed = store.read_all().ok() != files;
-                }
-                if changed {
-                    continue;
-                }
-            }
-            // The same bytes failing again (or the same file unreadable for the same reason,
-            // e.g. after a privilege drop) is one failure, not one per minute.
-            let failed = match files.as_deref() {
-                Some(files) => fingerprint(files),
-                None => error.chain().into_bytes(),
-            };
-            let repeated = last_failed.as_ref() == Some(&failed);
-            if !repeated {
-                store.reject(&error);
-                *last_failed = Some(failed);
-            }
-            return Err((error, repeated));
         }
+    }
+}
+
+fn reload_locked(
+    last_failed: &mut Option<Vec<u8>>,
+    store: &Store,
+    settle: Option<Duration>,
+) -> Result<bool, (TlsError, bool)> {
+    let mut retries = if settle.is_some() {
+        TORN_READ_RETRIES
+    } else {
+        0
+    };
+    loop {
+        let (snapshot, result) = match store.read_snapshot() {
+            Ok(snapshot) => {
+                if store.current_fingerprint() == fingerprint(&snapshot.files) {
+                    *last_failed = None;
+                    return Ok(false);
+                }
+                let built = store.build(&snapshot);
+                (Some(snapshot), built)
+            }
+            Err(error) => (None, Err(error)),
+        };
+        let error = match result {
+            Ok((set, warnings)) => {
+                *last_failed = None;
+                store.publish(set, &warnings);
+                return Ok(true);
+            }
+            Err(error) => error,
+        };
+        if let Some(wait) = settle {
+            // Wait for the writer to finish: poll for changed bytes a few times.
+            let wait = wait.max(TORN_READ_MIN_WAIT);
+            let mut changed = false;
+            while retries > 0 && !changed {
+                retries -= 1;
+                std::thread::sleep(wait);
+                changed = store.read_snapshot().ok() != snapshot;
+            }
+            if changed {
+                continue;
+            }
+        }
+        // The same bytes failing again (or the same file unreadable for the same reason,
+        // e.g. after a privilege drop) is one failure, not one per minute.
+        let failed = match &snapshot {
+            Some(snapshot) => fingerprint(&snapshot.files),
+            None => error.chain().into_bytes(),
+        };
+        let repeated = last_failed.as_ref() == Some(&failed);
+        if !repeated {
+            store.reject(&error);
+            *last_failed = Some(failed);
+        }
+        return Err((error, repeated));
     }
 }
 

@@ -8,7 +8,7 @@ use rustls::crypto::CryptoProvider;
 use tracing::{info, warn};
 
 use crate::generate::{self, KeyType};
-use crate::load::{self, Source};
+use crate::load::{self, Source, SourceKind};
 use crate::TlsError;
 
 /// `<state_dir>/selfsigned`
@@ -23,7 +23,7 @@ pub(crate) fn existing(state_dir: &Path) -> Result<Option<Source>, TlsError> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
     match (cert.exists(), key.exists()) {
-        (true, true) => Ok(Some(Source { cert, key: Some(key), self_signed: true })),
+        (true, true) => Ok(Some(Source { cert, key: Some(key), kind: SourceKind::SelfSigned })),
         (false, false) => Ok(None),
         (true, false) | (false, true) => Err(TlsError::SelfSigned {
             dir: dir.clone(),
@@ -58,7 +58,7 @@ pub(crate) fn ensure(state_dir: &Path, provider: &CryptoProvider) -> Result<Sour
     Ok(Source {
         cert,
         key: Some(key),
-        self_signed: true,
+        kind: SourceKind::SelfSigned,
     })
 }
 

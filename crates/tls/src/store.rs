@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,17 +13,30 @@ use rustls::crypto::CryptoProvider;
 use tracing::warn;
 
 use crate::listener_config::ListenerTlsBuilder;
-use crate::load::{self, Files, Source};
+use crate::load::{self, Files, Source, SourceKind};
 use crate::reload::Reloader;
 use crate::set::{self, CertSet};
 use crate::tickets::Ticketer;
 use crate::{selfsigned, TlsError};
 use postern_metrics::TlsMetrics;
 
-/// What the `Tls` handle shares with resolvers and the watcher.
+/// The sources of one read and their bytes, in the order of the set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) sources: Vec<Source>,
+    pub(crate) files: Vec<Files>,
+}
+
+/// What the `Tls` handle shares with resolvers, the watcher and the ACME task.
 #[derive(Debug)]
 pub(crate) struct Store {
+    /// The configured certificates, or the self-signed pair when there are none.
     pub(crate) sources: Vec<Source>,
+    /// The ACME certificate's files when `[tls.acme]` is on. Served first (the default for
+    /// clients without SNI) once they exist; the self-signed pair then steps aside.
+    acme: Option<Source>,
+    /// The stored ACME pair did not load: left out until the ACME task installs a new one.
+    acme_broken: AtomicBool,
     pub(crate) watch: bool,
     listener_tls: ListenerTlsBuilder,
     policy: KeyPermissions,
@@ -39,6 +53,7 @@ impl Store {
         config: &TlsConfig,
         state_dir: &Path,
         metrics: TlsMetrics,
+        acme: Option<Source>,
     ) -> Result<Store, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let sources = if config.certificates.is_empty() {
@@ -46,8 +61,32 @@ impl Store {
         } else {
             configured_sources(config)
         };
-        let files = read_all(&sources)?;
-        let (set, warnings) = set::build(&sources, &files, config.key_permissions, &provider)?;
+        let acme_broken = AtomicBool::new(false);
+        let with_acme = choose(&sources, acme.as_ref(), false);
+        let built = read_snapshot(&with_acme).and_then(|snapshot| {
+            set::build(
+                &snapshot.sources,
+                &snapshot.files,
+                config.key_permissions,
+                &provider,
+            )
+        });
+        let (set, warnings) = match built {
+            Ok(built) => built,
+            // postern's own ACME files are replaceable: serve without them, order anew.
+            Err(error) if with_acme.len() != sources.len() => {
+                warn!(error = %error.chain(), "the stored ACME certificate does not load; serving without it until the ACME server issues a new one");
+                acme_broken.store(true, Ordering::Release);
+                let snapshot = read_snapshot(&sources)?;
+                set::build(
+                    &snapshot.sources,
+                    &snapshot.files,
+                    config.key_permissions,
+                    &provider,
+                )?
+            }
+            Err(error) => return Err(error),
+        };
         set.log(&warnings, "certificate loaded");
         for entry in &set.entries {
             metrics.set_expiry(&entry.info.name(), entry.info.not_after);
@@ -57,6 +96,8 @@ impl Store {
             ListenerTlsBuilder::new(Arc::clone(&provider), config.min_version, ticketer)?;
         Ok(Store {
             sources,
+            acme,
+            acme_broken,
             watch: config.watch,
             listener_tls,
             policy: config.key_permissions,
@@ -82,16 +123,49 @@ impl Store {
         self.reloader.reload(self, settle)
     }
 
-    pub(crate) fn read_all(&self) -> Result<Vec<Files>, TlsError> {
-        read_all(&self.sources)
+    /// Reads the files of every source that is served now.
+    pub(crate) fn read_snapshot(&self) -> Result<Snapshot, TlsError> {
+        let broken = self.acme_broken.load(Ordering::Acquire);
+        read_snapshot(&choose(&self.sources, self.acme.as_ref(), broken))
     }
 
     pub(crate) fn current_fingerprint(&self) -> Vec<u8> {
         self.current.load().fingerprint.clone()
     }
 
-    pub(crate) fn build(&self, files: &[Files]) -> Result<(CertSet, Vec<String>), TlsError> {
-        set::build(&self.sources, files, self.policy, &self.provider)
+    pub(crate) fn build(&self, snapshot: &Snapshot) -> Result<(CertSet, Vec<String>), TlsError> {
+        set::build(
+            &snapshot.sources,
+            &snapshot.files,
+            self.policy,
+            &self.provider,
+        )
+    }
+
+    /// Runs `write` (the ACME task replacing its files) and then a reload, with no other
+    /// reload in between, so none reads a half-written pair.
+    pub(crate) fn install<E>(
+        &self,
+        write: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<bool, TlsError>, E> {
+        self.reloader.write_then_reload(self, || {
+            write()?;
+            self.acme_broken.store(false, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    /// What is served while there is no ACME certificate, for log lines.
+    pub(crate) fn fallback_description(&self) -> &'static str {
+        if self.sources.iter().all(Source::self_signed) {
+            "the self-signed certificate"
+        } else {
+            "the configured certificate"
+        }
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
     }
 
     pub(crate) fn publish(&self, set: CertSet, warnings: &[String]) {
@@ -131,7 +205,7 @@ impl Store {
         let warnings: Vec<String> = set
             .entries
             .iter()
-            .flat_map(|e| e.info.validity_warnings(&e.source.cert, now))
+            .flat_map(|e| e.info.validity_warnings(&e.source.cert, now, e.source.kind))
             .collect();
         for warning in &warnings {
             warn!("{warning}");
@@ -166,8 +240,13 @@ pub(crate) fn check(config: &TlsConfig, state_dir: &Path) -> Result<Vec<String>,
     } else {
         configured_sources(config)
     };
-    let files = read_all(&sources)?;
-    let (set, warnings) = set::build(&sources, &files, config.key_permissions, &provider)?;
+    let snapshot = read_snapshot(&sources)?;
+    let (set, warnings) = set::build(
+        &snapshot.sources,
+        &snapshot.files,
+        config.key_permissions,
+        &provider,
+    )?;
     let mut lines = set.describe();
     if let Some(path) = &config.ticket_key_file {
         let keys = crate::tickets::check(path)?;
@@ -184,13 +263,30 @@ fn configured_sources(config: &TlsConfig) -> Vec<Source> {
         .map(|c| Source {
             cert: c.cert.clone(),
             key: c.key.clone(),
-            self_signed: false,
+            kind: SourceKind::Configured,
         })
         .collect()
 }
 
-fn read_all(sources: &[Source]) -> Result<Vec<Files>, TlsError> {
-    sources.iter().map(load::read_files).collect()
+fn read_snapshot(sources: &[Source]) -> Result<Snapshot, TlsError> {
+    Ok(Snapshot {
+        sources: sources.to_vec(),
+        files: sources
+            .iter()
+            .map(load::read_files)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The ACME certificate first once its file exists, then the configured certificates; the
+/// self-signed pair only while there is no ACME certificate.
+fn choose(sources: &[Source], acme: Option<&Source>, acme_broken: bool) -> Vec<Source> {
+    match acme {
+        Some(acme) if !acme_broken && acme.cert.exists() => std::iter::once(acme.clone())
+            .chain(sources.iter().filter(|s| !s.self_signed()).cloned())
+            .collect(),
+        _ => sources.to_vec(),
+    }
 }
 
 /// How often a served certificate's expiry warning is repeated.

@@ -1,0 +1,154 @@
+//! `challenge_listen`: bound at start (port 443 or 80 needs the privileges postern drops
+//! later), served on the control runtime by a small accept loop with a connection cap and a
+//! deadline per connection, so a scanner on port 80 cannot take more than that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::challenges::Challenges;
+use super::error::AcmeError;
+use super::{alpn, http01};
+
+/// The bound `challenge_listen` sockets, handed from `Gateway::start` (before the privilege
+/// drop) to the ACME task.
+#[derive(Debug)]
+pub struct ChallengeSockets {
+    pub(crate) sockets: Vec<std::net::TcpListener>,
+}
+
+impl ChallengeSockets {
+    /// The addresses actually bound (port 0 resolved), in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Binds every address; IPv6 sockets are v6-only so `[::]:443` and `0.0.0.0:443` coexist.
+pub(crate) fn bind(addrs: &[SocketAddr], port: u16) -> Result<ChallengeSockets, AcmeError> {
+    let mut sockets = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let fail = |source| AcmeError::Bind { addr, port, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(fail)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(fail)?;
+        }
+        socket.set_reuse_address(true).map_err(fail)?;
+        socket.set_nonblocking(true).map_err(fail)?;
+        socket.bind(&addr.into()).map_err(fail)?;
+        socket.listen(BACKLOG).map_err(fail)?;
+        sockets.push(socket.into());
+    }
+    Ok(ChallengeSockets { sockets })
+}
+
+/// What answers on the challenge sockets.
+#[derive(Clone)]
+pub(crate) enum Responder {
+    TlsAlpn(TlsAcceptor),
+    Http(Arc<Challenges>),
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Responder::TlsAlpn(_) => "Responder::TlsAlpn",
+            Responder::Http(_) => "Responder::Http",
+        })
+    }
+}
+
+/// Serves every socket until `shutdown`.
+pub(crate) fn spawn(
+    sockets: ChallengeSockets,
+    responder: Responder,
+    shutdown: CancellationToken,
+) -> Result<(), AcmeError> {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let challenge = match responder {
+        Responder::TlsAlpn(_) => "tls-alpn-01",
+        Responder::Http(_) => "http-01",
+    };
+    for socket in sockets.sockets {
+        let addr = socket.local_addr().ok();
+        if let Some(addr) = addr {
+            info!(%addr, challenge, "ACME challenge responder listening");
+        }
+        let listener = TcpListener::from_std(socket).map_err(|source| AcmeError::Bind {
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            port: 0,
+            source,
+        })?;
+        tokio::spawn(accept_loop(
+            listener,
+            responder.clone(),
+            Arc::clone(&permits),
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    responder: Responder,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "ACME challenge listener: accept failed; pausing");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            debug!(%peer, "ACME challenge listener: too many connections; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let responder = responder.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            match responder {
+                Responder::TlsAlpn(acceptor) => {
+                    alpn::serve(stream, acceptor, CONNECTION_DEADLINE).await
+                }
+                Responder::Http(challenges) => {
+                    http01::serve(stream, challenges, CONNECTION_DEADLINE).await
+                }
+            }
+        });
+    }
+    tracker.close();
+    // Connections end by their own deadline; do not hold the shutdown for them.
+}
+
+/// Validation connections open at once (a CA uses a few per name, e.g. three for pebble and
+/// Let's Encrypt's multi-perspective validation).
+const MAX_CONNECTIONS: usize = 64;
+/// A validation connection is one request or one handshake.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+const BACKLOG: i32 = 128;
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
