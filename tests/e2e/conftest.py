@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     CertPair,
     Dovecot,
+    Pebble,
     Postern,
     PosternConfig,
     ScriptedBackend,
@@ -128,6 +129,35 @@ def dovecot_factory(test_root: Path, smtp_sink: SmtpSink) -> Iterator[Callable[.
     yield make
     for dv in made:
         dv.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble(test_root: Path) -> Iterator[Pebble]:
+    """A pebble CA shared by the tests that need nothing special from it (default certificate
+    lifetime, always up); started on first use. Tests that stop it or change its lifetime use
+    `pebble_factory`."""
+    pb = Pebble(test_root / "pebble-shared").start()
+    yield pb
+    pb.stop()
+
+
+@pytest.fixture
+def pebble_factory(test_root: Path) -> Iterator[Callable[..., Pebble]]:
+    """make(validity=None, start=True) -> a private pebble CA (with pebble-challtestsrv) on
+    loopback; `validity` is its certificate lifetime in seconds. Stopped after the test."""
+    made: list[Pebble] = []
+    counter = itertools.count()
+
+    def make(validity: Optional[int] = None, start: bool = True) -> Pebble:
+        pb = Pebble(test_root / f"pebble-{_safe_id()}-{next(counter)}", validity=validity)
+        made.append(pb)
+        if start:
+            pb.start()
+        return pb
+
+    yield make
+    for pb in made:
+        pb.stop()
 
 
 @dataclass

@@ -10,6 +10,7 @@ from .fake_backend import CloseAfter, Connection, ReadAllBackend, ScriptedBacken
 from .line_client import LineClient, read_line, read_until_eof
 from .metrics import HttpResponse, Metrics, Sample, http_get, parse_exposition
 from .notify import NotifySocket
+from .pebble import Pebble
 from .pool import backend_of, up, wait_up
 from .postern import (
     PANIC_MARKERS,
@@ -37,7 +38,7 @@ __all__ = [
     "CloseAfter", "Connection", "ReadAllBackend", "ScriptedBackend", "Silent", "imap_responder", "smtp_responder",
     "LineClient", "read_line", "read_until_eof",
     "HttpResponse", "Metrics", "Sample", "http_get", "parse_exposition",
-    "NotifySocket", "backend_of", "up", "wait_up",
+    "NotifySocket", "Pebble", "backend_of", "up", "wait_up",
     "PANIC_MARKERS", "Postern", "PosternConfig", "PosternStartError", "binary_path", "check_config", "message_is", "parse_addr",
     "parse_log_line", "run_expecting_failure",
     "children", "open_fds", "proc_ids", "wait_no_children", "zombies",
