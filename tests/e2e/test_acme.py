@@ -6,7 +6,10 @@ and gets its certificate once the CA is back)."""
 
 from __future__ import annotations
 
+import grp
 import imaplib
+import pwd
+import socket
 import ssl
 import subprocess
 import threading
@@ -16,7 +19,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import Pebble, Postern, check_config, message_is, pem_to_der, served_cert_der, tls_connect, wait_for
+from harness import (
+    PANIC_MARKERS,
+    Pebble,
+    Postern,
+    check_config,
+    message_is,
+    pem_to_der,
+    run_expecting_failure,
+    served_cert_der,
+    tls_connect,
+    wait_for,
+)
 
 NAMES = ["mail.acme.test", "imap.acme.test"]
 OBTAINED = "ACME certificate obtained and installed"
@@ -228,5 +242,60 @@ def test_a_ca_that_is_down_leaves_postern_serving_and_retrying(postern_factory, 
     # The CA comes back: the next retry gets the certificate, and it is served.
     pebble.start()
     wait_obtained(gw, timeout=30)
+    with tls_connect(gw.addr("imaps"), pebble.client_context(), server_hostname=NAMES[0]) as tls:
+        assert tls.recv(64).startswith(b"* OK")
+
+
+# ---- bad input: a clear error, nothing lost, postern still serving ------------------------------
+
+def test_unusable_ca_roots_and_a_busy_challenge_port_refuse_to_start_with_a_clear_error(
+    postern_bin, postern_factory, pebble, dovecot, tmp_path
+):
+    cfg = acme_config(postern_factory, dovecot, pebble)
+    garbage = tmp_path / "roots.pem"
+    garbage.write_text("this is not a certificate\n")
+    cfg.section("tls")["acme"]["ca_roots"] = str(garbage)
+    path = cfg.write()
+    for res in (check_config(postern_bin, path), run_expecting_failure(postern_bin, path)):
+        out = res.stdout + (res.stderr or "")
+        assert res.returncode == 2, out
+        assert f"tls.acme.ca_roots = {garbage}" in out and "BEGIN CERTIFICATE" in out, out
+        assert not PANIC_MARKERS.search(out), out
+
+    # Something else holds the challenge port: exit 1, naming the key and the address.
+    cfg = acme_config(postern_factory, dovecot, pebble)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", pebble.tls_port))
+        busy.listen(1)
+        res = run_expecting_failure(postern_bin, cfg.write())
+    assert res.returncode == 1, res.stdout
+    assert f"cannot listen on tls.acme.challenge_listen = 127.0.0.1:{pebble.tls_port}" in res.stdout, res.stdout
+
+
+def test_a_damaged_stored_certificate_is_replaced_not_fatal(postern_factory, pebble, dovecot):
+    cfg = acme_config(postern_factory, dovecot, pebble)
+    gw = postern_factory.start(cfg)
+    wait_obtained(gw)
+    assert gw.stop() == 0
+    key = acme_dir(gw) / "privkey.pem"
+    key.write_text(key.read_text()[:40])  # truncated, as by a full disk
+
+    again = postern_factory.start(cfg)
+    again.one_record("the stored ACME certificate does not load; serving without it until the ACME server issues a new one")
+    wait_obtained(again)
+    with tls_connect(again.addr("imaps"), pebble.client_context(), server_hostname=NAMES[0]) as tls:
+        assert tls.getpeercert(binary_form=True) == pem_to_der(acme_dir(gw) / "fullchain.pem")
+
+
+def test_with_a_privilege_drop_the_acme_files_belong_to_the_user(postern_factory, pebble, dovecot):
+    cfg = acme_config(postern_factory, dovecot, pebble)
+    cfg.section("server").update(user="nobody", group="nogroup")
+    gw = postern_factory.start(cfg)
+    wait_obtained(gw)
+    d = acme_dir(gw)
+    nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    for path in (d, d / "accounts", d / "fullchain.pem", d / "privkey.pem", *(d / "accounts").iterdir()):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (nobody, nogroup), f"{path}: {st.st_uid}:{st.st_gid}"
     with tls_connect(gw.addr("imaps"), pebble.client_context(), server_hostname=NAMES[0]) as tls:
         assert tls.recv(64).startswith(b"* OK")

@@ -186,6 +186,11 @@ impl Gateway {
             .transpose()?;
 
         if let Some(user) = &config.server.user {
+            if let Some(acme) = &config.tls.acme {
+                // The ACME task writes state_dir/acme/ after the drop: give it to the user.
+                let (uid, gid) = privdrop::resolve(user, config.server.group.as_deref())?;
+                postern_tls::acme::prepare_for_user(acme, uid.as_raw(), gid.as_raw())?;
+            }
             let (uid, gid) = privdrop::drop_privileges(user, config.server.group.as_deref())?;
             info!(user = %user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
         }

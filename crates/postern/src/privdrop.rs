@@ -53,6 +53,32 @@ pub enum PrivDropError {
 /// threads) to `user` and `group` (default: the user's primary group), in the only safe
 /// order: supplementary groups, gid, uid. Verifies the result.
 pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), PrivDropError> {
+    let (uid, gid) = resolve(user, group)?;
+    if geteuid() == uid && getegid() == gid {
+        return Ok((uid, gid)); // already there (systemd User=)
+    }
+    if !geteuid().is_root() {
+        return Err(PrivDropError::NotRoot {
+            user: user.into(),
+            uid: geteuid().as_raw(),
+        });
+    }
+    let sys = |step: &'static str| {
+        move |source| PrivDropError::Syscall {
+            user: user.into(),
+            step,
+            source,
+        }
+    };
+    setgroups(&[gid]).map_err(sys("setgroups"))?;
+    setgid(gid).map_err(sys("setgid"))?;
+    setuid(uid).map_err(sys("setuid"))?;
+    verify(user, uid, gid)
+}
+
+/// The uid and gid `server.user` / `server.group` name (the group defaults to the user's
+/// primary group); refuses root.
+pub fn resolve(user: &str, group: Option<&str>) -> Result<(Uid, Gid), PrivDropError> {
     let pw = User::from_name(user)
         .map_err(|source| PrivDropError::Syscall {
             user: user.into(),
@@ -76,28 +102,14 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), Pr
         }
         None => pw.gid,
     };
-    if geteuid() == pw.uid && getegid() == gid {
-        return Ok((pw.uid, gid)); // already there (systemd User=)
-    }
-    if !geteuid().is_root() {
-        return Err(PrivDropError::NotRoot {
-            user: user.into(),
-            uid: geteuid().as_raw(),
-        });
-    }
-    let sys = |step: &'static str| {
-        move |source| PrivDropError::Syscall {
-            user: user.into(),
-            step,
-            source,
-        }
-    };
-    setgroups(&[gid]).map_err(sys("setgroups"))?;
-    setgid(gid).map_err(sys("setgid"))?;
-    setuid(pw.uid).map_err(sys("setuid"))?;
+    Ok((pw.uid, gid))
+}
+
+/// Checks that the drop took effect and cannot be undone.
+fn verify(user: &str, uid: Uid, gid: Gid) -> Result<(Uid, Gid), PrivDropError> {
     let groups = getgroups().unwrap_or_default();
-    if getuid() != pw.uid
-        || geteuid() != pw.uid
+    if getuid() != uid
+        || geteuid() != uid
         || getgid() != gid
         || getegid() != gid
         || groups.iter().any(|g| *g != gid)
@@ -116,5 +128,5 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<(Uid, Gid), Pr
             gid: gid.as_raw(),
         });
     }
-    Ok((pw.uid, gid))
+    Ok((uid, gid))
 }

@@ -74,7 +74,7 @@ impl Store {
         let (set, warnings) = match built {
             Ok(built) => built,
             // postern's own ACME files are replaceable: serve without them, order anew.
-            Err(error) if with_acme.len() != sources.len() => {
+            Err(error) if with_acme.iter().any(|s| s.kind == SourceKind::Acme) => {
                 warn!(error = %error.chain(), "the stored ACME certificate does not load; serving without it until the ACME server issues a new one");
                 acme_broken.store(true, Ordering::Release);
                 let snapshot = read_snapshot(&sources)?;

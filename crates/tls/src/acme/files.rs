@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use postern_config::KeyPermissions;
@@ -173,6 +173,45 @@ impl AcmeFiles {
         Ok(())
     }
 
+    /// Before a privilege drop: creates the directory and gives it, and everything postern
+    /// put in it, to `uid:gid` (symlinks are not followed), and lets `uid` enter the state
+    /// directory above it (adding search permission, mode `--x--x`, when it cannot).
+    pub(crate) fn hand_over(&self, uid: u32, gid: u32) -> Result<bool, AcmeError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| self.storage("create", &self.dir, e))?;
+        let mut opened = false;
+        if let Some(parent) = self.dir.parent() {
+            let meta = fs::metadata(parent).map_err(|e| self.storage("read", parent, e))?;
+            if !can_search(&meta, uid, gid) {
+                let mode = (meta.mode() & 0o7777) | 0o011;
+                fs::set_permissions(parent, fs::Permissions::from_mode(mode))
+                    .map_err(|e| self.storage("change the mode of", parent, e))?;
+                opened = true;
+            }
+        }
+        self.chown_tree(&self.dir, uid, gid, 0)?;
+        Ok(opened)
+    }
+
+    fn chown_tree(&self, path: &Path, uid: u32, gid: u32, depth: u32) -> Result<(), AcmeError> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| self.storage("change the owner of", path, e))?;
+        let is_dir = fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_dir())
+            .unwrap_or(false);
+        // The layout is two levels deep (accounts/); nothing deeper is postern's.
+        if is_dir && depth < 2 {
+            let entries = fs::read_dir(path).map_err(|e| self.storage("read", path, e))?;
+            for entry in entries.flatten() {
+                self.chown_tree(&entry.path(), uid, gid, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+
     fn storage(&self, action: &'static str, path: &Path, source: io::Error) -> AcmeError {
         AcmeError::Storage {
             action,
@@ -180,6 +219,21 @@ impl AcmeFiles {
             dir: self.dir.clone(),
             source,
         }
+    }
+}
+
+/// Whether `uid:gid` may enter the directory `meta` describes (the permission class that
+/// applies: owner, else group, else others).
+fn can_search(meta: &fs::Metadata, uid: u32, gid: u32) -> bool {
+    let mode = meta.mode();
+    if uid == 0 {
+        true
+    } else if meta.uid() == uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
     }
 }
 
@@ -234,7 +288,6 @@ mod tests {
 
     #[test]
     fn files_are_private_and_replaced_whole() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let files = AcmeFiles::new(dir.path().join("acme"));
         let ordered = Ordered {

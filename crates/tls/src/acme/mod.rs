@@ -39,6 +39,17 @@ pub fn bind(settings: &AcmeConfig) -> Result<ChallengeSockets, AcmeError> {
     sockets::bind(&settings.challenge_listen, settings.challenge.port())
 }
 
+/// Before dropping privileges to `uid:gid`: gives `state_dir/acme/` (created when missing)
+/// and its files to that user, so the ACME task can write there after the drop, and lets the
+/// user enter `state_dir`. No permissions for the admin to arrange.
+pub fn prepare_for_user(settings: &AcmeConfig, uid: u32, gid: u32) -> Result<(), AcmeError> {
+    let files = files::AcmeFiles::new(settings.store.clone());
+    if files.hand_over(uid, gid)? {
+        tracing::info!(dir = %settings.store.display(), uid, "let postern's user enter the state directory (search permission added) for the ACME files");
+    }
+    Ok(())
+}
+
 /// The store source of the ACME certificate.
 pub(crate) fn source(settings: &AcmeConfig) -> Source {
     files::AcmeFiles::new(settings.store.clone()).source()
