@@ -80,6 +80,8 @@ pub struct Gateway {
     bound: Vec<(String, SocketAddr)>,
     admin: SocketAddr,
     metrics: Metrics,
+    /// The ACME task, for a config reload to hand it a new `[tls.acme]`.
+    acme: Option<postern_tls::acme::AcmeHandle>,
 }
 
 /// How a drain ended.
@@ -203,9 +205,12 @@ impl Gateway {
         if config.tls.watch {
             tls.spawn_watcher(control.child_token())?;
         }
-        if let (Some(acme), Some(sockets)) = (&config.tls.acme, acme_sockets) {
-            tls.spawn_acme(acme, sockets, control.child_token())?;
-        }
+        let acme = match (&config.tls.acme, acme_sockets) {
+            (Some(acme), Some(sockets)) => {
+                Some(tls.spawn_acme(acme, sockets, control.child_token())?)
+            }
+            _ => None,
+        };
         let ready = {
             let draining = Arc::clone(&draining);
             let pools = pools.clone();
@@ -240,7 +245,14 @@ impl Gateway {
             bound,
             admin,
             metrics,
+            acme,
         })
+    }
+
+    /// The ACME task, when `[tls.acme]` is on: a SIGHUP reload passes the new `[tls.acme]`
+    /// to [`postern_tls::acme::AcmeHandle::update`] (`challenge_listen` needs a restart).
+    pub fn acme(&self) -> Option<&postern_tls::acme::AcmeHandle> {
+        self.acme.as_ref()
     }
 
     /// The bound address of every listen socket, by listener name (port 0 resolved).

@@ -91,7 +91,7 @@ impl Tls {
         settings: &postern_config::AcmeConfig,
         sockets: acme::ChallengeSockets,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, acme::AcmeError> {
+    ) -> Result<acme::AcmeHandle, acme::AcmeError> {
         acme::spawn(Arc::clone(&self.inner), settings, sockets, shutdown)
     }
 

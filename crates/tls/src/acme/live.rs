@@ -7,9 +7,12 @@ use std::sync::Arc;
 use postern_config::{AcmeConfig, KeyPermissions};
 use rustls::crypto::CryptoProvider;
 
+use super::challenges::Challenges;
 use super::error::AcmeError;
 use super::files::{AcmeFiles, Ordered, Stored};
+use super::http::CaHttp;
 use super::order::{Issued, Orderer};
+use super::sockets::ResponderKind;
 use super::task::Driver;
 use crate::load::{self, Files};
 use crate::store::Store;
@@ -20,6 +23,9 @@ pub(crate) struct Live {
     pub(crate) store: Arc<Store>,
     pub(crate) orderer: Orderer,
     pub(crate) files: AcmeFiles,
+    pub(crate) challenges: Arc<Challenges>,
+    /// Which challenge the responders on `challenge_listen` answer.
+    pub(crate) responder_kind: ResponderKind,
 }
 
 impl Driver for Live {
@@ -33,6 +39,22 @@ impl Driver for Live {
 
     fn stored(&self) -> Option<Stored> {
         self.files.stored(self.store.provider())
+    }
+
+    fn reconfigure(&mut self, settings: &AcmeConfig) -> Result<(), AcmeError> {
+        let settings = Arc::new(settings.clone());
+        let provider = Arc::clone(self.store.provider());
+        let http = CaHttp::new(settings.ca_roots.as_deref(), Arc::clone(&provider))?;
+        self.responder_kind.set(settings.challenge);
+        self.orderer = Orderer::new(
+            Arc::clone(&settings),
+            http,
+            Arc::clone(&self.challenges),
+            provider,
+        );
+        self.files = AcmeFiles::new(settings.store.clone());
+        self.settings = settings;
+        Ok(())
     }
 
     async fn renew(&mut self) -> Result<(), AcmeError> {

@@ -26,13 +26,43 @@ mod task;
 use std::sync::Arc;
 
 pub use error::AcmeError;
-use postern_config::{AcmeChallenge, AcmeConfig, TlsConfig};
+use postern_config::{AcmeConfig, TlsConfig};
 pub use sockets::ChallengeSockets;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::load::{self, Source};
 use crate::store::Store;
+
+/// The running ACME task: hand it a reloaded `[tls.acme]` with [`AcmeHandle::update`].
+#[derive(Debug)]
+pub struct AcmeHandle {
+    updates: watch::Sender<Arc<AcmeConfig>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcmeHandle {
+    /// Applies a reloaded `[tls.acme]` between orders: names, contact, CA, `ca_roots`,
+    /// challenge type and `renew_before`. A certificate for other names or another CA is
+    /// ordered at once; the one in service stays until its replacement is installed.
+    /// `challenge_listen` needs a restart (the sockets are bound at start). Unchanged settings
+    /// are ignored.
+    pub fn update(&self, settings: &AcmeConfig) {
+        self.updates.send_if_modified(|current| {
+            if **current == *settings {
+                return false;
+            }
+            *current = Arc::new(settings.clone());
+            true
+        });
+    }
+
+    /// Whether the task has ended (only on shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
 
 /// Binds `challenge_listen`. Call before dropping privileges (ports 80 and 443).
 pub fn bind(settings: &AcmeConfig) -> Result<ChallengeSockets, AcmeError> {
@@ -71,21 +101,23 @@ pub(crate) fn spawn(
     settings: &AcmeConfig,
     sockets: ChallengeSockets,
     shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, AcmeError> {
+) -> Result<AcmeHandle, AcmeError> {
     let settings = Arc::new(settings.clone());
     let provider = Arc::clone(store.provider());
     let challenges = Arc::new(challenges::Challenges::default());
     let http = http::CaHttp::new(settings.ca_roots.as_deref(), Arc::clone(&provider))?;
-    let responder = match settings.challenge {
-        AcmeChallenge::TlsAlpn01 => {
-            let config = alpn::server_config(Arc::clone(&challenges), Arc::clone(&provider))
-                .map_err(|e| AcmeError::Order {
-                    domains: settings.domains.clone(),
-                    what: format!("the TLS library refused the tls-alpn-01 responder: {e}"),
-                })?;
-            sockets::Responder::TlsAlpn(tokio_rustls::TlsAcceptor::from(config))
-        }
-        AcmeChallenge::Http01 => sockets::Responder::Http(Arc::clone(&challenges)),
+    let config =
+        alpn::server_config(Arc::clone(&challenges), Arc::clone(&provider)).map_err(|e| {
+            AcmeError::Order {
+                domains: settings.domains.clone(),
+                what: format!("the TLS library refused the tls-alpn-01 responder: {e}"),
+            }
+        })?;
+    let kind = sockets::ResponderKind::new(settings.challenge);
+    let responder = sockets::Responder {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        challenges: Arc::clone(&challenges),
+        kind: kind.clone(),
     };
     sockets::spawn(sockets, responder, shutdown.clone())?;
     let files = files::AcmeFiles::new(settings.store.clone());
@@ -97,18 +129,23 @@ pub(crate) fn spawn(
             "no certificate from the ACME server yet; serving the fallback certificate until the CA issues one"
         );
     }
-    let goal = task::Goal {
-        directory: settings.directory.clone(),
-        domains: settings.domains.clone(),
-        renew_before: settings.renew_before,
-    };
+    let goal = task::Goal::from(&*settings);
     let live = live::Live {
-        orderer: order::Orderer::new(Arc::clone(&settings), http, challenges, provider),
-        settings,
+        orderer: order::Orderer::new(
+            Arc::clone(&settings),
+            http,
+            Arc::clone(&challenges),
+            provider,
+        ),
+        settings: Arc::clone(&settings),
         store,
         files,
+        challenges,
+        responder_kind: kind,
     };
-    Ok(tokio::spawn(task::run(live, goal, shutdown)))
+    let (updates, rx) = watch::channel(settings);
+    let task = tokio::spawn(task::run(live, goal, Some(rx), shutdown));
+    Ok(AcmeHandle { updates, task })
 }
 
 /// `check-config`'s lines beyond the config summary (which names the CA, the challenge and

@@ -3,9 +3,11 @@
 //! deadline per connection, so a scanner on port 80 cannot take more than that.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern_config::AcmeChallenge;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -54,19 +56,45 @@ pub(crate) fn bind(addrs: &[SocketAddr], port: u16) -> Result<ChallengeSockets, 
     Ok(ChallengeSockets { sockets })
 }
 
-/// What answers on the challenge sockets.
+/// Which challenge type the sockets answer; switched by a config reload.
+#[derive(Clone, Debug)]
+pub(crate) struct ResponderKind(Arc<AtomicBool>);
+
+impl ResponderKind {
+    pub(crate) fn new(challenge: AcmeChallenge) -> ResponderKind {
+        ResponderKind(Arc::new(AtomicBool::new(
+            challenge == AcmeChallenge::Http01,
+        )))
+    }
+
+    pub(crate) fn set(&self, challenge: AcmeChallenge) {
+        self.0
+            .store(challenge == AcmeChallenge::Http01, Ordering::Release);
+    }
+
+    fn get(&self) -> AcmeChallenge {
+        if self.0.load(Ordering::Acquire) {
+            AcmeChallenge::Http01
+        } else {
+            AcmeChallenge::TlsAlpn01
+        }
+    }
+}
+
+/// What answers on the challenge sockets: the tls-alpn-01 acceptor or the http-01 server,
+/// whichever `kind` says, both from the same open challenges.
 #[derive(Clone)]
-pub(crate) enum Responder {
-    TlsAlpn(TlsAcceptor),
-    Http(Arc<Challenges>),
+pub(crate) struct Responder {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) challenges: Arc<Challenges>,
+    pub(crate) kind: ResponderKind,
 }
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Responder::TlsAlpn(_) => "Responder::TlsAlpn",
-            Responder::Http(_) => "Responder::Http",
-        })
+        f.debug_struct("Responder")
+            .field("kind", &self.kind.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,10 +105,7 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> Result<(), AcmeError> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let challenge = match responder {
-        Responder::TlsAlpn(_) => "tls-alpn-01",
-        Responder::Http(_) => "http-01",
-    };
+    let challenge = responder.kind.get().as_str();
     for socket in sockets.sockets {
         let addr = socket.local_addr().ok();
         if let Some(addr) = addr {
@@ -131,12 +156,12 @@ async fn accept_loop(
         let responder = responder.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            match responder {
-                Responder::TlsAlpn(acceptor) => {
-                    alpn::serve(stream, acceptor, CONNECTION_DEADLINE).await
+            match responder.kind.get() {
+                AcmeChallenge::TlsAlpn01 => {
+                    alpn::serve(stream, responder.acceptor, CONNECTION_DEADLINE).await
                 }
-                Responder::Http(challenges) => {
-                    http01::serve(stream, challenges, CONNECTION_DEADLINE).await
+                AcmeChallenge::Http01 => {
+                    http01::serve(stream, responder.challenges, CONNECTION_DEADLINE).await
                 }
             }
         });

@@ -4,8 +4,11 @@
 //! certificate in service stays in service throughout: only a new, validated one replaces it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use postern_config::AcmeConfig;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -25,6 +28,8 @@ pub(crate) trait Driver {
     fn stored(&self) -> Option<Stored>;
     /// One order, installed into the store when it succeeds.
     fn renew(&mut self) -> impl Future<Output = Result<(), AcmeError>> + Send;
+    /// Switches to a reloaded `[tls.acme]` (CA client, names, challenge type).
+    fn reconfigure(&mut self, settings: &AcmeConfig) -> Result<(), AcmeError>;
 }
 
 /// What the loop needs from the configuration.
@@ -33,6 +38,16 @@ pub(crate) struct Goal {
     pub(crate) directory: String,
     pub(crate) domains: Vec<String>,
     pub(crate) renew_before: Duration,
+}
+
+impl From<&AcmeConfig> for Goal {
+    fn from(settings: &AcmeConfig) -> Goal {
+        Goal {
+            directory: settings.directory.clone(),
+            domains: settings.domains.clone(),
+            renew_before: settings.renew_before,
+        }
+    }
 }
 
 /// Why an order is placed now.
@@ -57,21 +72,39 @@ fn due(goal: &Goal, stored: Option<&Stored>, random: f64) -> Due {
     }
 }
 
-/// Runs until `shutdown`.
-pub(crate) async fn run(mut driver: impl Driver, goal: Goal, shutdown: CancellationToken) {
+/// A newer `[tls.acme]` from a config reload, or nothing when no reload can come.
+pub(crate) type Updates = Option<watch::Receiver<Arc<AcmeConfig>>>;
+
+/// Why a wait ended.
+enum Woken {
+    Elapsed,
+    Reconfigured,
+    Shutdown,
+}
+
+/// Runs until `shutdown`. A new configuration from `updates` applies at once, between orders:
+/// the schedule is recomputed (a certificate for other names or another CA is ordered now)
+/// and the backoff starts over; one that cannot be applied (e.g. unusable `ca_roots`) is
+/// logged and the running one kept.
+pub(crate) async fn run(
+    mut driver: impl Driver,
+    mut goal: Goal,
+    mut updates: Updates,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::default();
     let mut retry_at: Option<Instant> = None;
     let mut clamp_warned = false;
     loop {
-        if let Some(at) = retry_at.take() {
-            if !sleep_until(at, &shutdown).await {
-                return;
-            }
+        let pending_retry = retry_at.take();
+        let woken = if let Some(at) = pending_retry {
+            sleep_until(at, &mut updates, &shutdown).await
         } else {
             let random = driver.random();
             match due(&goal, driver.stored().as_ref(), random) {
                 Due::Now(reason) => {
-                    info!(domains = %goal.domains.join(","), directory = %goal.directory, "{reason}; ordering one")
+                    info!(domains = %goal.domains.join(","), directory = %goal.directory, "{reason}; ordering one");
+                    Woken::Elapsed
                 }
                 Due::At(at, clamped) => {
                     if clamped && !clamp_warned {
@@ -79,11 +112,27 @@ pub(crate) async fn run(mut driver: impl Driver, goal: Goal, shutdown: Cancellat
                         warn!(renew_before_secs = goal.renew_before.as_secs(), "tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half its lifetime instead");
                     }
                     info!(renew_at = %format_time(at), "ACME certificate renewal scheduled");
-                    if !sleep_until_unix(&driver, at, &shutdown).await {
-                        return;
+                    let woken = sleep_until_unix(&driver, at, &mut updates, &shutdown).await;
+                    if matches!(woken, Woken::Elapsed) {
+                        info!(domains = %goal.domains.join(","), "ACME certificate renewal due; ordering");
                     }
-                    info!(domains = %goal.domains.join(","), "ACME certificate renewal due; ordering");
+                    woken
                 }
+            }
+        };
+        match woken {
+            Woken::Elapsed => {}
+            Woken::Shutdown => return,
+            Woken::Reconfigured => {
+                if let Some(next) = apply(&mut driver, &mut updates) {
+                    goal = next;
+                    backoff.reset();
+                    clamp_warned = false;
+                } else {
+                    // Not applied: the retry that was pending stays pending.
+                    retry_at = pending_retry;
+                }
+                continue;
             }
         }
         let started = Instant::now();
@@ -122,6 +171,21 @@ pub(crate) async fn run(mut driver: impl Driver, goal: Goal, shutdown: Cancellat
     }
 }
 
+/// Applies the newest configuration; `None` when it cannot be (logged).
+fn apply(driver: &mut impl Driver, updates: &mut Updates) -> Option<Goal> {
+    let settings = Arc::clone(&updates.as_mut()?.borrow_and_update());
+    match driver.reconfigure(&settings) {
+        Ok(()) => {
+            info!(domains = %settings.domains.join(","), directory = %settings.directory, challenge = settings.challenge.as_str(), "ACME configuration reloaded");
+            Some(Goal::from(&*settings))
+        }
+        Err(error) => {
+            warn!(error = %postern_metrics::ErrorChain(&error), "the new [tls.acme] cannot be applied; keeping the previous one");
+            None
+        }
+    }
+}
+
 fn log_failure(failure: &AcmeError, wait: Duration, failures: u32, serving: bool) {
     let problem = failure.problem();
     let error = postern_metrics::ErrorChain(failure);
@@ -141,24 +205,42 @@ fn log_failure(failure: &AcmeError, wait: Duration, failures: u32, serving: bool
     }
 }
 
-/// `false` on shutdown.
-async fn sleep_until(at: Instant, shutdown: &CancellationToken) -> bool {
+async fn sleep_until(at: Instant, updates: &mut Updates, shutdown: &CancellationToken) -> Woken {
+    let reconfigured = async {
+        match updates {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    // The sender is gone: no reload can come any more.
+                    *updates = None;
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
-        () = tokio::time::sleep_until(at) => true,
-        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep_until(at) => Woken::Elapsed,
+        () = reconfigured => Woken::Reconfigured,
+        () = shutdown.cancelled() => Woken::Shutdown,
     }
 }
 
 /// Sleeps until the driver's wall clock reaches `at`, in naps of at most an hour.
-async fn sleep_until_unix(driver: &impl Driver, at: i64, shutdown: &CancellationToken) -> bool {
+async fn sleep_until_unix(
+    driver: &impl Driver,
+    at: i64,
+    updates: &mut Updates,
+    shutdown: &CancellationToken,
+) -> Woken {
     loop {
         let left = at - driver.now();
         if left <= 0 {
-            return true;
+            return Woken::Elapsed;
         }
         let nap = Duration::from_secs(left.unsigned_abs()).min(MAX_NAP);
-        if !sleep_until(Instant::now() + nap, shutdown).await {
-            return false;
+        match sleep_until(Instant::now() + nap, updates, shutdown).await {
+            Woken::Elapsed => {}
+            other => return other,
         }
     }
 }

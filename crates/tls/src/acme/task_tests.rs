@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use instant_acme::Problem;
-use tokio::sync::mpsc;
+use postern_config::{AcmeChallenge, AcmeConfig};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +93,16 @@ impl Driver for Fake {
         };
         async move { result }
     }
+
+    fn reconfigure(&mut self, settings: &AcmeConfig) -> Result<(), AcmeError> {
+        if settings.ca_roots.is_some() {
+            return Err(AcmeError::Roots {
+                path: "/nowhere".into(),
+                reason: "unusable".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Starts the loop with `stored` and `script`; returns the attempt times (seconds from the
@@ -100,6 +111,31 @@ fn start(
     stored: Option<Stored>,
     script: Vec<Outcome>,
 ) -> (mpsc::UnboundedReceiver<i64>, CancellationToken) {
+    let (rx, shutdown, _updates) = start_with_updates(stored, script);
+    (rx, shutdown)
+}
+
+fn settings(domains: &[&str]) -> AcmeConfig {
+    AcmeConfig {
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        contact: Vec::new(),
+        directory: DIRECTORY.into(),
+        challenge: AcmeChallenge::TlsAlpn01,
+        challenge_listen: Vec::new(),
+        ca_roots: None,
+        renew_before: Duration::from_secs(30 * 86_400),
+        store: "/nowhere".into(),
+    }
+}
+
+fn start_with_updates(
+    stored: Option<Stored>,
+    script: Vec<Outcome>,
+) -> (
+    mpsc::UnboundedReceiver<i64>,
+    CancellationToken,
+    watch::Sender<Arc<AcmeConfig>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let fake = Fake {
         start: Instant::now(),
@@ -108,8 +144,9 @@ fn start(
         attempts: tx,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(run(fake, goal(), shutdown.clone()));
-    (rx, shutdown)
+    let (updates, updates_rx) = watch::channel(Arc::new(settings(&["mail.test"])));
+    tokio::spawn(run(fake, goal(), Some(updates_rx), shutdown.clone()));
+    (rx, shutdown, updates)
 }
 
 async fn attempts(rx: &mut mpsc::UnboundedReceiver<i64>, n: usize) -> Vec<i64> {
@@ -186,4 +223,22 @@ async fn shutdown_ends_the_loop_while_it_waits() {
     tokio::time::sleep(Duration::from_secs(3600 * 5)).await;
     shutdown.cancel();
     assert_eq!(rx.recv().await, None, "no attempt, and the loop is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_with_other_names_orders_at_once_and_a_bad_one_changes_nothing() {
+    let stored = certificate(BASE, BASE + 80 * DAY);
+    let script = vec![Outcome::Issue(90 * DAY)];
+    let (mut rx, shutdown, updates) = start_with_updates(Some(stored), script);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    // Unusable: refused, the schedule (50 days away) stands.
+    let mut bad = settings(&["mail.test", "imap.test"]);
+    bad.ca_roots = Some("/nowhere".into());
+    updates.send_replace(Arc::new(bad));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(rx.try_recv().is_err(), "a refused reload placed an order");
+    // Usable, with a new name: the stored certificate no longer matches, order now.
+    updates.send_replace(Arc::new(settings(&["mail.test", "imap.test"])));
+    assert_eq!(attempts(&mut rx, 1).await, [2 * 3600]);
+    shutdown.cancel();
 }
