@@ -9,7 +9,10 @@
 //! - Privileges are dropped after every socket is bound and every key is read, and before
 //!   any session is accepted.
 
+mod exit;
 pub mod privdrop;
+
+pub use exit::Exit;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,14 +61,14 @@ pub enum StartError {
 
 impl StartError {
     /// 2 for problems in the configuration or the files it names, 1 for the rest.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> Exit {
         match self {
-            StartError::Tls(_) | StartError::PrivDrop(_) => 2,
-            StartError::Acme(e) if !e.is_bind() => 2,
+            StartError::Tls(_) | StartError::PrivDrop(_) => Exit::BadConfig,
+            StartError::Acme(e) if !e.is_bind() => Exit::BadConfig,
             StartError::Bind(_)
             | StartError::Admin { .. }
             | StartError::Runtime(_)
-            | StartError::Acme(_) => 1,
+            | StartError::Acme(_) => Exit::Failure,
         }
     }
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use postern::Gateway;
+use postern::{Exit, Gateway};
 use postern_config::{Config, LogFormat};
+use postern_metrics::ErrorChain;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -95,25 +96,25 @@ fn main() -> ExitCode {
             command: ConfigCommand::Default,
         } => {
             print!("{}", postern_config::DEFAULT_TOML);
-            0
+            Exit::Clean
         }
         Command::Cert { command } => cert(command),
     };
     ExitCode::from(code)
 }
 
-fn load_config(cli: Option<&Path>) -> Result<Config, u8> {
+fn load_config(cli: Option<&Path>) -> Result<Config, Exit> {
     let loaded = match postern_config::resolve_path(cli) {
         Some(path) => postern_config::load(&path),
         None => postern_config::embedded_default(),
     };
     loaded.map_err(|errors| {
         eprintln!("postern: invalid configuration:\n{errors}");
-        2
+        Exit::BadConfig
     })
 }
 
-fn check_config(cli: Option<&Path>) -> u8 {
+fn check_config(cli: Option<&Path>) -> Exit {
     let config = match load_config(cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -133,16 +134,16 @@ fn check_config(cli: Option<&Path>) -> u8 {
             for line in lines {
                 println!("  {line}");
             }
-            0
+            Exit::Clean
         }
         Err(e) => {
-            eprintln!("postern: {}: {}", config.source, chain(&e));
-            2
+            eprintln!("postern: {}: {}", config.source, ErrorChain(&e));
+            Exit::BadConfig
         }
     }
 }
 
-fn run(cli: Option<&Path>) -> u8 {
+fn run(cli: Option<&Path>) -> Exit {
     let config = match load_config(cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -158,7 +159,7 @@ fn run(cli: Option<&Path>) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the control runtime");
-            return 1;
+            return Exit::Failure;
         }
     };
     runtime.block_on(async move {
@@ -169,15 +170,15 @@ fn run(cli: Option<&Path>) -> u8 {
             (Ok(t), Ok(i)) => (t, i),
             _ => {
                 error!("cannot install signal handlers");
-                return 1;
+                return Exit::Failure;
             }
         };
         let source = config.source.to_string();
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
-                error!(config = %source, "{}", chain(&e));
-                return e.exit_code() as u8;
+                error!(config = %source, "{}", ErrorChain(&e));
+                return e.exit_code();
             }
         };
         info!("ready");
@@ -214,11 +215,11 @@ fn run(cli: Option<&Path>) -> u8 {
             interrupted = report.interrupted,
             "exit"
         );
-        0
+        Exit::Clean
     })
 }
 
-fn cert(command: CertCommand) -> u8 {
+fn cert(command: CertCommand) -> Exit {
     match command {
         CertCommand::Generate {
             names,
@@ -233,11 +234,11 @@ fn cert(command: CertCommand) -> u8 {
             match postern_tls::generate::write_self_signed(&names, &out, days, kt) {
                 Ok((cert, key)) => {
                     println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
-                    0
+                    Exit::Clean
                 }
                 Err(e) => {
-                    eprintln!("postern: {}", chain(&e));
-                    1
+                    eprintln!("postern: {}", ErrorChain(&e));
+                    Exit::Failure
                 }
             }
         }
@@ -245,27 +246,12 @@ fn cert(command: CertCommand) -> u8 {
             let report = postern_tls::inspect::inspect(&path, key.as_deref());
             print!("{report}");
             if report.usable {
-                0
+                Exit::Clean
             } else {
-                1
+                Exit::Failure
             }
         }
     }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let text = src.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = src.source();
-    }
-    s
 }
 
 fn init_logging(config: &Config) {

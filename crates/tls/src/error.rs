@@ -236,15 +236,9 @@ impl TlsError {
         }
     }
 
-    /// The message and every source, joined with ": " (for log lines, which show no chain).
+    /// The message and every source on one line ([`postern_metrics::ErrorChain`], the
+    /// workspace's one formatter), for log lines, which show no chain.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        out
+        postern_metrics::ErrorChain(self).to_string()
     }
 }
