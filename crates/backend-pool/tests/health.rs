@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use postern_backend_pool::PoolError;
 use postern_config::Balance;
 use postern_proto::Protocol;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

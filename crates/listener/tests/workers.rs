@@ -8,10 +8,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postern_listener::{bind_reuseport, Connection, Handler, WorkerListener, Workers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// Greets, then waits for EOF or the drain's goodbye; records goodbye order by conn id.
 struct Hold {

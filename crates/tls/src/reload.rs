@@ -87,6 +87,9 @@ fn reload_locked(
             let mut changed = false;
             while retries > 0 && !changed {
                 retries -= 1;
+                // The watcher runs this on a spawn_blocking thread (cert_watcher.rs), where
+                // blocking is the point; Tls::reload callers accept the settle wait.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(wait);
                 changed = store.read_snapshot().ok() != snapshot;
             }

@@ -45,7 +45,7 @@ pub(crate) struct Store {
     metrics: TlsMetrics,
     reloader: Reloader,
     /// When validity warnings were last logged; they repeat at most daily.
-    expiry_warned: Mutex<std::time::Instant>,
+    expiry_warned: Mutex<tokio::time::Instant>,
 }
 
 impl Store {
@@ -105,7 +105,7 @@ impl Store {
             current: Arc::new(ArcSwap::from_pointee(set)),
             metrics,
             reloader: Reloader::default(),
-            expiry_warned: Mutex::new(std::time::Instant::now()),
+            expiry_warned: Mutex::new(tokio::time::Instant::now()),
         })
     }
 
@@ -211,7 +211,7 @@ impl Store {
             warn!("{warning}");
         }
         if !warnings.is_empty() {
-            *last = std::time::Instant::now();
+            *last = tokio::time::Instant::now();
         }
     }
 }

@@ -244,7 +244,7 @@ pub async fn read_until_contains<S: AsyncRead + Unpin>(
 pub async fn sample(pool: &postern_backend_pool::Pool, n: usize, pace: Duration) -> Vec<Duration> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let conn = pool
             .connect(client(&format!("192.0.2.1:{}", 1000 + i)))
             .await
