@@ -16,10 +16,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::server::ProducesTickets;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::ticket_keys::{self, TicketKey};
