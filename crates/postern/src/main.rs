@@ -122,8 +122,8 @@ fn check_config(cli: Option<&Path>) -> Exit {
     let acme = match postern_tls::acme::describe(&config.tls) {
         Ok(lines) => lines,
         Err(e) => {
-            eprintln!("postern: {}: {}", config.source, chain(&e));
-            return 2;
+            eprintln!("postern: {}: {}", config.source, ErrorChain(&e));
+            return Exit::BadConfig;
         }
     };
     match postern_tls::Tls::check(&config.tls, &config.server.state_dir) {
