@@ -26,16 +26,13 @@ pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// The validation certificate for `name` and the key authorization digest.
 pub(crate) fn challenge_certificate(
     name: &str,
-    digest: &[u8],
+    digest: &[u8; 32],
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, AcmeError> {
     let generate = |source| AcmeError::Generate {
         what: "the tls-alpn-01 validation certificate",
         source,
     };
-    if digest.len() != 32 {
-        return Err(generate(rcgen::Error::CouldNotParseKeyPair));
-    }
     let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(generate)?;
     params
         .custom_extensions
@@ -46,7 +43,10 @@ pub(crate) fn challenge_certificate(
     let signing = provider
         .key_provider
         .load_private_key(der)
-        .map_err(|_| generate(rcgen::Error::CouldNotParseKeyPair))?;
+        .map_err(|source| AcmeError::TlsLibrary {
+            what: "the tls-alpn-01 certificate's key",
+            source,
+        })?;
     Ok(CertifiedKey::new(
         vec![CertificateDer::from(cert.der().to_vec())],
         signing,

@@ -25,12 +25,40 @@ pub enum AcmeError {
     },
 
     /// `ca_roots` could not be used.
-    #[error("tls.acme.ca_roots = {path}: {reason}; point it at a PEM bundle holding the certificate(s) that issued the ACME server's HTTPS certificate, or set ca_roots = \"\" for the system roots")]
+    #[error("tls.acme.ca_roots = {path} {what}; point it at a PEM bundle holding the certificate(s) that issued the ACME server's HTTPS certificate, or set ca_roots = \"\" for the system roots")]
     Roots {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// What is wrong with it: "cannot be read", "is not valid PEM", ...
+        what: &'static str,
+        /// The reader's, parser's or verifier's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// `ca_roots` holds no certificate.
+    #[error("tls.acme.ca_roots = {path} holds no `-----BEGIN CERTIFICATE-----` block; point it at a PEM bundle holding the certificate(s) that issued the ACME server's HTTPS certificate, or set ca_roots = \"\" for the system roots")]
+    NoRoots {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The TLS library refused a configuration postern builds itself (a bug to report).
+    #[error("the TLS library refused {what}; report this as a bug")]
+    TlsLibrary {
+        /// Which configuration.
+        what: &'static str,
+        /// rustls's error.
+        #[source]
+        source: rustls::Error,
+    },
+
+    /// The blocking task that installs a certificate did not finish (a bug to report).
+    #[error("installing the issued certificate did not finish; report this as a bug")]
+    Install {
+        /// Why the task ended.
+        #[source]
+        source: tokio::task::JoinError,
     },
 
     /// No system roots to verify the CA's HTTPS certificate.
@@ -167,6 +195,9 @@ impl AcmeError {
             }
             AcmeError::Bind { .. }
             | AcmeError::Roots { .. }
+            | AcmeError::NoRoots { .. }
+            | AcmeError::TlsLibrary { .. }
+            | AcmeError::Install { .. }
             | AcmeError::SystemRoots { .. }
             | AcmeError::Storage { .. }
             | AcmeError::Account { .. }

@@ -45,9 +45,9 @@ impl CaHttp {
     ) -> Result<CaHttp, AcmeError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| AcmeError::Roots {
-                path: ca_roots.map(Path::to_path_buf).unwrap_or_default(),
-                reason: e.to_string(),
+            .map_err(|source| AcmeError::TlsLibrary {
+                what: "the HTTPS client for the ACME server",
+                source,
             })?;
         let config = match ca_roots {
             Some(path) => builder
@@ -134,20 +134,27 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<SystemTime> {
 }
 
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, AcmeError> {
-    let bad = |reason: String| AcmeError::Roots {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    let bad =
+        |what: &'static str, source: Box<dyn std::error::Error + Send + Sync>| AcmeError::Roots {
+            path: path.to_path_buf(),
+            what,
+            source,
+        };
+    let bytes = std::fs::read(path).map_err(|e| bad("cannot be read", Box::new(e)))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|e| bad(format!("not valid PEM ({e})")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("a certificate in it is not usable as a root ({e})")))?;
+        let cert = cert.map_err(|e| bad("is not valid PEM", Box::new(e)))?;
+        roots.add(cert).map_err(|e| {
+            bad(
+                "holds a certificate that is not usable as a root",
+                Box::new(e),
+            )
+        })?;
     }
     if roots.is_empty() {
-        return Err(bad("it holds no `-----BEGIN CERTIFICATE-----` block".into()));
+        return Err(AcmeError::NoRoots {
+            path: path.to_path_buf(),
+        });
     }
     Ok(roots)
 }

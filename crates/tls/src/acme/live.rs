@@ -68,10 +68,7 @@ impl Driver for Live {
         // File writes, fsync and key parsing block: not on the control runtime's thread.
         tokio::task::spawn_blocking(move || install(&store, &files, &issued, &ordered))
             .await
-            .map_err(|e| AcmeError::Order {
-                domains: Vec::new(),
-                what: format!("installing the certificate failed: {e}"),
-            })?
+            .map_err(|source| AcmeError::Install { source })?
     }
 }
 

@@ -172,14 +172,17 @@ impl Orderer {
                     challenge.token.clone(),
                     key_authorization.as_str().to_owned(),
                 ),
-                AcmeChallenge::TlsAlpn01 => open.add_alpn(
-                    &name,
-                    alpn::challenge_certificate(
+                AcmeChallenge::TlsAlpn01 => {
+                    // SHA-256: always 32 bytes (rcgen asserts it).
+                    let digest = <[u8; 32]>::try_from(key_authorization.digest().as_ref())
+                        .map_err(|_| {
+                            self.order_error("the key authorization digest is not SHA-256".into())
+                        })?;
+                    open.add_alpn(
                         &name,
-                        key_authorization.digest().as_ref(),
-                        &self.provider,
-                    )?,
-                ),
+                        alpn::challenge_certificate(&name, &digest, &self.provider)?,
+                    )
+                }
             }
             challenge
                 .set_ready()

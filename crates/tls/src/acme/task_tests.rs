@@ -96,9 +96,8 @@ impl Driver for Fake {
 
     fn reconfigure(&mut self, settings: &AcmeConfig) -> Result<(), AcmeError> {
         if settings.ca_roots.is_some() {
-            return Err(AcmeError::Roots {
+            return Err(AcmeError::NoRoots {
                 path: "/nowhere".into(),
-                reason: "unusable".into(),
             });
         }
         Ok(())
