@@ -5,6 +5,7 @@ per-symbol summary.
 
     python3 benches/perf_profile.py --proxy postern --workload handshake
     python3 benches/perf_profile.py --proxy haproxy --workload down --gib 1
+    python3 benches/perf_profile.py --proxy postern --workload lines --gib 0.5
 
 Needs `perf` (linux-perf). Same setup as compare.py (certificate, backend, configs).
 """
@@ -28,7 +29,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--postern", default="/work/target-bench/release/postern")
     ap.add_argument("--proxy", default="postern", help="postern, haproxy or stunnel")
-    ap.add_argument("--workload", default="handshake", help="handshake, down or up")
+    ap.add_argument("--workload", default="handshake",
+                    help="handshake, down, up, lines (80-byte lines after LOGIN) or prelines (before login)")
     ap.add_argument("--handshakes", type=int, default=3000)
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--payload", choices=("literal", "raw"), default="literal")
@@ -49,6 +51,8 @@ def main() -> int:
         proxy: compare.Proxy = compare.Postern(work, bport, 1, args.postern, certs)
     elif args.proxy == "haproxy":
         proxy = compare.Haproxy(work, bport, 1, certs)
+    elif args.proxy == "hitch":
+        proxy = compare.Hitch(work, bport, 1, certs)
     else:
         proxy = compare.Stunnel(work, bport, 1, certs)
     proxy.start()
@@ -64,6 +68,9 @@ def main() -> int:
         time.sleep(1.0)
         if args.workload == "handshake":
             print(compare.measure_handshakes(proxy, args.handshakes, 2))
+        elif args.workload in ("lines", "prelines"):
+            when = "login" if args.workload == "lines" else "prelogin"
+            print(compare.measure_lines(proxy, int(args.gib * compare.GIB), when))
         else:
             print(compare.measure_stream(proxy, args.workload, int(args.gib * compare.GIB), args.payload))
         rec.send_signal(signal.SIGINT)
