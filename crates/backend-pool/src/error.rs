@@ -44,6 +44,33 @@ pub enum PoolError {
         /// The budget that ran out.
         after: Duration,
     },
+    /// `route = "user"`: the server placement chose is not (or no longer) in the pool.
+    #[error("backend `{backend}`: server {server} is not one of its servers (the configuration changed?)")]
+    ServerGone {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The server label.
+        server: String,
+    },
+    /// `route = "user"`: the server placement chose holds `max_connections_per_server`.
+    #[error("backend `{backend}`: server {server} holds max_connections_per_server = {limit} sessions; raise the limit (a user's sessions cannot go to another server)")]
+    ServerFull {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The server label.
+        server: String,
+        /// The configured per-server limit.
+        limit: usize,
+    },
+    /// `route = "user"`: the server placement chose failed (see the source).
+    #[error("backend `{backend}`: the user's server failed")]
+    ServerFailed {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The failure.
+        #[source]
+        source: ServerError,
+    },
     /// An exec backend already runs `max_children` children.
     #[error("backend `{backend}`: {max} exec children already running (max_children); raise max_children or lower the load")]
     TooManyChildren {
@@ -77,6 +104,9 @@ impl PoolError {
             PoolError::Deadline { .. } => "deadline",
             PoolError::TooManyChildren { .. } => "too_many_children",
             PoolError::Spawn { .. } => "spawn",
+            PoolError::ServerGone { .. } => "server_gone",
+            PoolError::ServerFull { .. } => "server_full",
+            PoolError::ServerFailed { .. } => "server_failed",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A server's health: the up/down state fed by active probes and passive session results,
 //! and the probe loop that runs while [`crate::Pool::spawn_background`] does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub(crate) struct Health {
     counts: Mutex<Counts>,
     /// `postern_backend_up{backend,server}`.
     gauge: IntGauge,
+    /// Up/down changes so far: lets a watcher that looks now and then (the director's
+    /// placement) notice a server that went down and came back between two looks.
+    transitions: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -66,7 +69,13 @@ impl Health {
                 successes: 0,
             }),
             gauge,
+            transitions: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the server went up or down since the pool was built.
+    pub(crate) fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -87,6 +96,7 @@ impl Health {
         if !h.up && h.successes >= cfg.rise {
             h.up = true;
             self.up.store(true, Ordering::Release);
+            self.transitions.fetch_add(1, Ordering::AcqRel);
             self.gauge.set(1);
             tracing::info!(
                 backend,
@@ -113,6 +123,7 @@ impl Health {
         if h.up && h.failures >= cfg.fall {
             h.up = false;
             self.up.store(false, Ordering::Release);
+            self.transitions.fetch_add(1, Ordering::AcqRel);
             self.gauge.set(0);
             tracing::warn!(
                 backend,

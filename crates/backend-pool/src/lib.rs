@@ -48,5 +48,5 @@ mod stream;
 mod warm;
 
 pub use error::{PoolError, ServerError};
-pub use pool::{BackendConn, ClientInfo, Pool};
+pub use pool::{BackendConn, ClientInfo, Pool, ServerStatus};
 pub use stream::{BackendStream, ExecStream};

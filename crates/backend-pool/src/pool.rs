@@ -21,6 +21,10 @@ use crate::server::{Server, ServerSlot};
 use crate::stream::BackendStream;
 use crate::warm::{warm_loop, Spare};
 
+mod routed;
+
+pub use routed::ServerStatus;
+
 /// The client side of a session, for balancing (client-hash) and for forwarding the client address.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientInfo {

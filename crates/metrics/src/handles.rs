@@ -67,6 +67,24 @@ pub struct ServerMetrics {
     pub up: IntGauge,
     /// `postern_backend_connections_active{backend,server}` (extra)
     pub active: IntGauge,
+    /// `postern_backend_users{backend,server}` (extra): distinct users with routed sessions.
+    pub users: IntGauge,
+    /// `postern_backend_server_state{backend,server,state}` (extra), in the order of
+    /// [`SERVER_STATES`].
+    states: Arc<[IntGauge; SERVER_STATES.len()]>,
+}
+
+/// The `state` label values of `postern_backend_server_state`.
+pub const SERVER_STATES: [&str; 3] = ["online", "standby", "offline"];
+
+impl ServerMetrics {
+    /// Sets `postern_backend_server_state` to 1 for `state` (one of [`SERVER_STATES`]) and 0
+    /// for the others.
+    pub fn set_state(&self, state: &str) {
+        for (name, gauge) in SERVER_STATES.iter().zip(self.states.iter()) {
+            gauge.set(i64::from(*name == state));
+        }
+    }
 }
 
 /// Certificate metrics. Not on the hot path: labels are resolved per call.
@@ -129,6 +147,10 @@ pub(crate) fn server(f: &Families, backend: &str, server: &str) -> ServerMetrics
         connect_failures: f.backend_connect_failures.with_label_values(&labels),
         up: f.backend_up.with_label_values(&labels),
         active: f.backend_active.with_label_values(&labels),
+        users: f.backend_users.with_label_values(&labels),
+        states: Arc::new(
+            SERVER_STATES.map(|s| f.backend_state.with_label_values(&[backend, server, s])),
+        ),
     }
 }
 

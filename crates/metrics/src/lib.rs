@@ -31,7 +31,7 @@ use prometheus::{
 
 pub use admin::serve_admin;
 pub use error_chain::ErrorChain;
-pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics};
+pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics, SERVER_STATES};
 pub use labels::{HandshakeFailure, RejectReason, SessionOutcome};
 pub use prometheus::{Histogram, IntCounter, IntGauge};
 
@@ -54,6 +54,8 @@ struct Families {
     backend_connect_failures: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_active: IntGaugeVec,
+    backend_users: IntGaugeVec,
+    backend_state: IntGaugeVec,
     session_duration: HistogramVec,
     bytes: IntCounterVec,
     cert_expiry: IntGaugeVec,
@@ -111,6 +113,18 @@ impl Metrics {
                 names::BACKEND_CONNECTIONS_ACTIVE,
                 "Sessions currently relayed to the backend server.",
                 &["backend", "server"],
+            ),
+            backend_users: gauge(
+                r,
+                names::BACKEND_USERS,
+                "route = \"user\" backends: distinct users with sessions through this instance on the server.",
+                &["backend", "server"],
+            ),
+            backend_state: gauge(
+                r,
+                names::BACKEND_SERVER_STATE,
+                "1 for the state the server is in (online, standby, offline; postern ctl server), 0 for the others.",
+                &["backend", "server", "state"],
             ),
             session_duration: histogram(
                 r,

@@ -24,6 +24,8 @@ pub const ACCEPT_ERRORS_TOTAL: &str = "postern_accept_errors_total";
 pub const SESSIONS_TOTAL: &str = "postern_sessions_total";
 pub const BACKEND_CONNECTIONS_ACTIVE: &str = "postern_backend_connections_active";
 pub const CONNECTIONS_MAX: &str = "postern_connections_max";
+pub const BACKEND_USERS: &str = "postern_backend_users";
+pub const BACKEND_SERVER_STATE: &str = "postern_backend_server_state";
 
 /// The names SPEC §4 fixes.
 pub const SPEC: &[&str] = &[
@@ -49,4 +51,6 @@ pub const EXTRAS: &[&str] = &[
     SESSIONS_TOTAL,
     BACKEND_CONNECTIONS_ACTIVE,
     CONNECTIONS_MAX,
+    BACKEND_USERS,
+    BACKEND_SERVER_STATE,
 ];

@@ -38,6 +38,8 @@ fn exercised() -> Metrics {
     s.connect_failures.inc();
     s.up.set(1);
     s.active.inc();
+    s.users.inc();
+    s.set_state("online");
     let tls = m.tls();
     tls.set_expiry("mail.example.com", 1_800_000_000);
     tls.reload_ok();
@@ -80,6 +82,11 @@ fn expected_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
             &["backend", "server"][..],
         ),
         (names::CONNECTIONS_MAX, &[][..]),
+        (names::BACKEND_USERS, &["backend", "server"][..]),
+        (
+            names::BACKEND_SERVER_STATE,
+            &["backend", "server", "state"][..],
+        ),
     ])
 }
 

@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use postern_backend_pool::Pool;
 use postern_config::Config;
+use postern_director::control::ControlSocket;
+use postern_director::error::ControlError;
+use postern_director::Director;
 use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
 use postern_metrics::Metrics;
 use postern_session::{SessionHandler, SessionPolicy, SessionSettings};
@@ -51,6 +54,12 @@ pub enum StartError {
     /// The privilege drop failed.
     #[error(transparent)]
     PrivDrop(#[from] privdrop::PrivDropError),
+    /// A `user_map` could not be used.
+    #[error(transparent)]
+    Director(#[from] postern_director::DirectorError),
+    /// The control socket could not be opened.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// Worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Runtime(#[source] std::io::Error),
@@ -63,10 +72,13 @@ impl StartError {
     /// 2 for problems in the configuration or the files it names, 1 for the rest.
     pub fn exit_code(&self) -> Exit {
         match self {
-            StartError::Tls(_) | StartError::PrivDrop(_) => Exit::BadConfig,
+            StartError::Tls(_) | StartError::PrivDrop(_) | StartError::Director(_) => {
+                Exit::BadConfig
+            }
             StartError::Acme(e) if !e.is_bind() => Exit::BadConfig,
             StartError::Bind(_)
             | StartError::Admin { .. }
+            | StartError::Control(_)
             | StartError::Runtime(_)
             | StartError::Acme(_) => Exit::Failure,
         }
@@ -85,6 +97,7 @@ pub struct Gateway {
     metrics: Metrics,
     /// The ACME task, for a config reload to hand it a new `[tls.acme]`.
     acme: Option<postern_tls::acme::AcmeHandle>,
+    director: Arc<Director>,
 }
 
 /// How a drain ended.
@@ -114,6 +127,9 @@ impl Gateway {
             .iter()
             .map(|b| Pool::new(b, b.protocol, &metrics))
             .collect();
+        // Placement, server states and routed sessions: one for the process, kept across
+        // reloads (states live in state_dir).
+        let director = Arc::new(Director::new(&config, &pools, &metrics)?);
         for name in &config.unused_backends {
             warn!(backend = %name, "no listener uses this backend; it is ignored");
         }
@@ -200,10 +216,27 @@ impl Gateway {
             info!(user = %user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
         }
 
+        // After the privilege drop, so that the socket belongs to postern's own user. Another
+        // instance on the same state_dir would share the server states: refuse to start.
+        // A socket that cannot be made (state_dir not writable after the drop) leaves the
+        // gateway serving without `postern ctl`, loudly.
+        let control_socket = match ControlSocket::bind(&config.server.state_dir) {
+            Ok(socket) => Some(socket),
+            Err(e @ ControlError::InUse { .. }) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %postern_metrics::ErrorChain(&e), "running without the control socket: postern ctl will not reach this instance");
+                None
+            }
+        };
         let control = CancellationToken::new();
         let draining = Arc::new(AtomicBool::new(false));
         for pool in &pools {
             pool.spawn_background(control.child_token());
+        }
+        tokio::spawn(Arc::clone(&director).run(control.child_token()));
+        if let Some(socket) = control_socket {
+            info!(path = %socket.path().display(), "control socket listening");
+            tokio::spawn(socket.serve(Arc::clone(&director), control.child_token()));
         }
         if config.tls.watch {
             tls.spawn_watcher(control.child_token())?;
@@ -249,6 +282,7 @@ impl Gateway {
             admin,
             metrics,
             acme,
+            director,
         })
     }
 
@@ -271,6 +305,11 @@ impl Gateway {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Placement, server states and routed sessions.
+    pub fn director(&self) -> &Arc<Director> {
+        &self.director
     }
 
     /// Sessions open right now.

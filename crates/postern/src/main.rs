@@ -46,6 +46,54 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Talk to the running gateway over state_dir/control.sock.
+    Ctl {
+        /// Configuration file, for server.state_dir (same resolution as `run`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The control socket (default: state_dir/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the answer as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every backend's servers: state, health, sessions, users.
+    Servers,
+    /// Set a server's state: standby (no new users placed there, sessions stay), offline
+    /// (no new sessions; its sessions get the goodbye spread over drain_spread), online.
+    Server {
+        /// The [[backend]] name.
+        backend: String,
+        /// The server, as `ctl servers` shows it (e.g. 10.0.0.5:143).
+        server: String,
+        /// The new state.
+        #[arg(value_enum)]
+        state: StateArg,
+    },
+    /// The server USER is routed to, and USER's open sessions on this instance.
+    User {
+        /// The login name.
+        user: String,
+    },
+    /// USER's sessions on this instance get the protocol's goodbye.
+    Kick {
+        /// The login name.
+        user: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Online,
+    Standby,
+    Offline,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +147,12 @@ fn main() -> ExitCode {
             Exit::Clean
         }
         Command::Cert { command } => cert(command),
+        Command::Ctl {
+            config,
+            socket,
+            json,
+            command,
+        } => ctl(config.as_deref(), socket, json, command),
     };
     ExitCode::from(code)
 }
@@ -119,6 +173,21 @@ fn check_config(cli: Option<&Path>) -> Exit {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for b in &config.backends {
+        if let postern_config::Route::User(route) = &b.route {
+            if let Some(path) = &route.user_map {
+                if let Err(e) = postern_director::UserMap::load(path) {
+                    eprintln!(
+                        "postern: {}: backend {}: {}",
+                        config.source,
+                        b.name,
+                        ErrorChain(&e)
+                    );
+                    return Exit::BadConfig;
+                }
+            }
+        }
+    }
     let acme = match postern_tls::acme::describe(&config.tls) {
         Ok(lines) => lines,
         Err(e) => {
@@ -217,6 +286,62 @@ fn run(cli: Option<&Path>) -> Exit {
         );
         Exit::Clean
     })
+}
+
+/// `postern ctl`: 0 done, 1 refused or no answer, 2 bad configuration.
+fn ctl(config: Option<&Path>, socket: Option<PathBuf>, json: bool, command: CtlCommand) -> Exit {
+    use postern_director::control::{self, protocol::Request};
+    let socket = match socket {
+        Some(s) => s,
+        None => match load_config(config) {
+            Ok(c) => control::socket_path(&c.server.state_dir),
+            Err(code) => return code,
+        },
+    };
+    let request = match command {
+        CtlCommand::Servers => Request::Servers,
+        CtlCommand::Server {
+            backend,
+            server,
+            state,
+        } => Request::Server {
+            backend,
+            server,
+            state: match state {
+                StateArg::Online => "online",
+                StateArg::Standby => "standby",
+                StateArg::Offline => "offline",
+            }
+            .to_owned(),
+        },
+        CtlCommand::User { user } => Request::User { user },
+        CtlCommand::Kick { user } => Request::Kick { user },
+    };
+    match control::client::send(&socket, &request, control::DEADLINE) {
+        Ok(answer) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+            if answer.ok {
+                Exit::Clean
+            } else {
+                Exit::Failure
+            }
+        }
+        Ok(answer) if answer.ok => {
+            println!("{}", answer.text);
+            Exit::Clean
+        }
+        Ok(answer) => {
+            eprintln!("postern ctl: {}", answer.error);
+            Exit::Failure
+        }
+        Err(e) => {
+            eprintln!("postern ctl: {}", ErrorChain(&e));
+            Exit::Failure
+        }
+    }
 }
 
 fn cert(command: CertCommand) -> Exit {
