@@ -175,13 +175,25 @@ pub(crate) async fn health_loop(
             r = dial::dial(&server.addr, hs, pool.health.timeout) => r,
         };
         match result {
-            Ok((mut stream, _greeting)) => {
+            Ok((mut stream, greeting)) => {
                 server.health.record_success(
                     &pool.name,
                     &server.label,
                     &pool.health,
                     Source::Probe,
                 );
+                if pool.learn_caps {
+                    let learned = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        r = tokio::time::timeout(pool.health.timeout, crate::caps::learn(&mut stream, pool.protocol, &greeting)) => r,
+                    };
+                    match learned {
+                        Ok(Some(caps)) => server.caps.set(caps),
+                        _ => {
+                            tracing::debug!(backend = %pool.name, server = %server.label, "capabilities not learned on this probe")
+                        }
+                    }
+                }
                 let goodbye = dial::probe_goodbye(pool.protocol);
                 let _ = tokio::time::timeout(GOODBYE_DEADLINE, stream.write_all(goodbye)).await;
             }

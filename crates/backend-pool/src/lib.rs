@@ -38,6 +38,7 @@
 //! - An exec child never outlives its session unreaped.
 
 mod balance;
+mod caps;
 mod dial;
 mod error;
 mod exec;

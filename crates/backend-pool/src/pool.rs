@@ -52,6 +52,8 @@ pub struct Pool {
     /// Set by `spawn_background`: only then may session failures mark a server down, since
     /// only probes can bring it back up.
     checks_running: AtomicBool,
+    /// `route = "user"`: probes also learn each server's pre-login capabilities.
+    pub(crate) learn_caps: bool,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,7 @@ impl Pool {
             warm,
             rotation: AtomicUsize::new(0),
             checks_running: AtomicBool::new(false),
+            learn_caps: matches!(config.route, postern_config::Route::User(_)),
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use postern_config::ServerAddr;
 use postern_metrics::ServerMetrics;
 
+use crate::caps::LearnedCaps;
 use crate::health::Health;
 use crate::warm::WarmQueue;
 
@@ -18,6 +19,8 @@ pub(crate) struct Server {
     pub(crate) metrics: ServerMetrics,
     pub(crate) warm: WarmQueue,
     pub(crate) health: Health,
+    /// `route = "user"`: what the server offers before login, from its health probes.
+    pub(crate) caps: LearnedCaps,
     active: AtomicUsize,
 }
 
@@ -30,6 +33,7 @@ impl Server {
             health: Health::new(metrics.up.clone()),
             metrics,
             warm: WarmQueue::default(),
+            caps: LearnedCaps::default(),
             active: AtomicUsize::new(0),
         }
     }

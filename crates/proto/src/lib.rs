@@ -13,6 +13,8 @@
 //! # Module map
 //! - [`protocol`](Protocol): the `Protocol` enum and its fixed goodbye lines.
 //! - [`greeting`]: recognising a backend's greeting (pool health checks and connects).
+//! - [`capabilities`]: a backend's pre-login capabilities, learned by the health probe of a
+//!   `route = "user"` backend (postern answers the pre-login commands itself).
 //! - [`forward`]: the IMAP `ID` / `XCLIENT` command that tells a backend the client address.
 //! - [`line`](mod@line): line splitting with a hard limit; IMAP tag and literal lexing.
 //! - [`starttls`]: [`starttls::PlainPhase`], the plaintext dialogue of a STARTTLS listener up
@@ -53,6 +55,7 @@
 //! workspace; `cargo +nightly fuzz run <target>` from `crates/proto`) check every state
 //! machine for panics, buffer bounds and read-split invariance.
 
+pub mod capabilities;
 pub mod capfilter;
 pub mod forward;
 pub mod greeting;

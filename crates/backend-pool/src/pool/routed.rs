@@ -141,3 +141,23 @@ impl Pool {
         }
     }
 }
+
+impl Pool {
+    /// `route = "user"`: what every server that is up offers before login (the intersection
+    /// of their last learned capabilities); None until a probe has learned any.
+    pub fn capabilities(&self) -> Option<postern_proto::capabilities::Capabilities> {
+        let Target::Servers(servers) = &self.target else {
+            return None;
+        };
+        let learned: Vec<_> = servers
+            .iter()
+            .filter(|s| s.is_up())
+            .filter_map(|s| s.caps.get())
+            .collect();
+        let (first, rest) = learned.split_first()?;
+        Some(
+            rest.iter()
+                .fold((**first).clone(), |acc, c| acc.intersect(c)),
+        )
+    }
+}
