@@ -30,10 +30,29 @@ impl Config {
         );
         check(self.log.format != next.log.format, "log.format".into());
         check(self.tls.watch != next.tls.watch, "tls.watch".into());
+        // The certificate store and the ticket keys are built once at start
+        // (the listeners' rustls configurations hold them); the files they name are re-read
+        // on change, but which files, and how they are checked, is fixed until a restart.
+        let (t, u) = (&self.tls, &next.tls);
+        check(t.min_version != u.min_version, "tls.min_version".into());
+        check(
+            t.key_permissions != u.key_permissions,
+            "tls.key_permissions".into(),
+        );
+        check(t.certificates != u.certificates, "tls.certificate".into());
+        check(
+            t.ticket_key_file != u.ticket_key_file,
+            "tls.ticket_key_file".into(),
+        );
         let challenge = |c: &Config| c.tls.acme.as_ref().map(|a| a.challenge_listen.clone());
         check(
             challenge(self) != challenge(next),
             "tls.acme.challenge_listen".into(),
+        );
+        // The ACME task takes new settings on reload; starting or stopping it needs a restart.
+        check(
+            self.tls.acme.is_some() != next.tls.acme.is_some(),
+            "tls.acme".into(),
         );
         for old in &self.listeners {
             match next.listeners.iter().find(|l| l.name == old.name) {
@@ -111,6 +130,7 @@ mod tests {
                 "log.format",
                 "tls.watch",
                 "tls.acme.challenge_listen",
+                "tls.acme",
                 "listener \"imaps\" listen",
                 "listener \"pop3s\" added",
             ]

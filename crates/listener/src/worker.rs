@@ -90,7 +90,8 @@ pub struct Workers {
 #[derive(Debug)]
 struct Shared {
     active: AtomicUsize,
-    max: usize,
+    /// `server.max_connections`; a config reload may change it.
+    max: AtomicUsize,
     next_id: AtomicU64,
     idle: Notify,
 }
@@ -106,7 +107,7 @@ impl Workers {
         let count = count.max(1);
         let shared = Arc::new(Shared {
             active: AtomicUsize::new(0),
-            max: max_connections,
+            max: AtomicUsize::new(max_connections),
             next_id: AtomicU64::new(1),
             idle: Notify::new(),
         });
@@ -155,6 +156,12 @@ impl Workers {
     /// Sessions open right now, across all workers.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// Changes `server.max_connections` for connections accepted from now on (a config
+    /// reload); sessions already open are never closed for it.
+    pub fn set_max_connections(&self, max: usize) {
+        self.shared.max.store(max, Ordering::Release);
     }
 
     /// Closes every listening socket: from now on the kernel refuses new connections.
@@ -354,8 +361,9 @@ struct Permit(Arc<Shared>);
 impl Permit {
     fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
         let mut current = shared.active.load(Ordering::Relaxed);
+        let max = shared.max.load(Ordering::Acquire);
         loop {
-            if current >= shared.max {
+            if current >= max {
                 return None;
             }
             match shared.active.compare_exchange_weak(

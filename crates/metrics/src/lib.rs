@@ -60,6 +60,7 @@ struct Families {
     bytes: IntCounterVec,
     cert_expiry: IntGaugeVec,
     cert_reloads: IntCounterVec,
+    config_reloads: IntCounterVec,
     starttls_discarded: IntCounterVec,
     accept_errors: IntCounterVec,
     sessions: IntCounterVec,
@@ -141,6 +142,12 @@ impl Metrics {
                 &["name"],
             ),
             cert_reloads: counter(r, names::CERTIFICATE_RELOADS_TOTAL, "Certificate reload attempts, by result.", &["result"]),
+            config_reloads: counter(
+                r,
+                names::CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP or a change of the file), by result (error: the old configuration stays).",
+                &["result"],
+            ),
             starttls_discarded: counter(
                 r,
                 names::STARTTLS_DISCARDED_BYTES_TOTAL,
@@ -161,6 +168,7 @@ impl Metrics {
         // Both reload results exist from the start so `increase()` sees the first error.
         for result in ["ok", "error"] {
             f.cert_reloads.with_label_values(&[result]);
+            f.config_reloads.with_label_values(&[result]);
         }
         Self { registry, f }
     }
@@ -178,6 +186,13 @@ impl Metrics {
     /// Certificate expiry and reload metrics.
     pub fn tls(&self) -> TlsMetrics {
         handles::tls(&self.f)
+    }
+
+    /// Counts one configuration reload in `postern_config_reloads_total{result}`: `ok` when
+    /// the new configuration was swapped in, `error` when the old one stays.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.f.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// Exports `server.max_connections` as `postern_connections_max`, so alerts can compare

@@ -17,6 +17,7 @@ pub const CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
     "postern_certificate_expiry_timestamp_seconds";
 pub const CERTIFICATE_RELOADS_TOTAL: &str = "postern_certificate_reloads_total";
 pub const BUILD_INFO: &str = "postern_build_info";
+pub const CONFIG_RELOADS_TOTAL: &str = "postern_config_reloads_total";
 
 // Extras (not in SPEC §4; additive, may be used by deploy/).
 pub const STARTTLS_DISCARDED_BYTES_TOTAL: &str = "postern_starttls_discarded_bytes_total";
@@ -42,6 +43,7 @@ pub const SPEC: &[&str] = &[
     CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
     CERTIFICATE_RELOADS_TOTAL,
     BUILD_INFO,
+    CONFIG_RELOADS_TOTAL,
 ];
 
 /// Families postern exports beyond SPEC §4.

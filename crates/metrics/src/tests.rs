@@ -73,6 +73,7 @@ fn expected_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         (names::BYTES_TOTAL, &["direction", "listener"][..]),
         (names::CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &["name"][..]),
         (names::CERTIFICATE_RELOADS_TOTAL, &["result"][..]),
+        (names::CONFIG_RELOADS_TOTAL, &["result"][..]),
         (names::BUILD_INFO, &["version"][..]),
         (names::STARTTLS_DISCARDED_BYTES_TOTAL, &["listener"][..]),
         (names::ACCEPT_ERRORS_TOTAL, &["listener"][..]),

@@ -9,8 +9,11 @@
 //! - Privileges are dropped after every socket is bound and every key is read, and before
 //!   any session is accepted.
 
+mod config_watcher;
 mod exit;
+mod live;
 pub mod privdrop;
+mod reload;
 
 pub use exit::Exit;
 
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use postern_backend_pool::Pool;
 use postern_config::Config;
 use postern_director::control::ControlSocket;
@@ -26,10 +30,15 @@ use postern_director::error::ControlError;
 use postern_director::Director;
 use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
 use postern_metrics::Metrics;
-use postern_session::{SessionHandler, SessionPolicy, SessionSettings};
+use postern_session::SessionHandler;
 use postern_tls::{Tls, TlsError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+pub use config_watcher::watch_config;
+pub use reload::ReloadError;
+
+use crate::live::Live;
 
 /// Why the gateway could not start. [`StartError::exit_code`] maps it to SPEC §1's codes.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +94,30 @@ impl StartError {
     }
 }
 
+/// Applies a new `[log] level` (a tracing filter directive); set by `main.rs`, which owns
+/// the subscriber. `Err` carries the filter's complaint.
+pub struct LogLevelHook(pub Box<SetLevel>);
+
+/// What a [`LogLevelHook`] calls with the new level.
+pub type SetLevel = dyn Fn(&str) -> Result<(), String> + Send;
+
+impl std::fmt::Debug for LogLevelHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevelHook")
+    }
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    config: Config,
+    /// The configuration in force and its pools; replaced by [`Gateway::reload`].
+    live: Live,
+    /// One per running listener, in `live.config.listeners` order.
+    handlers: Vec<Arc<SessionHandler>>,
+    /// The pools `/readyz` looks at.
+    ready_pools: Arc<ArcSwap<Vec<Arc<Pool>>>>,
+    hostname: String,
+    log_level: Option<LogLevelHook>,
     workers: Workers,
     draining: Arc<AtomicBool>,
     control: CancellationToken,
@@ -122,23 +151,23 @@ impl Gateway {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into());
 
-        let pools: Vec<Arc<Pool>> = config
-            .backends
-            .iter()
-            .map(|b| Pool::new(b, b.protocol, &metrics))
-            .collect();
-        // Placement, server states and routed sessions: one for the process, kept across
-        // reloads (states live in state_dir).
-        let director = Arc::new(Director::new(&config, &pools, &metrics)?);
+        let control = CancellationToken::new();
         for name in &config.unused_backends {
             warn!(backend = %name, "no listener uses this backend; it is ignored");
         }
+
+        let live = Live::build(config, &[], &metrics, &control);
+        let config = Arc::clone(&live.config);
+        // Placement, server states and routed sessions: one for the process, kept across
+        // reloads (states live in state_dir).
+        let director = Arc::new(Director::new(&config, &live.pool_list(), &metrics)?);
 
         // Bind everything before anything is served or privileges are dropped.
         let workers = config.server.workers.get();
         let mut bound = Vec::new();
         let mut worker_listeners = Vec::new();
-        for l in &config.listeners {
+        let mut handlers = Vec::with_capacity(config.listeners.len());
+        for (index, l) in config.listeners.iter().enumerate() {
             let mut sockets = Vec::new();
             for addr in &l.listen {
                 let socks = bind_reuseport(&l.name, *addr, workers)?;
@@ -152,36 +181,16 @@ impl Gateway {
                 }
                 sockets.extend(socks);
             }
-            let settings = SessionSettings {
-                listener: l.name.clone(),
-                protocol: l.protocol,
-                tls: l.tls,
-                handshake_timeout: config.tls.handshake_timeout,
-                plaintext_timeout: l.plaintext_timeout,
-                idle_timeout: l.idle_timeout,
-                max_line_length: l.max_line_length,
-                max_plaintext_commands: l.max_plaintext_commands,
-                hostname: hostname.clone(),
-                keepalive: CLIENT_KEEPALIVE,
-                strict_watch: l.backend(&config).guard == postern_config::GuardMode::Strict,
-            };
-            let policy = SessionPolicy {
-                settings,
-                pool: Arc::clone(&pools[l.backend]),
-                proxy: l.proxy.clone(),
-                allow: l.allow.clone(),
-                deny: l.deny.clone(),
-                limits: Arc::new(config.limits.clone()),
-            };
-            let handler = SessionHandler::new(
-                policy,
+            let handler = Arc::new(SessionHandler::new(
+                live.policy(index, &hostname),
                 tls.server_config(l.protocol.alpn()),
                 metrics.listener(&l.name),
-            );
+            ));
+            handlers.push(Arc::clone(&handler));
             worker_listeners.push(WorkerListener {
                 name: l.name.clone(),
                 sockets,
-                handler: Arc::new(handler),
+                handler,
                 metrics: metrics.listener(&l.name),
             });
         }
@@ -228,11 +237,8 @@ impl Gateway {
                 None
             }
         };
-        let control = CancellationToken::new();
         let draining = Arc::new(AtomicBool::new(false));
-        for pool in &pools {
-            pool.spawn_background(control.child_token());
-        }
+        live.start();
         tokio::spawn(Arc::clone(&director).run(control.child_token()));
         if let Some(socket) = control_socket {
             info!(path = %socket.path().display(), "control socket listening");
@@ -247,14 +253,15 @@ impl Gateway {
             }
             _ => None,
         };
+        let ready_pools = Arc::new(ArcSwap::from_pointee(live.pool_list()));
         let ready = {
             let draining = Arc::clone(&draining);
-            let pools = pools.clone();
+            let pools = Arc::clone(&ready_pools);
             Arc::new(move || -> Result<(), String> {
                 if draining.load(Ordering::Acquire) {
                     return Err("draining".into());
                 }
-                match pools.iter().find(|p| !p.any_up()) {
+                match pools.load().iter().find(|p| !p.any_up()) {
                     Some(p) => Err(format!("backend {:?} has no server up", p.name())),
                     None => Ok(()),
                 }
@@ -274,7 +281,11 @@ impl Gateway {
         }
         info!(addr = %admin, "admin listening");
         Ok(Gateway {
-            config,
+            live,
+            handlers,
+            ready_pools,
+            hostname,
+            log_level: None,
             workers,
             draining,
             control,
@@ -317,14 +328,97 @@ impl Gateway {
         self.workers.active()
     }
 
+    /// Where `[log] level` goes on a reload (`main.rs` owns the subscriber). Without a hook
+    /// (or with `RUST_LOG` set, which overrides the file) the level stays as started.
+    pub fn set_log_level_hook(&mut self, hook: LogLevelHook) {
+        self.log_level = Some(hook);
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.live.config
+    }
+
+    /// Re-reads the configuration file (SPEC §1; SIGHUP or a change of the file) and, when it
+    /// validates as `check-config` would have it, applies it to new sessions at once: the
+    /// backends (servers, balance, forwarding, health, TLS), `[limits]`, each listener's
+    /// access lists, timeouts and backend, `server.max_connections`, the drain timing and
+    /// `[log] level`. Open sessions keep what they started with, their backend included.
+    /// Keys that need a restart keep their running value and are logged. On any error the
+    /// whole running configuration stays, each problem is logged, and
+    /// `postern_config_reloads_total{result="error"}` counts it.
+    pub async fn reload(&mut self, trigger: &'static str) -> Result<(), ReloadError> {
+        let result = self.try_reload(trigger).await;
+        self.metrics.config_reload(result.is_ok());
+        if let Err(error) = &result {
+            let file = self.live.config.source.to_string();
+            for line in error.lines() {
+                tracing::error!(config = %file, trigger, "{line}");
+            }
+            warn!(config = %file, trigger, "configuration reload failed; the running configuration stays in force");
+        }
+        result
+    }
+
+    async fn try_reload(&mut self, trigger: &'static str) -> Result<(), ReloadError> {
+        let source = self.live.config.source.clone();
+        let next = tokio::task::spawn_blocking(move || reload::load(&source))
+            .await
+            .map_err(ReloadError::Task)??;
+        let merged = reload::merge(&self.live.config, next);
+        for key in &merged.restart {
+            warn!(key = %key, "configuration change needs a restart; the running value stays until then");
+        }
+        let next = Live::build(
+            merged.config,
+            &self.live.pools,
+            &self.metrics,
+            &self.control,
+        );
+        // The last step that can refuse (a new user_map must parse); it swaps the director's
+        // routing in one store when it succeeds.
+        self.director
+            .update(&next.config, &next.pool_list())
+            .map_err(ReloadError::Director)?;
+        // Everything is built: from here on nothing fails.
+        next.start();
+        for (index, handler) in self.handlers.iter().enumerate() {
+            handler.set_policy(next.policy(index, &self.hostname));
+        }
+        self.ready_pools.store(Arc::new(next.pool_list()));
+        let server = &next.config.server;
+        self.workers.set_max_connections(server.max_connections);
+        self.metrics
+            .set_max_connections(server.max_connections as i64);
+        if let Some(hook) = &self.log_level {
+            if let Err(reason) = (hook.0)(&next.config.log.level) {
+                warn!(level = %next.config.log.level, %reason, "log level not changed");
+            }
+        }
+        if let (Some(handle), Some(acme)) = (&self.acme, &next.config.tls.acme) {
+            handle.update(acme);
+        }
+        self.live.retire(&next);
+        let changed = next.pools.iter().filter(|p| !p.reused).count();
+        self.live = next;
+        info!(
+            config = %self.live.config.source,
+            trigger,
+            backends_rebuilt = changed,
+            restart_needed = merged.restart.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
     /// The graceful drain (SPEC §3, §1): `/readyz` turns 503 and the listening sockets close
     /// at once; sessions run on for up to `server.shutdown_grace`; during the last
     /// `server.drain_spread` of it the remaining sessions are asked to leave, oldest first,
     /// spread evenly (IMAP: `* BYE [UNAVAILABLE]`, SMTP: `421`, POP3: close); whatever is still
     /// open at the end of the grace is closed. `interrupt` (a second signal) ends it at once.
     pub async fn drain(self, interrupt: impl std::future::Future<Output = ()>) -> DrainReport {
-        let grace = self.config.server.shutdown_grace;
-        let spread = self.config.server.drain_spread.min(grace);
+        let grace = self.live.config.server.shutdown_grace;
+        let spread = self.live.config.server.drain_spread.min(grace);
         self.draining.store(true, Ordering::Release);
         self.workers.stop_accepting();
         info!(
@@ -370,10 +464,6 @@ impl Gateway {
         DrainReport { left, interrupted }
     }
 }
-
-/// TCP keepalive idle time on client sockets: a dead IDLE client is noticed after about
-/// this plus 4 probes 30 s apart.
-const CLIENT_KEEPALIVE: Duration = Duration::from_secs(120);
 
 /// Time after the grace for goodbyes sent at its very end to reach the wire.
 const GOODBYE_SLACK: Duration = Duration::from_millis(500);

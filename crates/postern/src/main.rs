@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use postern::{Exit, Gateway};
+use postern::{Exit, Gateway, LogLevelHook};
 use postern_config::{Config, LogFormat};
 use postern_metrics::ErrorChain;
 use tokio::signal::unix::{signal, SignalKind};
@@ -217,7 +217,7 @@ fn run(cli: Option<&Path>) -> Exit {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(&config);
+    let log_level = init_logging(&config);
     if config.source == postern_config::ConfigSource::Embedded {
         warn!("no configuration file found (-c, $POSTERN_CONFIG, /etc/postern/postern.toml); using the embedded default (`postern config default` prints it)");
     }
@@ -243,13 +243,38 @@ fn run(cli: Option<&Path>) -> Exit {
             }
         };
         let source = config.source.to_string();
-        let gateway = match Gateway::start(config).await {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(_) => {
+                error!("cannot install signal handlers");
+                return Exit::Failure;
+            }
+        };
+        let config_file = match &config.source {
+            postern_config::ConfigSource::File(path) => Some(path.clone()),
+            postern_config::ConfigSource::Embedded => None,
+        };
+        let mut gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
                 error!(config = %source, "{}", ErrorChain(&e));
                 return e.exit_code();
             }
         };
+        if let Some(hook) = log_level {
+            gateway.set_log_level_hook(hook);
+        }
+        let watch_stop = tokio_util::sync::CancellationToken::new();
+        // The file watcher, when it can run, wakes the same reload as SIGHUP.
+        let mut file_changed = config_file.and_then(|path| {
+            match postern::watch_config(&path, watch_stop.clone()) {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    warn!(error = %ErrorChain(&e), "configuration changes are applied on SIGHUP only");
+                    None
+                }
+            }
+        });
         info!("ready");
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Ready,
@@ -264,10 +289,30 @@ fn run(cli: Option<&Path>) -> Exit {
                 }
             });
         }
-        tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        loop {
+            let changed = async {
+                match file_changed.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => { info!(signal = "SIGTERM", "shutdown requested"); break; }
+                _ = int.recv() => { info!(signal = "SIGINT", "shutdown requested"); break; }
+                _ = hup.recv() => {
+                    info!(signal = "SIGHUP", "configuration reload requested");
+                    let _ = gateway.reload("SIGHUP").await;
+                }
+                got = changed => match got {
+                    Some(()) => {
+                        info!("configuration file changed");
+                        let _ = gateway.reload("file change").await;
+                    }
+                    None => file_changed = None,
+                },
+            }
         }
+        watch_stop.cancel();
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status("draining"),
@@ -379,21 +424,46 @@ fn cert(command: CertCommand) -> Exit {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Installs the subscriber. Returns how a reload changes `[log] level`, unless `RUST_LOG`
+/// is set (it overrides the file, at start and on reload).
+fn init_logging(config: &Config) -> Option<LogLevelHook> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let overridden = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+    // The two formats are two subscriber types; each hands out its own reload handle.
+    macro_rules! hook {
+        ($handle:expr) => {{
+            let handle = $handle;
+            LogLevelHook(Box::new(move |level: &str| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }))
+        }};
     }
+    let hook = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let hook = hook!(builder.reload_handle());
+            builder.init();
+            hook
+        }
+        LogFormat::Text => {
+            let builder = builder.with_ansi(false).with_filter_reloading();
+            let hook = hook!(builder.reload_handle());
+            builder.init();
+            hook
+        }
+    };
+    (!overridden).then_some(hook)
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::{Protocol, TlsMode};
 
-/// One `[[backend]]`.
-#[derive(Clone, Debug)]
+/// One `[[backend]]`. Equality tells a reload whether the backend's pool can stay as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Name used by listeners and as the `backend` metric label.
     pub name: String,
@@ -183,7 +183,7 @@ pub enum ForwardClient {
 }
 
 /// `[backend.health]`
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
     /// Time between probes of one server.
     pub interval: Duration,
