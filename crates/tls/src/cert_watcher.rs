@@ -63,7 +63,7 @@ pub(crate) fn spawn(
     })
     .map_err(|e| TlsError::Watch {
         path: PathBuf::from("."),
-        reason: e.to_string(),
+        source: e,
     })?;
     let mut dirs = WatchedDirs {
         watcher,
@@ -183,7 +183,7 @@ impl WatchedDirs {
                 Err(e) => {
                     first_error.get_or_insert(TlsError::Watch {
                         path: dir,
-                        reason: e.to_string(),
+                        source: e,
                     });
                 }
             }

@@ -1,4 +1,7 @@
 //! The one error type of this crate. Every message names the file and says what to do.
+//!
+//! A variant caused by another error keeps it as `#[source]`; where the message also quotes
+//! it (`({source})`), [`postern_metrics::ErrorChain`] prints it once.
 
 use std::io;
 use std::path::PathBuf;
@@ -53,14 +56,15 @@ pub enum TlsError {
     },
 
     /// A certificate block that is not a valid X.509 certificate.
-    #[error("certificate #{index} in {path} cannot be parsed ({reason}); the file is damaged or is not an X.509 certificate: copy it again from your CA")]
+    #[error("certificate #{index} in {path} cannot be parsed ({source}); the file is damaged or is not an X.509 certificate: copy it again from your CA")]
     BadCertificate {
         /// The file.
         path: PathBuf,
         /// 1-based position of the certificate in the file.
         index: usize,
         /// The parser's complaint.
-        reason: String,
+        #[source]
+        source: x509_parser::error::X509Error,
     },
 
     /// No private key in the key file (or in the combined file when `key` is unset).
@@ -82,12 +86,13 @@ pub enum TlsError {
     },
 
     /// The key parses as PEM but the crypto provider cannot use it.
-    #[error("private key in {path} is not usable ({reason}); postern accepts RSA (2048 bits or more), ECDSA P-256/P-384 and Ed25519 keys in PKCS#8, PKCS#1 or SEC1 PEM: convert it with `openssl pkey -in {path} -out {path}.pkcs8`")]
+    #[error("private key in {path} is not usable ({source}); postern accepts RSA (2048 bits or more), ECDSA P-256/P-384 and Ed25519 keys in PKCS#8, PKCS#1 or SEC1 PEM: convert it with `openssl pkey -in {path} -out {path}.pkcs8`")]
     UnsupportedKey {
         /// The key file.
         path: PathBuf,
         /// The provider's complaint.
-        reason: String,
+        #[source]
+        source: rustls::Error,
     },
 
     /// The key does not belong to the certificate.
@@ -111,12 +116,25 @@ pub enum TlsError {
     },
 
     /// The self-signed certificate in the state directory could not be created or stored.
-    #[error("cannot create the self-signed certificate in {dir}: {reason}; make the directory writable by postern, set server.state_dir to a writable directory, or configure [[tls.certificate]]")]
+    #[error("cannot create the self-signed certificate in {dir}: {source}; make the directory writable by postern, set server.state_dir to a writable directory, or configure [[tls.certificate]]")]
     SelfSigned {
         /// The directory.
         dir: PathBuf,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the directory could not be created (`io::Error`) or the pair not
+        /// written (`TlsError`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Only one file of the self-signed pair is in the state directory.
+    #[error("cannot create the self-signed certificate in {dir}: only one of {cert_file} and {key_file} exists; delete {dir} so postern generates a new pair")]
+    SelfSignedHalfPair {
+        /// The directory.
+        dir: PathBuf,
+        /// The certificate's file name.
+        cert_file: &'static str,
+        /// The key's file name.
+        key_file: &'static str,
     },
 
     /// A file could not be written (certificate generation).
@@ -132,30 +150,44 @@ pub enum TlsError {
     },
 
     /// Certificate generation failed.
-    #[error("cannot generate a {key_type} certificate for {names:?}: {reason}; use names that are valid DNS names or IP addresses (e.g. --name mail.example.com), or --key-type ecdsa-p256")]
+    #[error("cannot generate a {key_type} certificate for {names:?}: {source}; use names that are valid DNS names or IP addresses (e.g. --name mail.example.com), or --key-type ecdsa-p256")]
     Generate {
         /// The requested names.
         names: Vec<String>,
         /// The requested key type.
         key_type: &'static str,
         /// rcgen's complaint.
-        reason: String,
+        #[source]
+        source: rcgen::Error,
+    },
+
+    /// `cert generate` was asked for something it cannot make.
+    #[error("cannot generate a {key_type} certificate for {names:?}: {problem}; use names that are valid DNS names or IP addresses (e.g. --name mail.example.com), or --key-type ecdsa-p256")]
+    GenerateUsage {
+        /// The requested names.
+        names: Vec<String>,
+        /// The requested key type.
+        key_type: &'static str,
+        /// What is wrong with the request (`no name given`, `--days must be at least 1`).
+        problem: &'static str,
     },
 
     /// The file watcher could not be set up.
-    #[error("cannot watch {path} for certificate changes ({reason}); raise fs.inotify.max_user_watches / max_user_instances, or set tls.watch = false and restart postern after each renewal")]
+    #[error("cannot watch {path} for certificate changes ({source}); raise fs.inotify.max_user_watches / max_user_instances, or set tls.watch = false and restart postern after each renewal")]
     Watch {
         /// The directory.
         path: PathBuf,
         /// notify's complaint.
-        reason: String,
+        #[source]
+        source: notify::Error,
     },
 
     /// The crypto provider rejected the configured protocol versions (a build problem).
-    #[error("the TLS library rejected tls.min_version ({reason}); set tls.min_version = \"1.2\" or \"1.3\" and report this as a bug")]
+    #[error("the TLS library rejected tls.min_version ({source}); set tls.min_version = \"1.2\" or \"1.3\" and report this as a bug")]
     Provider {
         /// rustls's complaint.
-        reason: String,
+        #[source]
+        source: rustls::Error,
     },
 
     /// `spawn_watcher` was called outside a tokio runtime.

@@ -64,19 +64,24 @@ pub fn self_signed_pem(
     days: u32,
     key_type: KeyType,
 ) -> Result<(String, String), TlsError> {
-    let fail = |reason: String| TlsError::Generate {
+    let fail = |source: rcgen::Error| TlsError::Generate {
         names: names.to_vec(),
         key_type: key_type.as_str(),
-        reason,
+        source,
+    };
+    let usage = |problem: &'static str| TlsError::GenerateUsage {
+        names: names.to_vec(),
+        key_type: key_type.as_str(),
+        problem,
     };
     let Some(first) = names.first() else {
-        return Err(fail("no name given".to_owned()));
+        return Err(usage("no name given"));
     };
     if days == 0 {
-        return Err(fail("--days must be at least 1".to_owned()));
+        return Err(usage("--days must be at least 1"));
     }
-    let key = KeyPair::generate_for(key_type.algorithm()).map_err(|e| fail(e.to_string()))?;
-    let mut params = CertificateParams::new(names.to_vec()).map_err(|e| fail(e.to_string()))?;
+    let key = KeyPair::generate_for(key_type.algorithm()).map_err(fail)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(fail)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, first.as_str());
     params.distinguished_name = dn;
@@ -89,7 +94,7 @@ pub fn self_signed_pem(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(fail)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

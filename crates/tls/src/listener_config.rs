@@ -33,9 +33,7 @@ impl ListenerTlsBuilder {
         };
         let builder = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
-            .map_err(|e| TlsError::Provider {
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| TlsError::Provider { source: e })?;
         Ok(ListenerTlsBuilder { builder, ticketer })
     }
 

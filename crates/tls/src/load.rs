@@ -241,7 +241,7 @@ pub(crate) fn parse_chain(
         X509Certificate::from_der(der).map_err(|e| TlsError::BadCertificate {
             path: path.to_path_buf(),
             index: i + 1,
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     }
     Ok(chain)
@@ -344,7 +344,7 @@ pub(crate) fn certify(
             .load_private_key(key)
             .map_err(|e| TlsError::UnsupportedKey {
                 path: key_path.to_path_buf(),
-                reason: e.to_string(),
+                source: e,
             })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
@@ -361,22 +361,20 @@ pub(crate) fn certify(
 
 /// Facts about the leaf (the first certificate of a chain that `parse_chain` accepted).
 pub(crate) fn cert_info(path: &Path, chain: &[CertificateDer<'_>]) -> Result<CertInfo, TlsError> {
-    let bad = |reason: String| TlsError::BadCertificate {
+    let bad = |source: x509_parser::error::X509Error| TlsError::BadCertificate {
         path: path.to_path_buf(),
         index: 1,
-        reason,
+        source,
     };
     let Some(leaf) = chain.first() else {
         return Err(TlsError::NoCertificate {
             path: path.to_path_buf(),
         });
     };
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| bad(e.into()))?;
     let mut dns_names = Vec::new();
     let mut ip_names = Vec::new();
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| bad(e.to_string()))?;
+    let san = cert.subject_alternative_name().map_err(bad)?;
     if let Some(san) = &san {
         for name in &san.value.general_names {
             match name {

@@ -23,14 +23,16 @@ pub(crate) fn existing(state_dir: &Path) -> Result<Option<Source>, TlsError> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
     match (cert.exists(), key.exists()) {
-        (true, true) => Ok(Some(Source { cert, key: Some(key), kind: SourceKind::SelfSigned })),
+        (true, true) => Ok(Some(Source {
+            cert,
+            key: Some(key),
+            kind: SourceKind::SelfSigned,
+        })),
         (false, false) => Ok(None),
-        (true, false) | (false, true) => Err(TlsError::SelfSigned {
+        (true, false) | (false, true) => Err(TlsError::SelfSignedHalfPair {
             dir: dir.clone(),
-            reason: format!(
-                "only one of {CERT_FILE} and {KEY_FILE} exists; delete {} so postern generates a new pair",
-                dir.display()
-            ),
+            cert_file: CERT_FILE,
+            key_file: KEY_FILE,
         }),
     }
 }
@@ -52,7 +54,7 @@ pub(crate) fn ensure(state_dir: &Path, provider: &CryptoProvider) -> Result<Sour
     let (cert, key) = generate::write_self_signed(&names, &dir, VALID_DAYS, KeyType::EcdsaP256)
         .map_err(|e| TlsError::SelfSigned {
             dir: dir.clone(),
-            reason: e.chain(),
+            source: Box::new(e),
         })?;
     info!(dir = %dir.display(), names = %names.join(","), "generated a self-signed certificate");
     Ok(Source {
@@ -104,7 +106,7 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
         .create(dir)
         .map_err(|e| TlsError::SelfSigned {
             dir: dir.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })
 }
 
