@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 def workspace(tmp: Path, members: dict[str, tuple[str, dict[str, str]]], root_deps: str = "") -> Path:
     """A workspace whose members are `name -> (manifest tail, {relative path: source})`."""
     (tmp / "Cargo.toml").write_text(
-        f'[workspace]\nmembers = ["crates/*"]\n\n[workspace.dependencies]\n{root_deps}'
+        f'[workspace]\nmembers = ["crates/*"]\nexclude = ["crates/a/fuzz"]\n\n'
+        f"[workspace.dependencies]\n{root_deps}"
     )
     for name, (tail, files) in members.items():
         d = tmp / "crates" / name

@@ -10,8 +10,8 @@ appears as a path, `use` or `extern crate` in a `.rs` file of the package) in we
 second, and its tests are tests/lint/test_unused_deps.py. It honours cargo-machete's
 `[package.metadata.cargo-machete] ignored = [...]`, so the two stay interchangeable.
 
-What it checks, for every package under crates/ (the workspace members and the packages
-excluded from it, e.g. crates/proto/fuzz):
+What it checks, for every package of the workspace (members, and the packages excluded from
+it, e.g. crates/proto/fuzz):
   - a [dependencies] / [build-dependencies] entry no source file of the package uses;
   - a [dependencies] entry used only by tests/, benches/ or examples/ (a dev-dependency);
   - a [dev-dependencies] entry nothing in the package uses;
@@ -119,7 +119,11 @@ def member_refers(manifest: dict, name: str) -> bool:
 def check(repo: Path) -> list[Problem]:
     root_path = repo / "Cargo.toml"
     root = tomllib.loads(root_path.read_text())
-    manifests = sorted(p for p in (repo / "crates").rglob("Cargo.toml") if "target" not in p.parts)
+    ws = root.get("workspace", {})
+    # The members and the packages excluded from the workspace (checked on their own).
+    dirs = {d for pattern in ws.get("members", []) for d in repo.glob(pattern)}
+    dirs |= {repo / d for d in ws.get("exclude", [])}
+    manifests = sorted(d / "Cargo.toml" for d in dirs if (d / "Cargo.toml").is_file())
     manifests = [p for p in manifests if "package" in tomllib.loads(p.read_text())]
     nested = {p.parent for p in manifests}
     problems = []

@@ -10,6 +10,10 @@
 //! percentiles, failures, `ListenOverflows`/`ListenDrops`. `backend` and `hold` are the
 //! sub-commands it starts itself. See benches/README.md.
 
+// A load generator measures real elapsed time for its reports, outside any tokio runtime
+// whose clock a test could pause: std's Instant is the clock it owns.
+#![allow(clippy::disallowed_types)]
+
 mod backend;
 mod client;
 mod holder;
