@@ -15,6 +15,7 @@ use common::*;
 use postern_backend_pool::{BackendConn, ClientInfo};
 use postern_config::{Balance, ForwardClient, ServerAddr};
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
@@ -104,7 +105,7 @@ service submission-login {{
             _child: child,
         };
         for port in [imap, pop3, submission] {
-            let up = wait_for_async(Duration::from_secs(10), || async move {
+            let up = postern_testkit::wait_for_async(Duration::from_secs(10), || async move {
                 tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .is_ok()
@@ -143,21 +144,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn wait_for_async<F, Fut>(deadline: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 async fn connect(port: u16, protocol: Protocol) -> BackendConn {

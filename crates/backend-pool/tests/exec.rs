@@ -11,6 +11,7 @@ use common::*;
 use postern_backend_pool::{BackendStream, PoolError};
 use postern_config::{BackendConfig, BackendTarget, Balance};
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCRIPT: &str = r#"#!/bin/sh

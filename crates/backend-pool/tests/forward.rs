@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use postern_config::{Balance, ForwardClient};
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use proxy_header::ProxiedAddress;
 use tokio::io::AsyncWriteExt;
 

@@ -9,6 +9,7 @@ use common::*;
 use postern_backend_pool::PoolError;
 use postern_config::Balance;
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -10,6 +10,7 @@ use common::*;
 use postern_backend_pool::PoolError;
 use postern_config::{Balance, Route, UserRoute};
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use tokio_util::sync::CancellationToken;
 
 fn user_backend(servers: Vec<postern_config::ServerAddr>) -> postern_config::BackendConfig {

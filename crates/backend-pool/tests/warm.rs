@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use postern_config::{Balance, ForwardClient};
 use postern_proto::Protocol;
+use postern_testkit::wait_for;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 

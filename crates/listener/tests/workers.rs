@@ -79,12 +79,11 @@ fn connect_and_greet(addr: SocketAddr) -> TcpStream {
     s
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        postern_testkit::wait_for_blocking(Duration::from_secs(5), cond),
+        "timed out waiting for {what}"
+    );
 }
 
 #[test]

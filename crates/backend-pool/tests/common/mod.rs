@@ -196,20 +196,6 @@ pub fn client(peer: &str) -> ClientInfo {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds or `deadline` passes; returns whether it held.
-pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Reads from `stream` until `buf` contains `needle` (5 s deadline).
 pub async fn read_until_contains<S: AsyncRead + Unpin>(
     stream: &mut S,

@@ -199,19 +199,16 @@ async fn certbot_live_symlinks_to_archive_are_followed() {
 
     let second = pair(&["host.test"]);
     renew(2, &second);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
+    // Every handshake until the swap serves the old pair whole, never a mix.
+    let renewed = postern_testkit::wait_for_async(Duration::from_secs(2), || async {
         let seen = handshake(server.clone(), None, &[]).await.unwrap();
-        if seen.leaf == second.leaf {
-            break;
+        if seen.leaf != second.leaf {
+            assert_eq!(seen.leaf, first.leaf);
         }
-        assert_eq!(seen.leaf, first.leaf);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "renewal not picked up within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        seen.leaf == second.leaf
+    })
+    .await;
+    assert!(renewed, "renewal not picked up within 2 s");
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), watcher)
         .await

@@ -98,7 +98,7 @@ async fn rotate(style: Style) {
         observed.written.store(generation, Ordering::SeqCst);
         layout.install(&next, generation);
         let swapped = Instant::now();
-        let served = support::eventually(NEW_CERT_DEADLINE, || {
+        let served = postern_testkit::wait_for(NEW_CERT_DEADLINE, || {
             observed.seen.load(Ordering::SeqCst) >= generation
         })
         .await;
@@ -138,7 +138,7 @@ async fn rotate(style: Style) {
         layout.install(broken, SWAPS + 1 + i);
         let want = errors_before + i as u64 + 1;
         assert!(
-            support::eventually(NEW_CERT_DEADLINE, || support::reloads(&metrics, "error")
+            postern_testkit::wait_for(NEW_CERT_DEADLINE, || support::reloads(&metrics, "error")
                 >= want)
             .await,
             "{style:?}: broken replacement #{i} was not rejected"

@@ -197,18 +197,6 @@ pub fn rustls_error(e: std::io::Error) -> rustls::Error {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds or `deadline` passes.
-pub async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
-
 #[derive(Debug)]
 struct AcceptAny(Arc<CryptoProvider>);
 
