@@ -1,5 +1,10 @@
 //! Exec backends: one child process per session, the session on its stdin/stdout
 //! (inetd `nowait`, stunnel `exec`, ucspi-tcp `tcpserver` style).
+//!
+//! A child gets a defined environment only: `PATH`, `PROTO`, `TCPREMOTEIP`,
+//! `TCPREMOTEPORT`, `TCPLOCALIP`, `TCPLOCALPORT`, `REMOTE_HOST`, `REMOTE_PORT`; nothing
+//! inherited from postern. It runs as postern's user with no capabilities: the gateway
+//! clears its ambient and inheritable sets before any worker starts.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -59,6 +64,11 @@ impl ExecTarget {
         let mut command = Command::new(&program);
         command
             .args(self.argv.iter().skip(1))
+            // A defined environment only: nothing of postern's own (NOTIFY_SOCKET would let
+            // the child speak for postern to systemd; credentials in the service's
+            // environment are not the child's business).
+            .env_clear()
+            .env("PATH", CHILD_PATH)
             // ucspi-tcp (tcpserver) names, which UW-imapd and qmail-style servers read ...
             .env("PROTO", "TCP")
             .env("TCPREMOTEIP", &peer_ip)
@@ -112,6 +122,9 @@ fn log_line(backend: &str, pid: Option<u32>, line: &[u8]) {
         tracing::warn!(backend, pid, stderr = %text, "exec backend stderr");
     }
 }
+
+/// `PATH` of exec children (Debian's default for root's login shell).
+pub(crate) const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Longest stderr line logged as one; longer output is split into several lines.
 const MAX_STDERR_LINE: usize = 4096;

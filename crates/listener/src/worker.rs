@@ -275,10 +275,16 @@ async fn accept_loop(
                 backoff = BACKOFF_MIN;
                 conn
             }
-            Err(error) if is_per_connection(&error) => continue,
+            Err(error) if is_per_connection(&error) => {
+                // The connection that failed is gone; the next one is served at once.
+                metrics.accept_errors.inc();
+                debug!(listener = %name, %error, "accept: pending connection failed");
+                continue;
+            }
             Err(error) => {
-                // EMFILE/ENFILE/ENOBUFS persist while the socket stays readable: without a
-                // pause this loop would spin (tokio-rs/tokio#3529). Never exit on them.
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM persist while the socket stays readable:
+                // without a pause this loop would spin (tokio-rs/tokio#3529). Never exit on
+                // them. An error of no known kind pauses too, rather than risk a spin.
                 metrics.accept_errors.inc();
                 warn!(listener = %name, %error, pause_ms = backoff.as_millis() as u64, "accept failed; pausing this acceptor");
                 tokio::select! {
@@ -325,14 +331,36 @@ async fn accept_loop(
     debug!(listener = %name, "acceptor stopped; listening socket closed");
 }
 
-/// Errors that concern one pending connection, not the listening socket.
+/// Errors that concern one pending connection, not the listening socket: the kernel
+/// reports a connection's network error from `accept` (accept(2): "Linux accept() passes
+/// already-pending network errors on the new socket as an error code"), and a firewall
+/// verdict as EPERM. Only resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) and errors
+/// of no known kind are worth a pause.
 fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
+    if matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
+    ) {
+        return true;
+    }
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::EPERM
+                | libc::ETIMEDOUT
+        )
     )
 }
 
@@ -415,3 +443,43 @@ impl Drop for ActiveGauge {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resource_exhaustion_pauses_the_acceptor() {
+        let os = io::Error::from_raw_os_error;
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+            libc::EPERM,
+            libc::ENETDOWN,
+            libc::ENOPROTOOPT,
+            libc::EHOSTDOWN,
+            libc::ENONET,
+            libc::EOPNOTSUPP,
+            libc::ETIMEDOUT,
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::ECONNRESET,
+        ] {
+            assert!(
+                is_per_connection(&os(errno)),
+                "errno {errno} must not pause"
+            );
+        }
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EBADF,
+        ] {
+            assert!(!is_per_connection(&os(errno)), "errno {errno} pauses");
+        }
+    }
+}

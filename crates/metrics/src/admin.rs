@@ -19,6 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::{Metrics, TEXT_CONTENT_TYPE};
 
+mod write_deadline;
+
+use write_deadline::WriteDeadline;
+
 /// The readiness check: `Ok` when ready, `Err(reason)` otherwise (the reason is the body of
 /// the 503).
 pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -28,7 +32,8 @@ pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// 404 for any other path, 405 for any other method. HTTP/1.1 via hyper.
 ///
 /// Each connection has a header-read timeout (which also closes idle keep-alive
-/// connections) and at most [`MAX_CONNECTIONS`] are served at once; over that, new
+/// connections), a write timeout ([`WRITE_TIMEOUT`]: a client that stops reading its
+/// responses is dropped, so it cannot hold a place forever) and at most [`MAX_CONNECTIONS`] are served at once; over that, new
 /// connections are closed at once. Returns when `shutdown` is cancelled, after open
 /// connections finished their current request (bounded by [`DRAIN_TIMEOUT`]).
 ///
@@ -69,6 +74,7 @@ pub async fn serve_admin(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let stream = WriteDeadline::new(stream, WRITE_TIMEOUT);
             serve_connection(TokioIo::new(stream), metrics, ready, shutdown).await;
         });
     }
@@ -82,7 +88,7 @@ pub async fn serve_admin(
 }
 
 async fn serve_connection(
-    io: TokioIo<tokio::net::TcpStream>,
+    io: TokioIo<WriteDeadline<tokio::net::TcpStream>>,
     metrics: Metrics,
     ready: ReadyFn,
     shutdown: CancellationToken,
@@ -162,6 +168,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send a request's headers, and how long an idle
 /// keep-alive connection stays open.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a response write may make no progress before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight admin requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

@@ -7,13 +7,16 @@
 //!   binds, the admin address, the privilege drop) fails in [`Gateway::start`], before
 //!   `ready` is logged or sent to systemd.
 //! - Privileges are dropped after every socket is bound and every key is read, and before
-//!   any session is accepted.
+//!   any session is accepted; the ambient and inheritable capability sets are cleared then
+//!   too, so no `exec` child inherits a capability.
 
 mod config_watcher;
 mod exit;
 mod live;
+pub mod logfilter;
 pub mod privdrop;
 mod reload;
+pub mod rlimit;
 
 pub use exit::Exit;
 
@@ -143,6 +146,7 @@ impl Gateway {
     /// drops privileges, and starts the workers and the background tasks. Must run inside
     /// the control runtime (a tokio runtime that lives as long as the gateway).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        check_nofile(config.server.max_connections);
         let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
         metrics.set_max_connections(config.server.max_connections as i64);
         let tls = Tls::load(&config.tls, &config.server.state_dir, metrics.tls())?;
@@ -224,6 +228,8 @@ impl Gateway {
             let (uid, gid) = privdrop::drop_privileges(user, config.server.group.as_deref())?;
             info!(user = %user, uid = uid.as_raw(), gid = gid.as_raw(), "dropped privileges");
         }
+
+        drop_inheritable_capabilities();
 
         // After the privilege drop, so that the socket belongs to postern's own user. Another
         // instance on the same state_dir would share the server states: refuse to start.
@@ -462,6 +468,37 @@ impl Gateway {
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         DrainReport { left, interrupted }
+    }
+}
+
+/// Clears the ambient and inheritable capability sets of this thread, before the worker
+/// threads (which copy them) exist: with systemd's `AmbientCapabilities=CAP_NET_BIND_SERVICE`
+/// the ambient set would otherwise pass on to every `exec` child. The sockets are bound by
+/// now, so postern itself needs no capability from here on.
+fn drop_inheritable_capabilities() {
+    use caps::CapSet;
+    for set in [CapSet::Ambient, CapSet::Inheritable] {
+        if let Err(error) = caps::clear(None, set) {
+            warn!(%error, set = ?set, "cannot clear a capability set; exec children may inherit it");
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard one and warns when even that is short of
+/// what `max_connections` sessions need (accepts would then fail with EMFILE first).
+fn check_nofile(max_connections: usize) {
+    match rlimit::raise_nofile() {
+        Ok(l) if rlimit::short_of(l.soft, max_connections) => warn!(
+            limit = l.soft,
+            needed = rlimit::needed(max_connections),
+            max_connections,
+            "the open-file limit (RLIMIT_NOFILE) is below what server.max_connections needs (2 per session + slack); raise it (systemd: LimitNOFILE=) or lower server.max_connections"
+        ),
+        Ok(l) if l.before < l.soft => {
+            info!(from = l.before, to = l.soft, "raised the open-file soft limit to the hard limit")
+        }
+        Ok(_) => {}
+        Err(error) => warn!(%error, "cannot read or raise the open-file limit (RLIMIT_NOFILE)"),
     }
 }
 

@@ -428,11 +428,14 @@ fn cert(command: CertCommand) -> Exit {
 /// is set (it overrides the file, at start and on reload).
 fn init_logging(config: &Config) -> Option<LogLevelHook> {
     use tracing_subscriber::EnvFilter;
-    let from_env = EnvFilter::try_from_default_env().ok();
+    // RUST_LOG, else [log] level; either way rustls and hyper stay at `error` unless named.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
     let overridden = from_env.is_some();
-    let filter = from_env
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let spec = from_env.unwrap_or_else(|| config.log.level.clone());
+    let filter = EnvFilter::try_new(postern::logfilter::with_library_defaults(&spec))
+        .unwrap_or_else(|_| EnvFilter::new(postern::logfilter::with_library_defaults("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -441,7 +444,9 @@ fn init_logging(config: &Config) -> Option<LogLevelHook> {
         ($handle:expr) => {{
             let handle = $handle;
             LogLevelHook(Box::new(move |level: &str| {
-                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                let filter =
+                    EnvFilter::try_new(postern::logfilter::with_library_defaults(level))
+                        .map_err(|e| e.to_string())?;
                 handle.reload(filter).map_err(|e| e.to_string())
             }))
         }};
