@@ -10,6 +10,9 @@
 //! - `two_workers/*`: the same from two threads at once, as two SO_REUSEPORT workers do;
 //!   the time is per operation per thread (wall time of the pair / operations each).
 
+// A benchmark: a bad constant should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;

@@ -33,7 +33,7 @@ use postern_director::error::ControlError;
 use postern_director::Director;
 use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
 use postern_metrics::Metrics;
-use postern_session::SessionHandler;
+use postern_session::{EdgeState, SessionHandler};
 use postern_tls::{Tls, TlsError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -171,6 +171,10 @@ impl Gateway {
         let mut bound = Vec::new();
         let mut worker_listeners = Vec::new();
         let mut handlers = Vec::with_capacity(config.listeners.len());
+        // One per process: SO_REUSEPORT spreads an address over every worker and listener;
+        // it lives in the handlers, so a reload (which swaps their policies) keeps it. Sized
+        // by max_connections at start (a reload that raises it keeps the table's bound).
+        let edge = EdgeState::new(config.server.max_connections);
         for (index, l) in config.listeners.iter().enumerate() {
             let mut sockets = Vec::new();
             for addr in &l.listen {
@@ -189,6 +193,7 @@ impl Gateway {
                 live.policy(index, &hostname),
                 tls.server_config(l.protocol.alpn()),
                 metrics.listener(&l.name),
+                edge.clone(),
             ));
             handlers.push(Arc::clone(&handler));
             worker_listeners.push(WorkerListener {

@@ -23,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::edge::{Admission, EdgeState};
 use crate::proxy::{self, Addresses};
 use crate::record::{SessionRecord, TlsFacts};
 use crate::refusal::{refuse, RefusalLog};
@@ -87,6 +88,8 @@ pub struct SessionHandler {
     /// The listener's byte counters, resolved once for all its sessions.
     counters: Counters,
     refusals: RefusalLog,
+    /// Process-wide per-address state, shared with every other listener.
+    edge: EdgeState,
 }
 
 impl std::fmt::Debug for SessionHandler {
@@ -103,6 +106,7 @@ impl SessionHandler {
         policy: SessionPolicy,
         tls: Arc<rustls::ServerConfig>,
         metrics: ListenerMetrics,
+        edge: EdgeState,
     ) -> Self {
         let counters = Counters {
             up: metrics.bytes_client_to_backend.clone(),
@@ -114,6 +118,7 @@ impl SessionHandler {
             metrics,
             counters,
             refusals: RefusalLog::new(),
+            edge,
         }
     }
 
@@ -153,6 +158,8 @@ impl Handler for SessionHandler {
 struct Admitted {
     stream: TcpStream,
     client: ClientInfo,
+    /// Held to the session's end: its place under the per-address limits.
+    edge: Admission,
 }
 
 impl SessionHandler {
@@ -221,7 +228,15 @@ impl SessionHandler {
             self.refuse(stream, RejectReason::Denied, &detail, s).await;
             return None;
         }
+        let edge = match crate::edge::admit(&self.edge, client, &policy.limits) {
+            Ok(admission) => admission,
+            Err((reason, detail)) => {
+                self.refuse(stream, reason, &detail, s).await;
+                return None;
+            }
+        };
         Some(Admitted {
+            edge,
             stream,
             client: ClientInfo {
                 peer: addresses.client,
@@ -248,7 +263,11 @@ impl SessionHandler {
         goodbye: postern_listener::Goodbye,
         policy: &SessionPolicy,
     ) -> SessionRecord {
-        let Admitted { mut stream, client } = admitted;
+        let Admitted {
+            mut stream,
+            client,
+            edge: _edge,
+        } = admitted;
         let s = &policy.settings;
 
         if s.tls == TlsMode::Starttls {

@@ -16,6 +16,7 @@
 //!   environment): behind a load balancer it comes from the PROXY header, read before any
 //!   admission check, TLS byte or greeting.
 
+mod edge;
 mod handler;
 mod proxy;
 mod record;
@@ -23,4 +24,5 @@ mod refusal;
 mod relay;
 mod starttls;
 
+pub use edge::EdgeState;
 pub use handler::{SessionHandler, SessionPolicy, SessionSettings};

@@ -1,0 +1,82 @@
+//! Admission by the client's address under `[limits]` (SPEC §2): the per-address checks
+//! (`per_ip_connections`, `per_ip_rate`, the `auth_failures` brake) on the process-wide
+//! [`AddressTable`], and the process-wide pre-login budget. Runs in the admission step,
+//! once the real client address is known and before any byte is sent or handshake spent.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use postern_config::LimitsConfig;
+use postern_limits::{AddressPermit, AddressTable, PreloginBudget, Refusal};
+use postern_metrics::RejectReason;
+
+/// The per-address state behind every listener's admission: one per gateway, shared by
+/// every handler and worker, and kept across config reloads (a reload swaps the
+/// [`LimitsConfig`] in each listener's policy; counts, buckets and blocks stay).
+#[derive(Clone, Debug)]
+pub struct EdgeState {
+    /// Open sessions, connection rates and failed logins per client address.
+    pub table: Arc<AddressTable>,
+    /// Sessions not yet logged in, process-wide.
+    pub prelogin: Arc<PreloginBudget>,
+}
+
+impl EdgeState {
+    /// The state for a gateway of `max_connections` (which sizes the table's bound).
+    pub fn new(max_connections: usize) -> Self {
+        EdgeState {
+            table: Arc::new(AddressTable::for_max_connections(max_connections)),
+            prelogin: Arc::new(PreloginBudget::new()),
+        }
+    }
+}
+
+/// What an admitted session holds from admission: its place under its address's limits
+/// (released when the session ends) and the limits it was admitted under.
+#[derive(Debug)]
+// Read once the login verdicts feed the brake (`auth_failures`).
+#[allow(dead_code)]
+pub(crate) struct Admission {
+    pub(crate) address: AddressPermit,
+    pub(crate) limits: Arc<LimitsConfig>,
+}
+
+/// Runs the per-address checks for `client`; `Err` names the reason of the refusal.
+pub(crate) fn admit(
+    edge: &EdgeState,
+    client: IpAddr,
+    limits: &Arc<LimitsConfig>,
+) -> Result<Admission, (RejectReason, String)> {
+    let now = std::time::Instant::now();
+    let address = edge.table.admit(client, limits, now).map_err(|refusal| {
+        let (reason, why) = match refusal {
+            Refusal::AuthFailures => (
+                RejectReason::AuthFailures,
+                format!(
+                    "blocked after {} failed logins within {:?}",
+                    limits.auth_failures.map_or(0, |n| n.get()),
+                    limits.auth_failure_window
+                ),
+            ),
+            Refusal::PerIp => (
+                RejectReason::PerIp,
+                format!(
+                    "limits.per_ip_connections = {} reached",
+                    limits.per_ip_connections.map_or(0, |n| n.get())
+                ),
+            ),
+            Refusal::Rate => (
+                RejectReason::Rate,
+                format!(
+                    "over limits.per_ip_rate = {}/s",
+                    limits.per_ip_rate.map_or(0, |n| n.get())
+                ),
+            ),
+        };
+        (reason, format!("{client}: {why}"))
+    })?;
+    Ok(Admission {
+        address,
+        limits: Arc::clone(limits),
+    })
+}
