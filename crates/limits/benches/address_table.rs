@@ -17,11 +17,12 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use postern_config::{LimitsConfig, NetworkSet};
 use postern_limits::AddressTable;
+use tokio::time::Instant;
 
 fn limits() -> LimitsConfig {
     LimitsConfig {

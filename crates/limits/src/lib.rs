@@ -9,8 +9,9 @@
 //! reload applies to the next connection while the counts, buckets and blocks live on.
 //!
 //! An IPv4 client is counted by its address, an IPv6 client by its /64; `exempt` networks
-//! are never counted. The caller supplies the clock (`now`): nothing here sleeps or reads
-//! the time, so tests drive buckets and windows with made-up instants.
+//! are never counted. The caller supplies the clock (`now`, a `tokio::time::Instant`):
+//! nothing here sleeps or reads the time, so tests drive buckets and windows with a paused
+//! clock.
 //!
 //! # The bound
 //! The table holds at most [`AddressTable::capacity`] addresses: `max_connections` +

@@ -444,9 +444,8 @@ fn init_logging(config: &Config) -> Option<LogLevelHook> {
         ($handle:expr) => {{
             let handle = $handle;
             LogLevelHook(Box::new(move |level: &str| {
-                let filter =
-                    EnvFilter::try_new(postern::logfilter::with_library_defaults(level))
-                        .map_err(|e| e.to_string())?;
+                let filter = EnvFilter::try_new(postern::logfilter::with_library_defaults(level))
+                    .map_err(|e| e.to_string())?;
                 handle.reload(filter).map_err(|e| e.to_string())
             }))
         }};

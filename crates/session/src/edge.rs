@@ -47,7 +47,7 @@ pub(crate) fn admit(
     client: IpAddr,
     limits: &Arc<LimitsConfig>,
 ) -> Result<Admission, (RejectReason, String)> {
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now();
     let address = edge.table.admit(client, limits, now).map_err(|refusal| {
         let (reason, why) = match refusal {
             Refusal::AuthFailures => (

@@ -4,7 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use postern_config::{LimitsConfig, NetworkSet};
 
@@ -358,4 +360,29 @@ fn the_gateway_size_leaves_room_beyond_max_connections() {
     assert!(t.capacity() >= 100_000 + SPARE_ENTRIES);
     assert!(t.is_empty());
     assert!(t.memory_bytes() < 4096, "nothing is allocated before use");
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_the_runtime_clock_buckets_refill_and_blocks_lift() {
+    // What the session does: `Instant::now()` of the (here paused) runtime at each call.
+    let t = Arc::new(AddressTable::new(1000));
+    let l = limits(); // 5/s, burst 10; 4 failures in 10 s
+    let a = ip("198.51.100.1");
+    for _ in 0..10 {
+        drop(t.admit(a, &l, Instant::now()).unwrap());
+    }
+    assert_eq!(t.admit(a, &l, Instant::now()).unwrap_err(), Refusal::Rate);
+    tokio::time::advance(ms(400)).await;
+    let session = t.admit(a, &l, Instant::now()).unwrap();
+    drop(t.admit(a, &l, Instant::now()).unwrap());
+    for _ in 0..4 {
+        session.login_failed(&l, Instant::now());
+    }
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(
+        t.admit(a, &l, Instant::now()).unwrap_err(),
+        Refusal::AuthFailures
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(t.admit(a, &l, Instant::now()).is_ok());
 }
