@@ -56,6 +56,15 @@ impl ControlSocket {
             path: path.clone(),
             source,
         };
+        // With configured certificates nothing else may have created the directory yet.
+        if !state_dir.exists() {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(state_dir)
+            .map_err(bind_err)?;
+        }
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
                 return Err(ControlError::InUse { path });

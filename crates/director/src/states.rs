@@ -185,6 +185,13 @@ fn save(path: &Path, table: &StateTable) -> Result<(), StateError> {
     bytes.push(b'\n');
     let tmp = path.with_extension("json.tmp");
     let result = (|| {
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)?;
+        }
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
@@ -232,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_state_dir_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("new/state");
+        let store = StateStore::open(&state).unwrap();
+        store.set("imap", "a:1", ServerState::Standby).unwrap();
+        assert_eq!(StateStore::open(&state).unwrap().get("imap", "a:1"), ServerState::Standby);
+    }
+
+    #[test]
     fn a_damaged_file_is_an_error_that_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
@@ -242,7 +258,10 @@ mod tests {
     #[test]
     fn a_failed_save_still_applies_the_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("missing-dir")).unwrap();
+        // A state_dir below a regular file cannot be created.
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let store = StateStore::fresh(&file.join("state"));
         let e = store.set("imap", "a:1", ServerState::Offline).unwrap_err();
         assert!(e.to_string().contains("until postern restarts"), "{e}");
         assert_eq!(store.get("imap", "a:1"), ServerState::Offline);

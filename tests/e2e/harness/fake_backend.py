@@ -197,8 +197,11 @@ class ScriptedBackend:
         greeting: Optional[bytes] = None,
         respond: Responder = imap_responder,
         proxy: bool = False,
+        host: str = LOOPBACK,
     ) -> None:
         self.name = name
+        # another loopback address (127.0.0.11...) makes another host for route = "user"
+        self.host = host
         self.path = path
         self.greeting = greeting if greeting is not None else f"* OK ready {name}\r\n".encode()
         self.respond = respond
@@ -213,7 +216,7 @@ class ScriptedBackend:
     @property
     def server(self) -> str:
         """The `servers = [...]` entry (and postern's `server` label) for this backend."""
-        return f"unix:{self.path}" if self.path else f"{LOOPBACK}:{self.port}"
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
     def start(self) -> "ScriptedBackend":
         if self.path:
@@ -224,7 +227,7 @@ class ScriptedBackend:
         else:
             ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            ls.bind((LOOPBACK, self.port))
+            ls.bind((self.host, self.port))
             self.port = ls.getsockname()[1]
         ls.listen(256)
         self._lsock = ls

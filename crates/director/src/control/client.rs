@@ -54,11 +54,15 @@ pub fn send(path: &Path, request: &Request, deadline: Duration) -> Result<Respon
     stream.set_write_timeout(Some(deadline)).map_err(exchange)?;
     let mut line = serde_json::to_vec(request).map_err(|e| exchange(std::io::Error::other(e)))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(exchange)?;
+    // A gateway that refuses the client answers without reading the request: the write may
+    // fail while the refusal waits to be read.
+    let wrote = stream.write_all(&line);
     let mut answer = Vec::new();
-    BufReader::new(stream)
-        .read_until(b'\n', &mut answer)
-        .map_err(exchange)?;
+    let read = BufReader::new(stream).read_until(b'\n', &mut answer);
+    if answer.is_empty() {
+        wrote.map_err(exchange)?;
+        read.map_err(exchange)?;
+    }
     serde_json::from_slice(&answer).map_err(|source| ClientError::Answer {
         path: path.to_owned(),
         source,
