@@ -280,3 +280,33 @@ fn exposition_passes_promtool_check_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// docs/metrics.md is the reference admins read: every family and every closed label value
+/// must be in it.
+#[test]
+fn the_metrics_reference_documents_every_family_and_label_value() {
+    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md"));
+    let mut missing: Vec<String> = names::SPEC
+        .iter()
+        .chain(names::EXTRAS)
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .map(|name| format!("metric {name}"))
+        .collect();
+    let values = HandshakeFailure::ALL
+        .map(HandshakeFailure::as_str)
+        .into_iter()
+        .chain(labels::RejectReason::ALL.map(labels::RejectReason::as_str))
+        .chain(SessionOutcome::ALL.map(SessionOutcome::as_str))
+        .chain(handles::SERVER_STATES)
+        .chain(["client_to_backend", "backend_to_client", "ok", "error"]);
+    missing.extend(
+        values
+            .filter(|value| !doc.contains(&format!("`{value}`")))
+            .map(|value| format!("label value {value}")),
+    );
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md does not document: {}; add each to its table",
+        missing.join(", ")
+    );
+}
