@@ -285,7 +285,10 @@ fn exposition_passes_promtool_check_metrics() {
 /// must be in it.
 #[test]
 fn the_metrics_reference_documents_every_family_and_label_value() {
-    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md"));
+    let doc = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ));
     let mut missing: Vec<String> = names::SPEC
         .iter()
         .chain(names::EXTRAS)
