@@ -244,7 +244,10 @@ mod tests {
         let state = dir.path().join("new/state");
         let store = StateStore::open(&state).unwrap();
         store.set("imap", "a:1", ServerState::Standby).unwrap();
-        assert_eq!(StateStore::open(&state).unwrap().get("imap", "a:1"), ServerState::Standby);
+        assert_eq!(
+            StateStore::open(&state).unwrap().get("imap", "a:1"),
+            ServerState::Standby
+        );
     }
 
     #[test]
