@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 /// Why [`crate::Pool::connect`] could not hand out a backend connection. The session
-/// answers every variant with the protocol's "unavailable" goodbye (SPEC §3).
+/// answers every variant with the protocol's "unavailable" goodbye (ARCHITECTURE.md, Path of one session).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// Every server is marked down by health checks.

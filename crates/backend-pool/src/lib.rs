@@ -1,4 +1,4 @@
-//! The backend side of postern: one [`Pool`] per `[[backend]]` (SPEC §2), which picks a
+//! The backend side of postern: one [`Pool`] per `[[backend]]` (docs/configuration.md), which picks a
 //! server for each session, connects to it, checks its greeting, tells it the client's
 //! address (`forward_client`) and hands the session a ready [`BackendConn`].
 //!

@@ -37,7 +37,7 @@ pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// connections are closed at once. Returns when `shutdown` is cancelled, after open
 /// connections finished their current request (bounded by [`DRAIN_TIMEOUT`]).
 ///
-/// Wiring note: SPEC §3 wants `/readyz` to answer 503 *during* the drain, so pass a token
+/// Wiring note: the drain (ARCHITECTURE.md) wants `/readyz` to answer 503 *during* the drain, so pass a token
 /// that is cancelled after the drain (not the one that starts it) and make `ready()` return
 /// `Err("shutting down")` from the first moment of the drain. `/metrics` then stays
 /// scrapeable while sessions finish.

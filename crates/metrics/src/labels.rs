@@ -48,7 +48,7 @@ impl HandshakeFailure {
 }
 
 /// Why a connection was refused before it became a session; the label value of
-/// `postern_connections_rejected_total{reason}` (SPEC §3, §4).
+/// `postern_connections_rejected_total{reason}` (ARCHITECTURE.md, docs/metrics.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectReason {
     /// Over `server.max_connections`.

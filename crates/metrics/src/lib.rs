@@ -1,6 +1,6 @@
 //! postern's Prometheus metrics and the admin HTTP endpoint.
 //!
-//! Purpose: register every metric family of SPEC §4 (plus a few documented extras, see
+//! Purpose: register every metric family of docs/metrics.md (the contract plus a few extras, see
 //! [`names`]) in one explicit [`prometheus::Registry`] owned by [`Metrics`], hand out
 //! pre-resolved per-listener / per-server handles, encode the text exposition, and serve
 //! `/metrics`, `/healthz` and `/readyz` ([`serve_admin`]).

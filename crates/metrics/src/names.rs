@@ -1,8 +1,8 @@
-//! Every public metric name in one place, so a reviewer sees the whole catalogue (SPEC §4
-//! plus the documented extras). Changing one of these is a breaking change for dashboards and
+//! Every public metric name in one place, so a reviewer sees the whole catalogue (docs/metrics.md
+//! documents each). Changing one of these is a breaking change for dashboards and
 //! alerts under `deploy/`.
 
-// SPEC §4.
+// The contract: the families dashboards and alerts may rely on from the first release.
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "postern_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "postern_connections_active";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "postern_connections_rejected_total";
@@ -19,7 +19,7 @@ pub const CERTIFICATE_RELOADS_TOTAL: &str = "postern_certificate_reloads_total";
 pub const BUILD_INFO: &str = "postern_build_info";
 pub const CONFIG_RELOADS_TOTAL: &str = "postern_config_reloads_total";
 
-// Extras (not in SPEC §4; additive, may be used by deploy/).
+// Extras (added later; additive, may be used by deploy/).
 pub const STARTTLS_DISCARDED_BYTES_TOTAL: &str = "postern_starttls_discarded_bytes_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "postern_accept_errors_total";
 pub const SESSIONS_TOTAL: &str = "postern_sessions_total";
@@ -28,7 +28,7 @@ pub const CONNECTIONS_MAX: &str = "postern_connections_max";
 pub const BACKEND_USERS: &str = "postern_backend_users";
 pub const BACKEND_SERVER_STATE: &str = "postern_backend_server_state";
 
-/// The names SPEC §4 fixes.
+/// The names of the original contract.
 pub const SPEC: &[&str] = &[
     CONNECTIONS_ACCEPTED_TOTAL,
     CONNECTIONS_ACTIVE,
@@ -46,7 +46,7 @@ pub const SPEC: &[&str] = &[
     CONFIG_RELOADS_TOTAL,
 ];
 
-/// Families postern exports beyond SPEC §4.
+/// Families postern exports beyond the original contract.
 pub const EXTRAS: &[&str] = &[
     STARTTLS_DISCARDED_BYTES_TOTAL,
     ACCEPT_ERRORS_TOTAL,

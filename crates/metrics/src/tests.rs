@@ -118,7 +118,7 @@ fn every_family_follows_the_naming_conventions() {
         }
         let want = expected
             .get(name)
-            .unwrap_or_else(|| panic!("{name}: not in SPEC §4 or the extras"));
+            .unwrap_or_else(|| panic!("{name}: not in names::SPEC or names::EXTRAS"));
         for metric in family.get_metric() {
             let got: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
             assert_eq!(got, *want, "{name}: label set");

@@ -1,4 +1,4 @@
-//! The process exit statuses of SPEC §1, by name.
+//! The process exit statuses (README.md, Command line), by name.
 
 use std::process::ExitCode;
 

@@ -43,7 +43,7 @@ pub use reload::ReloadError;
 
 use crate::live::Live;
 
-/// Why the gateway could not start. [`StartError::exit_code`] maps it to SPEC §1's codes.
+/// Why the gateway could not start. [`StartError::exit_code`] maps it to the exit statuses of README.md's command-line table.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A certificate or key problem.
@@ -350,7 +350,7 @@ impl Gateway {
         &self.live.config
     }
 
-    /// Re-reads the configuration file (SPEC §1; SIGHUP or a change of the file) and, when it
+    /// Re-reads the configuration file (README.md, Command line; SIGHUP or a change of the file) and, when it
     /// validates as `check-config` would have it, applies it to new sessions at once: the
     /// backends (servers, balance, forwarding, health, TLS), `[limits]`, each listener's
     /// access lists, timeouts and backend, `server.max_connections`, the drain timing and
@@ -422,7 +422,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// The graceful drain (SPEC §3, §1): `/readyz` turns 503 and the listening sockets close
+    /// The graceful drain (ARCHITECTURE.md, Shutdown): `/readyz` turns 503 and the listening sockets close
     /// at once; sessions run on for up to `server.shutdown_grace`; during the last
     /// `server.drain_spread` of it the remaining sessions are asked to leave, oldest first,
     /// spread evenly (IMAP: `* BYE [UNAVAILABLE]`, SMTP: `421`, POP3: close); whatever is still

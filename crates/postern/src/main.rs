@@ -1,4 +1,4 @@
-//! The `postern` command line (SPEC §1): parses arguments, installs logging and signal
+//! The `postern` command line (README.md, Command line): parses arguments, installs logging and signal
 //! handling, runs the library, and maps outcomes to exit codes.
 
 use std::path::{Path, PathBuf};

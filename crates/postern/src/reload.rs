@@ -1,4 +1,4 @@
-//! Configuration reload (SPEC §1): re-read the file, validate it as `check-config` does,
+//! Configuration reload (README.md, Command line): re-read the file, validate it as `check-config` does,
 //! keep the running value of every key that needs a restart, build the new pools and
 //! policies, then swap them in. Any failure before the swap changes nothing.
 

@@ -1,4 +1,4 @@
-//! Admission by the client's address under `[limits]` (SPEC §2): the per-address checks
+//! Admission by the client's address under `[limits]` (docs/configuration.md): the per-address checks
 //! (`per_ip_connections`, `per_ip_rate`, the `auth_failures` brake) on the process-wide
 //! [`AddressTable`], and the process-wide pre-login budget. Runs in the admission step,
 //! once the real client address is known and before any byte is sent or handshake spent.

@@ -60,7 +60,7 @@ pub struct SessionSettings {
 }
 
 /// What a listener's new sessions follow: the part of the configuration a reload may
-/// change (SPEC §1). A session takes the policy in force when it is accepted and keeps it,
+/// change (README.md, Command line). A session takes the policy in force when it is accepted and keeps it,
 /// its pool included, to its end; [`SessionHandler::set_policy`] swaps it for the sessions
 /// that come after.
 #[derive(Clone, Debug)]

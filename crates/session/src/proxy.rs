@@ -1,5 +1,5 @@
 //! The PROXY protocol header a load balancer sends in front of a client's first byte
-//! (listener `proxy_protocol`, `proxy_from`; SPEC §2).
+//! (listener `proxy_protocol`, `proxy_from`; docs/configuration.md).
 //!
 //! The header is read with `MSG_PEEK` and consumed exactly: bytes after it (a TLS
 //! ClientHello, a pipelined IMAP command) stay in the socket for the TLS engine or the

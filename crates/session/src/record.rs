@@ -1,5 +1,5 @@
 //! The session record: what one session leaves behind, and the one place that turns it into
-//! the `session ended` log line (SPEC §5) and the session metrics.
+//! the `session ended` log line (docs/metrics.md) and the session metrics.
 
 use std::net::SocketAddr;
 use std::time::Duration;

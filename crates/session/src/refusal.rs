@@ -1,4 +1,4 @@
-//! Refusing a connection before it becomes a session (SPEC §3): the protocol's refusal on a
+//! Refusing a connection before it becomes a session (ARCHITECTURE.md, Path of one session): the protocol's refusal on a
 //! STARTTLS listener (an implicit-TLS listener closes at once, no handshake spent), the
 //! `postern_connections_rejected_total{reason}` count, and a log line at a bounded rate.
 
