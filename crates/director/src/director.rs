@@ -117,7 +117,7 @@ impl Director {
                 Route::Connection => None,
                 Route::User(r) => Some(UserRouting {
                     config: r.clone(),
-                    map: self.map_for(r.user_map.as_deref(), &old)?,
+                    map: map_for(r.user_map.as_deref(), &backends, &old)?,
                 }),
             };
             let backend = Backend {
@@ -261,22 +261,6 @@ impl Director {
         placement::place(user, &candidates, map.as_deref())
     }
 
-    fn map_for(
-        &self,
-        path: Option<&std::path::Path>,
-        old: &[Arc<Backend>],
-    ) -> Result<Option<Arc<MapFile>>, MapError> {
-        let Some(path) = path else { return Ok(None) };
-        let existing = old
-            .iter()
-            .filter_map(|b| b.route.as_ref()?.map.as_ref())
-            .find(|m| m.path == path);
-        match existing {
-            Some(m) => Ok(Some(Arc::clone(m))),
-            None => Ok(Some(Arc::new(MapFile::open(path)?))),
-        }
-    }
-
     fn publish_states(&self, b: &Backend) {
         if b.route.is_none() {
             return;
@@ -287,6 +271,25 @@ impl Director {
                 .server(&b.name, &s.label)
                 .set_state(state.as_str());
         }
+    }
+}
+
+/// The map file for `path`: one per path for the whole process (the imap, pop3 and sieve
+/// backends usually share one), kept across reloads so that its last good map stays.
+fn map_for(
+    path: Option<&std::path::Path>,
+    building: &[Arc<Backend>],
+    old: &[Arc<Backend>],
+) -> Result<Option<Arc<MapFile>>, MapError> {
+    let Some(path) = path else { return Ok(None) };
+    let existing = building
+        .iter()
+        .chain(old)
+        .filter_map(|b| b.route.as_ref()?.map.as_ref())
+        .find(|m| m.path == path);
+    match existing {
+        Some(m) => Ok(Some(Arc::clone(m))),
+        None => Ok(Some(Arc::new(MapFile::open(path)?))),
     }
 }
 
