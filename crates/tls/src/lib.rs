@@ -19,7 +19,8 @@
 //! # Modules
 //! `load` (one pair: parse, match, permissions) → `set` (the SNI-indexed snapshot) → `store`
 //! (the `ArcSwap` holding it, publish, `check-config`) ← `reload` (retrying, de-duplicated
-//! reload) ← `cert_watcher` (file events and the periodic re-check). `resolver` is what
+//! reload) ← `cert_watcher` (on `file_events`: notify on the files' directories, the debounce
+//! and the periodic re-check, also used by postern's configuration watcher). `resolver` is what
 //! rustls calls per handshake; `listener_config` builds each listener's `ServerConfig`;
 //! `fingerprint` digests the files; `tickets` is the process's session-ticket key ring
 //! (rotation, `tls.ticket_key_file` reload) over `ticket_keys` (the file format, seal/open).
@@ -38,6 +39,7 @@
 pub mod acme;
 mod cert_watcher;
 mod error;
+pub mod file_events;
 mod fingerprint;
 pub mod generate;
 pub mod inspect;
