@@ -18,12 +18,7 @@ impl Config {
     }
 
     fn write_summary(&self, out: &mut String) -> std::fmt::Result {
-        let lw = self
-            .listeners
-            .iter()
-            .map(|l| l.name.len())
-            .max()
-            .unwrap_or(0);
+        let lw = widest(self.listeners.iter().map(|l| &l.name));
         writeln!(out, "listeners:")?;
         for l in &self.listeners {
             let addrs: Vec<String> = l.listen.iter().map(ToString::to_string).collect();
@@ -41,12 +36,7 @@ impl Config {
                 writeln!(out, "  {:lw$}  {access}", "")?;
             }
         }
-        let bw = self
-            .backends
-            .iter()
-            .map(|b| b.name.len())
-            .max()
-            .unwrap_or(0);
+        let bw = widest(self.backends.iter().map(|b| &b.name));
         writeln!(out, "backends:")?;
         for b in &self.backends {
             let protocol = b.protocol.as_str();
@@ -203,6 +193,11 @@ impl Config {
 
 /// `allow 10.0.0.0/8; deny ...; PROXY v2 from ...`, or `None` when the listener serves
 /// every address directly.
+/// The column width that fits every name.
+fn widest<'a>(names: impl Iterator<Item = &'a String>) -> usize {
+    names.map(String::len).max().unwrap_or(0)
+}
+
 fn access(l: &ListenerConfig) -> Option<String> {
     let mut parts = Vec::new();
     if !l.allow.is_empty() {

@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use postern_metrics::FileVersion;
+
 use crate::error::{MapError, MapLineError};
 use crate::hrw::normalise_user;
 
@@ -190,19 +192,8 @@ fn parse_server(s: &str) -> Option<(String, Option<u16>)> {
 pub(crate) struct MapFile {
     pub(crate) path: PathBuf,
     pub(crate) map: arc_swap::ArcSwap<UserMap>,
-    seen: std::sync::Mutex<Option<Stamp>>,
-}
-
-/// What tells a changed file from an unchanged one without reading it: a rename (Kubernetes
-/// `..data` swap, editors that write a new file) changes the inode, a rewrite the mtime or
-/// size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
+    /// The version of the file last read (`None`: it could not be looked at).
+    seen: std::sync::Mutex<Option<FileVersion>>,
 }
 
 /// What a re-check found.
@@ -219,18 +210,18 @@ pub(crate) enum Recheck {
 impl MapFile {
     /// Loads the file once; a bad file at start is an error (the config named it).
     pub(crate) fn open(path: &Path) -> Result<MapFile, MapError> {
-        let stamp = stamp(path);
+        let version = FileVersion::of(path).ok();
         let map = UserMap::load(path)?;
         Ok(MapFile {
             path: path.to_owned(),
             map: arc_swap::ArcSwap::from_pointee(map),
-            seen: std::sync::Mutex::new(stamp),
+            seen: std::sync::Mutex::new(version),
         })
     }
 
     /// Re-reads the file if it changed since the last look.
     pub(crate) fn recheck(&self) -> Recheck {
-        let now = stamp(&self.path);
+        let now = FileVersion::of(&self.path).ok();
         {
             let mut seen = self
                 .seen
@@ -250,18 +241,6 @@ impl MapFile {
             Err(e) => Recheck::Refused(e),
         }
     }
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    })
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::{Metrics, TEXT_CONTENT_TYPE};
 
+mod accept;
 mod write_deadline;
 
+pub use accept::accept_bounded;
 use write_deadline::WriteDeadline;
 
 /// The readiness check: `Ok` when ready, `Err(reason)` otherwise (the reason is the body of
@@ -47,38 +48,17 @@ pub async fn serve_admin(
     ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     shutdown: CancellationToken,
 ) {
-    let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // Usually EMFILE: pause instead of spinning, the condition needs time to clear.
-                tracing::warn!(%error, "admin endpoint: accept failed; pausing");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                }
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "admin endpoint: too many connections; closing");
-            continue;
-        };
+    let tracker = accept_bounded("admin endpoint", &listener, &permits, &shutdown, |stream| {
         let metrics = metrics.clone();
         let ready = ready.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
+        async move {
             let stream = WriteDeadline::new(stream, WRITE_TIMEOUT);
             serve_connection(TokioIo::new(stream), metrics, ready, shutdown).await;
-        });
-    }
-    tracker.close();
+        }
+    })
+    .await;
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
         .is_err()
@@ -172,5 +152,4 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight admin requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const MAX_BUF_SIZE: usize = 16 * 1024;

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod buckets;
 mod error_chain;
+mod file_version;
 mod handles;
 pub mod labels;
 pub mod names;
@@ -31,6 +32,7 @@ use prometheus::{
 
 pub use admin::serve_admin;
 pub use error_chain::ErrorChain;
+pub use file_version::FileVersion;
 pub use handles::{ListenerMetrics, ServerMetrics, TlsMetrics, SERVER_STATES};
 pub use labels::{HandshakeFailure, RejectReason, SessionOutcome};
 pub use prometheus::{Histogram, IntCounter, IntGauge};

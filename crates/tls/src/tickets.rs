@@ -12,13 +12,13 @@
 //! and an editor's rename both show), validated whole, then swapped in. A bad file is
 //! logged once and the previous keys keep serving.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use postern_metrics::FileVersion;
 use rustls::server::ProducesTickets;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -45,20 +45,10 @@ enum Source {
     File(PathBuf),
 }
 
-/// What identifies one version of the key file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
 #[derive(Debug)]
 struct RefreshState {
     /// The file version whose keys are served (or were last rejected).
-    seen: Option<FileIdentity>,
+    seen: Option<FileVersion>,
     /// The last failure's text, so a file that stays broken is logged once.
     last_error: Option<String>,
     rotated_at: Instant,
@@ -221,7 +211,7 @@ pub(crate) fn check(path: &Path) -> Result<usize, TlsError> {
     read(path).map(|(keys, _)| keys.len())
 }
 
-fn read(path: &Path) -> Result<(Vec<TicketKey>, FileIdentity), TlsError> {
+fn read(path: &Path) -> Result<(Vec<TicketKey>, FileVersion), TlsError> {
     let io_error = |source| TlsError::TicketKeyRead {
         path: path.to_path_buf(),
         source,
@@ -232,17 +222,10 @@ fn read(path: &Path) -> Result<(Vec<TicketKey>, FileIdentity), TlsError> {
     Ok((ticket_keys::parse(path, &text)?, identity))
 }
 
-fn identity(path: &Path) -> Result<FileIdentity, TlsError> {
-    let m = std::fs::metadata(path).map_err(|source| TlsError::TicketKeyRead {
+fn identity(path: &Path) -> Result<FileVersion, TlsError> {
+    FileVersion::of(path).map_err(|source| TlsError::TicketKeyRead {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(FileIdentity {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
     })
 }
 

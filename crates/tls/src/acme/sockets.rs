@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_config::AcmeChallenge;
+use postern_metrics::admin::accept_bounded;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use super::challenges::Challenges;
 use super::error::AcmeError;
@@ -132,42 +132,28 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!(%error, "ACME challenge listener: accept failed; pausing");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                }
-            }
-        };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            debug!(%peer, "ACME challenge listener: too many connections; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let responder = responder.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            match responder.kind.get() {
-                AcmeChallenge::TlsAlpn01 => {
-                    alpn::serve(stream, responder.acceptor, CONNECTION_DEADLINE).await
-                }
-                AcmeChallenge::Http01 => {
-                    http01::serve(stream, responder.challenges, CONNECTION_DEADLINE).await
-                }
-            }
-        });
-    }
-    tracker.close();
     // Connections end by their own deadline; do not hold the shutdown for them.
+    let _still_running = accept_bounded(
+        "ACME challenge listener",
+        &listener,
+        &permits,
+        &shutdown,
+        |stream| {
+            let _ = stream.set_nodelay(true);
+            let responder = responder.clone();
+            async move {
+                match responder.kind.get() {
+                    AcmeChallenge::TlsAlpn01 => {
+                        alpn::serve(stream, responder.acceptor, CONNECTION_DEADLINE).await
+                    }
+                    AcmeChallenge::Http01 => {
+                        http01::serve(stream, responder.challenges, CONNECTION_DEADLINE).await
+                    }
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// Validation connections open at once (a CA uses a few per name, e.g. three for pebble and
@@ -176,4 +162,3 @@ const MAX_CONNECTIONS: usize = 64;
 /// A validation connection is one request or one handshake.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 const BACKLOG: i32 = 128;
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
