@@ -14,7 +14,7 @@ figures hold on a shared, noisy machine where wall-clock rates do not. Python 3.
 standard library only. Network traffic stays on 127.0.0.1; every count is bounded.
 
 Run by hand (not from tests/run):
-    python3 benches/compare.py --postern /work/target-bench/release/postern
+    python3 benches/compare.py --postern target/release/postern
 See benches/README.md for the options and benches/RESULTS.md for recorded runs.
 
 Internal sub-commands (started by the harness itself): backend, hold, handshakes, stream,
@@ -44,6 +44,8 @@ from proxies import (  # noqa: E402
 from workloads import GIB, SNI, SUBCOMMANDS, run_subcommand  # noqa: E402
 HERE = Path(__file__).resolve()
 WORKLOADS_PY = HERE.parent / "workloads.py"
+# The release binary of this checkout (`cargo build --release -p postern`).
+DEFAULT_POSTERN = HERE.parent.parent / "target" / "release" / "postern"
 
 
 # --------------------------------------------------------------------------- measurements
@@ -368,7 +370,7 @@ def ensure_tools(tools: list[str]) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--postern", default="/work/target-bench/release/postern", help="postern binary (release build)")
+    ap.add_argument("--postern", default=str(DEFAULT_POSTERN), help="postern binary (release build)")
     ap.add_argument("--proxies", default="postern,haproxy,hitch,stunnel",
                     help="comma list of postern, postern-w2, haproxy, haproxy-t2, hitch, hitch-w2, stunnel")
     ap.add_argument("--sessions", type=int, default=3000, help="idle sessions held per proxy")
@@ -403,7 +405,7 @@ def main() -> int:
         return 2
     if not os.access(args.postern, os.X_OK):
         print(f"postern binary {args.postern} not found: build it with "
-              f"`CARGO_TARGET_DIR=/work/target-bench cargo build --release -p postern` or pass --postern",
+              f"`cargo build --release -p postern` or pass --postern",
               file=sys.stderr)
         return 2
     skip = set(filter(None, args.skip.split(",")))

@@ -2,11 +2,11 @@
 # Attributes postern's idle-session memory to allocation sites: runs the release binary
 # under heaptrack, opens N idle IMAP sessions (LOGIN, SELECT, IDLE) through it, then
 # stops it and prints heaptrack's peak-memory consumers. Usage: heap_profile.sh [N]
-# Env: POSTERN (binary, default /work/target-bench/release/postern).
+# Env: POSTERN (binary, default target/release/postern of this checkout).
 set -euo pipefail
 n=${1:-500}
-postern=${POSTERN:-/work/target-bench/release/postern}
 here=$(cd "$(dirname "$0")" && pwd)
+postern=${POSTERN:-$here/../target/release/postern}
 command -v heaptrack >/dev/null || { echo "heaptrack not found: apt-get install heaptrack" >&2; exit 2; }
 [ -x "$postern" ] || { echo "postern binary $postern not found (POSTERN=...)" >&2; exit 2; }
 w=$(mktemp -d /tmp/postern-heap-XXXXXX)

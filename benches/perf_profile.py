@@ -27,7 +27,7 @@ import compare  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--postern", default="/work/target-bench/release/postern")
+    ap.add_argument("--postern", default=str(compare.DEFAULT_POSTERN))
     ap.add_argument("--proxy", default="postern", help="postern, haproxy or stunnel")
     ap.add_argument("--workload", default="handshake",
                     help="handshake, down, up, lines (80-byte lines after LOGIN) or prelines (before login)")

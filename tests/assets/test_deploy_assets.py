@@ -249,7 +249,7 @@ def test_unit_directives():
     assert unit_value(u, svc, "ExecStartPre") == (
         f"{INSTALLED_BINARY} check-config -c /etc/postern/postern.toml"
     )
-    # `systemctl reload` is SIGHUP to postern itself (SPEC §1), never to exec children.
+    # `systemctl reload` is SIGHUP to postern itself (README, "Command line"), never to exec children.
     assert unit_values(u, svc, "ExecReload") == ["/bin/kill -HUP $MAINPID"]
     # Hundreds of thousands of sessions at ~2 descriptors each.
     assert int(unit_value(u, svc, "LimitNOFILE")) >= 2 * 250_000

@@ -1,4 +1,4 @@
-"""Checks the operator-facing observability assets against SPEC §4.
+"""Checks the operator-facing observability assets against the metric names of docs/metrics.md.
 
 - deploy/prometheus/alerts.yml passes `promtool check rules`, and each alert fires (and stays
   quiet) as intended on synthetic series (`promtool test rules`);
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "postern.json"
 
-# SPEC §4, names fixed.
+# docs/metrics.md, names fixed.
 SPEC_METRICS = {
     "postern_connections_accepted_total",
     "postern_connections_active",

@@ -1,4 +1,4 @@
-"""Failed logins for fail2ban (issue 12; SPEC §5 `login failed`, §4 `postern_logins_total`):
+"""Failed logins for fail2ban (issue 12; the `login failed` line and `postern_logins_total` of docs/metrics.md):
 each failed IMAP LOGIN, IMAP AUTHENTICATE PLAIN, POP3 USER/PASS and SMTP AUTH PLAIN gives one
 `login failed` line and one counter step, and `fail2ban-regex` with deploy/fail2ban's filter
 matches exactly those lines of a log postern wrote during the test (JSON and text), with the

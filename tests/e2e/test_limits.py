@@ -1,5 +1,5 @@
-"""Edge protection by client address (issue 12; SPEC §2 `[limits]`, listener `allow`/`deny`,
-§3 refusals): against real Dovecot, 127.0.0.2 plays the legitimate client and 127.0.0.3 the
+"""Edge protection by client address (issue 12; `[limits]` and listener `allow`/`deny` of
+docs/configuration.md, and their refusals): against real Dovecot, 127.0.0.2 plays the legitimate client and 127.0.0.3 the
 hostile one, with `exempt = []` so loopback addresses are limited like any other.
 
 Each refusal is checked as the client sees it (STARTTLS listeners: the protocol's refusal, then

@@ -1,6 +1,6 @@
 """Observability end to end (issue 6): metrics that move with real sessions, read over HTTP
 from the admin endpoint; `promtool check metrics` on the live exposition; the JSON session
-log line with every SPEC §5 field; /healthz and /readyz, including the flip to 503 when all
+log line with every field of docs/metrics.md; /healthz and /readyz, including the flip to 503 when all
 servers of a backend are down and back to 200 when one returns."""
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_promtool_check_metrics(fresh_gateway: Postern, mailbox, client_ctx):
     metrics = gw.metrics()
     for name, typ in SPEC_TYPES.items():
         if name in metrics.types:
-            assert metrics.types[name] == typ, f"{name} is a {metrics.types[name]}, SPEC §4 says {typ}"
+            assert metrics.types[name] == typ, f"{name} is a {metrics.types[name]}, docs/metrics.md says {typ}"
     missing = [n for n in MUST_EXIST_AFTER_A_SESSION if n not in metrics.types]
     assert not missing, f"metric families missing after a session: {missing}"
     build = metrics.find("postern_build_info")
@@ -274,7 +274,7 @@ def test_no_password_in_any_log_line(gateway: Postern, dovecot, client_ctx, cert
 
 
 def test_text_log_format_session_line(postern_factory, dovecot, mailbox, client_ctx):
-    """`[log] format = "text"`: one readable line per session with every SPEC §5 field as
+    """`[log] format = "text"`: one readable line per session with every docs/metrics.md field as
     key=value, and no terminal colour codes (the log usually goes to a file or journald)."""
     cfg = postern_factory.config(dovecot, protocols=("imap",))
     cfg.section("log")["format"] = "text"

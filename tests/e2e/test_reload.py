@@ -1,4 +1,4 @@
-"""Configuration reload without a restart (SPEC §1, issue 13): SIGHUP moves new sessions to
+"""Configuration reload without a restart (README, docs/configuration.md; issue 13): SIGHUP moves new sessions to
 another backend while a logged-in session keeps working on the old one; a file that does not
 validate changes nothing and every problem is logged as check-config prints it; a Kubernetes
 ConfigMap style `..data` symlink swap is picked up without a signal; keys that need a restart

@@ -162,7 +162,7 @@ def test_imap_id_claim_after_16k_of_prelogin_traffic_refused(env: StartTlsEnv, c
 
 @pytest.mark.parametrize("proto", PROTOS)
 def test_user_after_failed_first_login_is_the_authenticated_one(env: StartTlsEnv, client_ctx, proto):
-    """SPEC §5: `user` is the name the client authenticated as, not a first attempt that failed."""
+    """docs/metrics.md: `user` is the name the client authenticated as, not a first attempt that failed."""
     user = f"st-retry-{proto}"
     pw = USERS[user]
     with env.starttls(proto, f"{proto}-st", client_ctx) as c:

@@ -68,8 +68,8 @@ struct Cli {
 enum Cmd {
     /// The whole measurement: backends, postern, holders, idle, storms; JSON report.
     Run {
-        /// postern binary (a release build).
-        #[arg(long, default_value = "/work/target-bench/release/postern")]
+        /// postern binary (a release build; the default is relative to the checkout's root).
+        #[arg(long, default_value = "target/release/postern")]
         postern: PathBuf,
         /// Idle sessions to hold (postern needs 2 descriptors per session).
         #[arg(long, default_value_t = 9000)]

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! One line per user or `@domain`, then the server: `host`, `host:port` or `[v6]:port`.
-//! Matching is by host (SPEC §2: placement is by server host), so one file serves the imap,
+//! Matching is by host (placement is by server host: docs/configuration.md, `user_map`), so one file serves the imap,
 //! pop3 and sieve backends that list the same hosts on their own ports; a port picks one of
 //! several servers on the same host. Names and hosts compare case-insensitively. A user's
 //! own line wins over their domain's (the part after the last `@`).

@@ -172,7 +172,7 @@ impl Entry {
     }
 }
 
-/// The bucket holds twice the rate (SPEC §2: burst 2x).
+/// The bucket holds twice the rate (`per_ip_rate`, docs/configuration.md: burst 2x).
 fn burst(limits: &LimitsConfig) -> f32 {
     limits.per_ip_rate.map_or(0.0, |r| 2.0 * r.get() as f32)
 }

@@ -1,4 +1,4 @@
-//! Edge protection that needs state about client addresses (SPEC §2 `[limits]`):
+//! Edge protection that needs state about client addresses (`[limits]`, docs/configuration.md):
 //! `per_ip_connections`, `per_ip_rate`, the brute-force brake (`auth_failures` within
 //! `auth_failure_window`) and the process-wide pre-login budget (`max_prelogin`).
 //!

@@ -19,7 +19,7 @@ pub(crate) struct SessionRecord {
     pub(crate) tls: Option<TlsFacts>,
     /// The server the session was relayed to.
     pub(crate) backend: Option<String>,
-    /// The login name seen by the command watch.
+    /// The login name the backend confirmed (as the login guard read it).
     pub(crate) user: Option<String>,
     pub(crate) totals: Totals,
 }

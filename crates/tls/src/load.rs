@@ -117,7 +117,7 @@ pub(crate) struct CertInfo {
 }
 
 impl CertInfo {
-    /// The metric label: the first SAN (SPEC §4), else the CN.
+    /// The metric label: the first SAN (the `certificate` label, docs/metrics.md), else the CN.
     pub(crate) fn name(&self) -> String {
         self.dns_names
             .first()

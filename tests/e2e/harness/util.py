@@ -110,7 +110,7 @@ def make_test_root(prefix: str = "postern-e2e-") -> Path:
 
     Dovecot's auth process runs as user `dovecot` and must traverse the tree to read the
     passwd-file; a 0700 mkdtemp root makes every login fail with "Temporary authentication
-    failure" (test-tools.md §5.1 gotcha).
+    failure".
     """
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)

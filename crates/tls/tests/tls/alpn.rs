@@ -1,4 +1,4 @@
-//! ALPN per SPEC §3: the listener's protocol or a fatal no_application_protocol alert; a
+//! ALPN (T10, docs/starttls.md): the listener's protocol or a fatal no_application_protocol alert; a
 //! client offering none is served. Also checks the TLS version floor.
 
 use postern_config::TlsVersion;
