@@ -10,7 +10,7 @@ pub mod client;
 pub mod protocol;
 mod reports;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,17 +39,24 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_NAME)
 }
 
-/// The bound control socket; removes its file when dropped.
+/// The bound control socket; removes its file when dropped, unless a newer instance has
+/// taken the path over.
 #[derive(Debug)]
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// (device, inode) of the socket file this instance bound.
+    file: (u64, u64),
 }
 
 impl ControlSocket {
-    /// Binds `state_dir/control.sock` (mode 0600). A stale socket file (no one answers on
-    /// it) is replaced; a live one means another postern uses this state_dir. Must run on a
-    /// tokio runtime.
+    /// Binds `state_dir/control.sock` (mode 0600). The socket is bound under a temporary
+    /// name and renamed into place, so the path always names a working socket: a stale file
+    /// is replaced, and a live one (the old instance of a blue/green upgrade on the same
+    /// state_dir, deploy/README.md) is taken over, so that `postern ctl` reaches the newest
+    /// instance; the old one keeps serving its accepted connections and, when it exits,
+    /// leaves the path alone because the file is no longer its own. Must run on a tokio
+    /// runtime.
     pub fn bind(state_dir: &Path) -> Result<ControlSocket, ControlError> {
         let path = socket_path(state_dir);
         let bind_err = |source| ControlError::Bind {
@@ -65,16 +72,33 @@ impl ControlSocket {
             .create(state_dir)
             .map_err(bind_err)?;
         }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(ControlError::InUse { path });
+        let live = std::os::unix::net::UnixStream::connect(&path).is_ok();
+        let tmp = state_dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
+        // A leftover of a crashed start with the same pid; nothing else uses this name.
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::metadata(&path));
+        let meta = match placed {
+            Ok(meta) => meta,
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(bind_err(source));
             }
-            std::fs::remove_file(&path).map_err(bind_err)?;
+        };
+        if live {
+            warn!(
+                path = %path.display(),
+                "control socket taken over from another postern on this state_dir (an upgrade \
+                 handover?): postern ctl now reaches this instance"
+            );
         }
-        let listener = UnixListener::bind(&path).map_err(bind_err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(bind_err)?;
-        Ok(ControlSocket { listener, path })
+        Ok(ControlSocket {
+            listener,
+            path,
+            file: (meta.dev(), meta.ino()),
+        })
     }
 
     /// Where it is.
@@ -116,7 +140,10 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -168,4 +195,31 @@ async fn write_answer(stream: &mut UnixStream, answer: &Response) -> std::io::Re
     bytes.push(b'\n');
     stream.write_all(&bytes).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blue/green upgrade on one state_dir: the new instance takes the socket over, the
+    /// old one's exit leaves it in place, and the new one's exit removes it.
+    #[tokio::test]
+    async fn a_second_instance_takes_the_socket_over_and_the_first_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let blue = ControlSocket::bind(dir.path()).unwrap();
+        let green = ControlSocket::bind(dir.path()).unwrap();
+        drop(blue);
+        assert!(
+            path.exists(),
+            "the old instance removed the new one's socket"
+        );
+        std::os::unix::net::UnixStream::connect(&path).expect("the new socket answers");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(green);
+        assert!(!path.exists());
+        // No temporary name is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

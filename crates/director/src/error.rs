@@ -143,10 +143,4 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    /// Another postern answers on the socket.
-    #[error("another postern already answers on {}; give each instance its own server.state_dir", path.display())]
-    InUse {
-        /// The socket path.
-        path: PathBuf,
-    },
 }

@@ -29,7 +29,6 @@ use arc_swap::ArcSwap;
 use postern_backend_pool::Pool;
 use postern_config::Config;
 use postern_director::control::ControlSocket;
-use postern_director::error::ControlError;
 use postern_director::Director;
 use postern_listener::{bind_reuseport, BindError, WorkerListener, Workers};
 use postern_metrics::Metrics;
@@ -69,9 +68,6 @@ pub enum StartError {
     /// A `user_map` could not be used.
     #[error(transparent)]
     Director(#[from] postern_director::DirectorError),
-    /// The control socket could not be opened.
-    #[error(transparent)]
-    Control(#[from] ControlError),
     /// Worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Runtime(#[source] std::io::Error),
@@ -90,7 +86,6 @@ impl StartError {
             StartError::Acme(e) if !e.is_bind() => Exit::BadConfig,
             StartError::Bind(_)
             | StartError::Admin { .. }
-            | StartError::Control(_)
             | StartError::Runtime(_)
             | StartError::Acme(_) => Exit::Failure,
         }
@@ -236,13 +231,12 @@ impl Gateway {
 
         drop_inheritable_capabilities();
 
-        // After the privilege drop, so that the socket belongs to postern's own user. Another
-        // instance on the same state_dir would share the server states: refuse to start.
-        // A socket that cannot be made (state_dir not writable after the drop) leaves the
-        // gateway serving without `postern ctl`, loudly.
+        // After the privilege drop, so that the socket belongs to postern's own user. A new
+        // instance on the same state_dir (blue/green upgrade) takes the socket over. A socket
+        // that cannot be made (state_dir not writable after the drop) leaves the gateway
+        // serving without `postern ctl`, loudly.
         let control_socket = match ControlSocket::bind(&config.server.state_dir) {
             Ok(socket) => Some(socket),
-            Err(e @ ControlError::InUse { .. }) => return Err(e.into()),
             Err(e) => {
                 warn!(error = %postern_metrics::ErrorChain(&e), "running without the control socket: postern ctl will not reach this instance");
                 None
