@@ -18,6 +18,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::lex::{starts_with_ci, strip_eol, strip_prefix_ci, trailing_literal};
 use crate::Protocol;
 
 /// The tag of the IMAP `ID` command postern sends; fixed so the reply is recognisable.
@@ -107,14 +108,24 @@ fn imap_reply(buf: &[u8]) -> ForwardReply {
             let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else {
                 return incomplete(buf);
             };
-            let content = trim_eol(&buf[pos..pos + rel + 1]);
+            let content = strip_eol(&buf[pos..pos + rel + 1]);
             pos += rel + 1;
-            match literal_len(content) {
-                None => break,
-                Some(n) if n > MAX_REPLY || pos + n > MAX_REPLY => return ForwardReply::Invalid,
-                Some(n) if buf.len() < pos + n => return incomplete(buf),
-                Some(n) => pos += n,
+            let Some(lit) = trailing_literal(content) else {
+                break;
+            };
+            // A literal the reply could not hold within MAX_REPLY (or whose length does not
+            // even fit in 64 bits) is no reply to our command.
+            let Some(n) = lit
+                .len
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n <= MAX_REPLY && pos + n <= MAX_REPLY)
+            else {
+                return ForwardReply::Invalid;
+            };
+            if buf.len() < pos + n {
+                return incomplete(buf);
             }
+            pos += n;
         }
         let line = &buf[start..pos];
         if starts_with_ci(line, b"* BYE") {
@@ -177,19 +188,6 @@ fn smtp_reply(buf: &[u8]) -> ForwardReply {
     }
 }
 
-/// `{n}` or `{n+}` at the end of a line announces an n-byte literal (RFC 9051 §4.3).
-fn literal_len(content: &[u8]) -> Option<usize> {
-    let inner = content.strip_suffix(b"}")?;
-    let open = memchr::memrchr(b'{', inner)?;
-    let digits = &inner[open + 1..];
-    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    // At most nine ASCII digits: parses, and fits in usize.
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
@@ -200,19 +198,6 @@ fn incomplete(buf: &[u8]) -> ForwardReply {
     } else {
         ForwardReply::Incomplete
     }
-}
-
-fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-fn strip_prefix_ci<'a>(line: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    starts_with_ci(line, prefix).then(|| &line[prefix.len()..])
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Used by the backend pool (health checks, and every session connect, so that a server
 //! that greets with a refusal is failed over) and nowhere else.
 
+use crate::lex::starts_with_ci;
 use crate::Protocol;
 
 /// What the bytes received so far say about the greeting.
@@ -103,10 +104,6 @@ fn incomplete(buf: &[u8]) -> Greeting {
     } else {
         Greeting::Incomplete
     }
-}
-
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]

@@ -60,9 +60,9 @@ pub mod capfilter;
 pub mod forward;
 pub mod greeting;
 pub mod imap_state;
-pub mod line;
+pub mod lex;
+pub mod login_guard;
 mod protocol;
 pub mod starttls;
-pub mod watch;
 
 pub use protocol::Protocol;

@@ -25,8 +25,14 @@
 //!   `max_commands + 1` each get the protocol's error and `Close`. `step` never waits for more
 //!   input while `buf` holds `max_line_length` bytes without a line end, so the caller's buffer
 //!   stays within `max_line_length` plus one read.
+//! - **Binary input** (a TLS ClientHello from a client that mixed up the implicit-TLS and
+//!   STARTTLS ports, or any other byte that is not text: a control byte other than HTAB, CR
+//!   and LF, DEL, or a byte over 0x7f) closes the phase at once with the protocol's error,
+//!   instead of waiting for a line end that may never come.
+//! - **Echoed tags**: an IMAP reply echoes the client's tag only when it is a valid tag of at
+//!   most [`crate::lex::MAX_ECHO_TAG`] bytes; any other command is answered untagged (`*`).
 
-use crate::line::{is_imap_tag, split_line, split_word, trailing_literal, LineSplit};
+use crate::lex::{echo_tag, split_line, split_word, trailing_literal, LineSplit};
 use crate::Protocol;
 
 /// Bounds of the plaintext phase (rule T9).
@@ -133,6 +139,13 @@ impl PlainPhase {
                     self.state = State::RestOfCommand;
                 }
                 State::Command | State::RestOfCommand => {
+                    // Only the next line counts (earlier ones were answered), and only as far
+                    // as the line splitter looks, so the verdict never depends on read sizes.
+                    let window = &buf[..buf.len().min(self.limits.max_line_length)];
+                    let line_end = memchr::memchr(b'\n', window).map_or(window.len(), |i| i + 1);
+                    if window[..line_end].iter().any(|&c| is_binary(c)) {
+                        return self.close(Violation::Binary);
+                    }
                     let (content, len) = match split_line(buf, self.limits.max_line_length) {
                         LineSplit::Incomplete => return PlainStep::NeedMore,
                         LineSplit::TooLong => return self.close(Violation::LineTooLong),
@@ -179,7 +192,7 @@ impl PlainPhase {
 
     fn imap(&mut self, content: &[u8], buf: &mut Vec<u8>) -> PlainStep {
         let (tag, rest) = split_word(content);
-        let tag: &[u8] = if is_imap_tag(tag) { tag } else { b"*" };
+        let tag = echo_tag(tag).as_bytes();
         // Literals first: whatever the command, its literal bytes must never be parsed.
         if let Some(step) = self.refuse_literal(content, tag, false) {
             return step;
@@ -296,8 +309,9 @@ impl PlainPhase {
         let lit = trailing_literal(content)?;
         let tag = String::from_utf8_lossy(tag);
         let bad = format!("{tag} BAD Literals are not accepted before STARTTLS\r\n");
-        let fits = usize::try_from(lit.len)
-            .ok()
+        let fits = lit
+            .len
+            .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= self.limits.max_line_length);
         match fits {
             Some(n) if !lit.sync => {
@@ -334,6 +348,15 @@ impl PlainPhase {
         self.state = State::Finished;
         let h = &self.hostname;
         let msg = match (self.protocol, why) {
+            (Protocol::Imap, Violation::Binary) => {
+                "* BYE Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\r\n".to_owned()
+            }
+            (Protocol::Pop3, Violation::Binary) => {
+                "-ERR Binary data before STLS (a TLS client on the STLS port?), closing connection\r\n".to_owned()
+            }
+            (Protocol::Smtp, Violation::Binary) => format!(
+                "421 4.7.0 {h} Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\r\n"
+            ),
             (Protocol::Imap, Violation::LineTooLong) => "* BYE Line too long\r\n".to_owned(),
             (Protocol::Imap, Violation::TooManyCommands) => {
                 "* BYE Too many commands before STARTTLS\r\n".to_owned()
@@ -355,8 +378,14 @@ impl PlainPhase {
 
 #[derive(Clone, Copy, Debug)]
 enum Violation {
+    Binary,
     LineTooLong,
     TooManyCommands,
+}
+
+/// Not text: a control byte other than HTAB, CR and LF, DEL, or a byte over 0x7f.
+fn is_binary(c: u8) -> bool {
+    (c < 0x20 && !matches!(c, b'\t' | b'\r' | b'\n')) || c >= 0x7f
 }
 
 /// The capabilities postern honours before TLS: no `AUTH=`, no `ID` (rule T6).

@@ -3,7 +3,7 @@
 
 use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
 use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
-use postern_proto::watch::{ClientWatch, PASS_TAIL, REPLY_HEAD};
+use postern_proto::login_guard::{LoginGuard, LoginVerdict, Passed, MAX_ID_COMMAND, MAX_OWN_BACKLOG, MAX_TAG, REPLY_HEAD};
 use postern_proto::Protocol;
 use proptest::prelude::*;
 
@@ -35,6 +35,11 @@ fn wire() -> impl Strategy<Value = Vec<u8>> {
         Just(b"AUTH LOGIN".to_vec()),
         Just(b"USER bob".to_vec()),
         Just(b"ID (\"x-originating-ip\" \"1\")".to_vec()),
+        Just(b"a ID (\"x-originating-ip\" \"1\")\r\n".to_vec()),
+        Just(b"ID (\"name\" {3}".to_vec()),
+        Just(b"DATA".to_vec()),
+        Just(b"AUTH PLAIN".to_vec()),
+        Just(b"EHLO c".to_vec()),
         Just(b"XCLIENT ADDR=1".to_vec()),
         Just(b"BDAT 3".to_vec()),
         Just(b"AGJvYgBwdw==".to_vec()),
@@ -60,6 +65,9 @@ fn wire() -> impl Strategy<Value = Vec<u8>> {
 fn replies() -> impl Strategy<Value = Vec<u8>> {
     let token = prop_oneof![
         Just(b"a OK".to_vec()),
+        Just(b"+ OK\r\n".to_vec()),
+        Just(b"* OK [CAPABILITY IMAP4rev1 LITERAL+]\r\n".to_vec()),
+        Just(b"250-CHUNKING\r\n".to_vec()),
         Just(b"a NO".to_vec()),
         Just(b"b BAD".to_vec()),
         Just(b"* PREAUTH".to_vec()),
@@ -149,62 +157,51 @@ fn plain(p: Protocol, chunks: &[Vec<u8>]) -> (Vec<u8>, Option<&'static str>) {
     (written, None)
 }
 
-fn watch(p: Protocol, strict: bool, chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Option<String>) {
-    let mut w = if strict {
-        ClientWatch::strict(p, MAX_LINE)
-    } else {
-        ClientWatch::new(p, MAX_LINE)
-    };
-    let (mut backend, mut client) = (Vec::new(), Vec::new());
-    for chunk in chunks {
-        if w.is_done() {
-            backend.extend_from_slice(chunk);
-            continue;
-        }
-        w.feed(chunk, &mut backend, &mut client);
-        assert!(w.held_len() <= MAX_LINE, "held {}", w.held_len());
-        if w.is_done() {
-            assert_eq!(w.held_len(), 0);
-        }
-    }
-    w.flush(&mut backend);
-    (backend, client, w.user().map(str::to_owned))
+/// Client bytes held by the guard: one segment (an ID at most), bytes waiting for an answer
+/// (at most the reads fed while it did not want more: here, the whole input), SASL window.
+fn held_bound(input_len: usize) -> usize {
+    MAX_ID_COMMAND + input_len + 2048
 }
 
-/// Held memory bound of the backend side (reply line, 64 tags of at most 64 bytes).
-const MAX_BACKEND_HELD: usize = REPLY_HEAD + PASS_TAIL + 64 * 64;
+/// Backend side: one line head, 64 commands in flight (tag + name), queued replies.
+const MAX_BACKEND_HELD: usize = REPLY_HEAD + 32 + 64 * (MAX_TAG + 256) + MAX_OWN_BACKLOG + 512;
 
-type WatchOut = (Vec<u8>, Vec<u8>, Option<String>, bool);
+type GuardOut = (Vec<u8>, Vec<u8>, Vec<LoginVerdict>, bool, bool);
 
-/// Feeds client and backend reads in order (each step already split into reads).
-fn watch_session(p: Protocol, strict: bool, steps: &[(bool, Vec<Vec<u8>>)]) -> WatchOut {
-    let mut w = if strict {
-        ClientWatch::strict(p, MAX_LINE)
-    } else {
-        ClientWatch::new(p, MAX_LINE)
-    };
+/// Feeds client and backend reads in order (each step already split into reads); checks
+/// the bounds after every read.
+fn guard_session(p: Protocol, steps: &[(bool, Vec<Vec<u8>>)]) -> GuardOut {
+    let mut g = LoginGuard::new(p, MAX_LINE);
     let (mut backend, mut client) = (Vec::new(), Vec::new());
+    let mut verdicts = Vec::new();
+    let total: usize = steps.iter().flat_map(|(_, r)| r).map(Vec::len).sum();
     for (from_client, reads) in steps {
         for read in reads {
-            match (from_client, w.is_done()) {
-                (true, true) => backend.extend_from_slice(read),
-                (true, false) => w.feed(read, &mut backend, &mut client),
-                (false, _) => w.backend(read),
+            let passed = if *from_client {
+                g.client(read, &mut backend, &mut client)
+            } else {
+                g.backend(read, &mut client, &mut backend)
+            };
+            if passed == Passed::Unchanged {
+                if *from_client {
+                    backend.extend_from_slice(read);
+                } else {
+                    client.extend_from_slice(read);
+                }
             }
-            assert!(w.held_len() <= MAX_LINE, "held {}", w.held_len());
+            while let Some(v) = g.next_verdict() {
+                verdicts.push(v);
+            }
+            assert!(g.held_len() <= held_bound(total), "held {}", g.held_len());
             assert!(
-                w.backend_held_len() <= MAX_BACKEND_HELD,
+                g.backend_held_len() <= MAX_BACKEND_HELD,
                 "backend held {}",
-                w.backend_held_len()
+                g.backend_held_len()
             );
-            if w.is_done() {
-                assert_eq!(w.held_len(), 0);
-            }
         }
+        g.replies_at_boundary(&mut client);
     }
-    let done = w.is_done();
-    w.flush(&mut backend);
-    (backend, client, w.user().map(str::to_owned), done)
+    (backend, client, verdicts, g.logged_in(), g.finished())
 }
 
 fn filter(p: Protocol, chunks: &[Vec<u8>]) -> Vec<u8> {
@@ -213,9 +210,6 @@ fn filter(p: Protocol, chunks: &[Vec<u8>]) -> Vec<u8> {
     for chunk in chunks {
         f.feed(chunk, &mut out);
         assert!(f.held_len() <= 2 * MAX_FILTER_LINE);
-        if f.is_done() {
-            assert_eq!(f.held_len(), 0);
-        }
     }
     f.flush(&mut out);
     out
@@ -242,39 +236,20 @@ proptest! {
     }
 
     #[test]
-    fn watch_bounded_and_split_invariant(
-        p in protocol(),
-        strict in any::<bool>(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
-        let once = watch(p, strict, std::slice::from_ref(&input));
-        let pieces = watch(p, strict, &split(&input, &cuts));
-        prop_assert_eq!(once, pieces);
-    }
-
-    #[test]
-    fn watch_arbitrary_bytes(
-        p in protocol(),
-        strict in any::<bool>(), input in prop::collection::vec(any::<u8>(), 0..600)) {
-        let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(watch(p, strict, std::slice::from_ref(&input)), watch(p, strict, &bytewise));
-    }
-
-    #[test]
-    fn watch_with_replies_bounded_and_split_invariant(
-        p in protocol(),
-        strict in any::<bool>(), steps in session(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+    fn guard_verdict_does_not_depend_on_read_sizes(
+        p in protocol(), steps in session(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
         let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
         let pieces: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, split(b, &cuts))).collect();
-        prop_assert_eq!(watch_session(p, strict, &whole), watch_session(p, strict, &pieces));
+        prop_assert_eq!(guard_session(p, &whole), guard_session(p, &pieces));
     }
 
     #[test]
-    fn watch_with_replies_arbitrary_bytes(
+    fn guard_arbitrary_bytes_bytewise(
         p in protocol(),
-        strict in any::<bool>(),
         steps in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..200)), 0..6)) {
         let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
         let bytewise: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, b.iter().map(|x| vec![*x]).collect())).collect();
-        prop_assert_eq!(watch_session(p, strict, &whole), watch_session(p, strict, &bytewise));
+        prop_assert_eq!(guard_session(p, &whole), guard_session(p, &bytewise));
     }
 
     #[test]
