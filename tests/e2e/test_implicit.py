@@ -526,7 +526,10 @@ def test_client_half_close_reaches_backend_and_reply_comes_back(postern_factory,
     from harness import MemoryTlsClient, ReadAllBackend
 
     payload = b"".join(b"%08d payload line from the backend\r\n" % i for i in range(30000))  # ~1.1 MB
-    backend = ReadAllBackend(payload=payload).start()
+    # A PREAUTH greeting: the session is logged in from the start, so the client's bytes are
+    # relayed as a logged-in IMAP stream (before login the guard waits for the replies to the
+    # client's "commands", which this backend only sends after EOF).
+    backend = ReadAllBackend(greeting=b"* PREAUTH fake backend, logged in\r\n", payload=payload).start()
     try:
         cfg = postern_factory.config()
         cfg.backend("scripted", [backend.server])

@@ -130,7 +130,7 @@ def test_imap_upgrade_command_grammar(env: StartTlsEnv, client_ctx):
     and the session stays in plaintext."""
     with env.client("imap-st") as c:
         c.line()
-        for bad in (b"a STARTTLS x\r\n", b"b STARTTLS \r\n", b"c STARTTLS\x00\r\n", b"d START TLS\r\n", b"STARTTLS\r\n"):
+        for bad in (b"a STARTTLS x\r\n", b"b STARTTLS \r\n", b"d START TLS\r\n", b"STARTTLS\r\n"):
             c.send(bad)
             reply = c.line()
             assert re.match(rb"(\S+|\*) BAD ", reply), (bad, reply)
@@ -147,6 +147,12 @@ def test_imap_upgrade_command_grammar(env: StartTlsEnv, client_ctx):
         c.send(b"h STARTTLS {3}\r\n")
         got = c.read_to_eof()
     assert got.startswith(b"h BAD ") and b"* BYE " in got, got
+    with env.client("imap-st") as c:
+        c.line()
+        # a NUL (any binary byte) before STARTTLS: closed at once with the protocol's error
+        c.send(b"c STARTTLS\x00\r\n")
+        got = c.read_to_eof()
+    assert got.startswith(b"* BYE Binary data before STARTTLS"), got
 
 
 def test_pop3_and_smtp_upgrade_command_with_argument_refused(env: StartTlsEnv):

@@ -1,8 +1,6 @@
 //! Config spellings of the model's enums, for logs, metric labels and the summary.
 
-use crate::{
-    Balance, ForwardClient, GuardMode, KeyPermissions, LogFormat, ProxyVersion, TlsVersion,
-};
+use crate::{Balance, ForwardClient, KeyPermissions, LogFormat, ProxyVersion, TlsVersion};
 
 impl LogFormat {
     /// The config spelling (`text`, `json`).
@@ -64,16 +62,6 @@ impl ProxyVersion {
             ProxyVersion::V1 => "v1",
             ProxyVersion::V2 => "v2",
             ProxyVersion::Any => "any",
-        }
-    }
-}
-
-impl GuardMode {
-    /// `strict` or `standard`, for logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            GuardMode::Strict => "strict",
-            GuardMode::Standard => "standard",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! A backend's TLS to its servers, DNS re-resolution, route by user and weights, and the
-//! login guard policy: defaults, and one golden error line for each mistake.
+//! A backend's TLS to its servers, DNS re-resolution, route by user and weights: defaults,
+//! and one golden error line for each mistake.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use common::*;
-use postern_config::{ForwardClient, GuardMode, Route, ServerAddr, TlsMode};
+use postern_config::{Route, ServerAddr, TlsMode};
 
 /// Lines 1-5 the listener, 6-8 this backend, `extra` from line 9.
 fn servers_backend(servers: &str, extra: &str) -> String {
@@ -28,28 +28,6 @@ fn defaults() {
     assert_eq!(b.tls, None);
     assert_eq!(b.resolve_interval, Duration::from_secs(30));
     assert_eq!(b.route, Route::Connection);
-    assert_eq!(b.guard, GuardMode::Strict);
-}
-
-#[test]
-fn guard_policy_follows_forward_client() {
-    for (forward, mode) in [
-        ("none", GuardMode::Strict),
-        ("protocol", GuardMode::Strict),
-        ("proxy-v1", GuardMode::Standard),
-        ("proxy-v2", GuardMode::Standard),
-    ] {
-        let c = check(&backend_with(&format!("forward_client = \"{forward}\""))).unwrap();
-        assert_eq!(c.backends[0].guard, mode, "{forward}");
-        assert_eq!(
-            GuardMode::for_forward_client(c.backends[0].forward_client),
-            mode
-        );
-    }
-    assert_eq!(
-        GuardMode::for_forward_client(ForwardClient::None),
-        GuardMode::Strict
-    );
 }
 
 #[test]

@@ -31,6 +31,10 @@ pub struct ListenerMetrics {
     pub starttls_discarded_bytes: IntCounter,
     /// `postern_accept_errors_total{listener}` (extra)
     pub accept_errors: IntCounter,
+    /// `postern_logins_total{listener,result="ok"}`: logins the backend accepted.
+    pub logins_ok: IntCounter,
+    /// `postern_logins_total{listener,result="failed"}`: login attempts the backend refused.
+    pub logins_failed: IntCounter,
     // Shared between clones: one allocation per listener, not per session.
     handshake_failures: Arc<[IntCounter; HandshakeFailure::ALL.len()]>,
     rejected: Arc<[IntCounter; RejectReason::ALL.len()]>,
@@ -132,6 +136,8 @@ pub(crate) fn listener(f: &Families, name: &str) -> ListenerMetrics {
         bytes_backend_to_client: by_reason(&f.bytes, "backend_to_client"),
         starttls_discarded_bytes: f.starttls_discarded.with_label_values(&[name]),
         accept_errors: f.accept_errors.with_label_values(&[name]),
+        logins_ok: by_reason(&f.logins, "ok"),
+        logins_failed: by_reason(&f.logins, "failed"),
         handshake_failures: Arc::new(
             HandshakeFailure::ALL.map(|r| by_reason(&f.handshake_failures, r.as_str())),
         ),

@@ -66,6 +66,7 @@ struct Families {
     starttls_discarded: IntCounterVec,
     accept_errors: IntCounterVec,
     sessions: IntCounterVec,
+    logins: IntCounterVec,
     max_connections: IntGauge,
 }
 
@@ -158,6 +159,12 @@ impl Metrics {
             ),
             accept_errors: counter(r, names::ACCEPT_ERRORS_TOTAL, "Errors returned by accept() on the listening sockets.", &["listener"]),
             sessions: counter(r, names::SESSIONS_TOTAL, "Ended client sessions, by outcome.", &["listener", "outcome"]),
+            logins: counter(
+                r,
+                names::LOGINS_TOTAL,
+                "Login attempts the backend answered, by result (ok: accepted; failed: refused).",
+                &["listener", "result"],
+            ),
             max_connections: plain_gauge(r, names::CONNECTIONS_MAX, "Configured server.max_connections (0 until set)."),
         };
         let build_info = gauge(

@@ -18,6 +18,7 @@ pub const CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
 pub const CERTIFICATE_RELOADS_TOTAL: &str = "postern_certificate_reloads_total";
 pub const BUILD_INFO: &str = "postern_build_info";
 pub const CONFIG_RELOADS_TOTAL: &str = "postern_config_reloads_total";
+pub const LOGINS_TOTAL: &str = "postern_logins_total";
 
 // Extras (added later; additive, may be used by deploy/).
 pub const STARTTLS_DISCARDED_BYTES_TOTAL: &str = "postern_starttls_discarded_bytes_total";
@@ -44,6 +45,7 @@ pub const SPEC: &[&str] = &[
     CERTIFICATE_RELOADS_TOTAL,
     BUILD_INFO,
     CONFIG_RELOADS_TOTAL,
+    LOGINS_TOTAL,
 ];
 
 /// Families postern exports beyond the original contract.

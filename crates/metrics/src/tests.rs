@@ -22,6 +22,8 @@ fn exercised() -> Metrics {
         l.bytes_backend_to_client.inc_by(20);
         l.starttls_discarded_bytes.inc_by(3);
         l.accept_errors.inc();
+        l.logins_ok.inc();
+        l.logins_failed.inc_by(2);
         for reason in HandshakeFailure::ALL {
             l.handshake_failure(reason);
         }
@@ -75,6 +77,7 @@ fn expected_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         (names::CERTIFICATE_RELOADS_TOTAL, &["result"][..]),
         (names::CONFIG_RELOADS_TOTAL, &["result"][..]),
         (names::BUILD_INFO, &["version"][..]),
+        (names::LOGINS_TOTAL, &["listener", "result"][..]),
         (names::STARTTLS_DISCARDED_BYTES_TOTAL, &["listener"][..]),
         (names::ACCEPT_ERRORS_TOTAL, &["listener"][..]),
         (names::SESSIONS_TOTAL, &["listener", "outcome"][..]),
@@ -167,6 +170,18 @@ fn fresh_registry_already_exports_the_unlabelled_and_reload_series() {
 }
 
 #[test]
+fn both_login_results_exist_once_a_listener_is_resolved() {
+    // So `increase(postern_logins_total{result="failed"}[5m])` sees the first failure.
+    let m = Metrics::new("v");
+    let _ = m.listener("imaps");
+    let text = m.encode();
+    for result in ["ok", "failed"] {
+        let line = format!("postern_logins_total{{listener=\"imaps\",result=\"{result}\"}} 0\n");
+        assert!(text.contains(&line), "{text}");
+    }
+}
+
+#[test]
 fn handles_update_the_series_they_name() {
     let m = exercised();
     let text = m.encode();
@@ -180,6 +195,8 @@ fn handles_update_the_series_they_name() {
         "postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"no_cert\"} 1",
         "postern_tls_handshake_failures_total{listener=\"imaps\",reason=\"timeout\"} 1",
         "postern_sessions_total{listener=\"imaps\",outcome=\"idle_timeout\"} 1",
+        "postern_logins_total{listener=\"imaps\",result=\"ok\"} 1",
+        "postern_logins_total{listener=\"imaps\",result=\"failed\"} 2",
         "postern_tls_handshake_duration_seconds_bucket{listener=\"imaps\",le=\"0.005\"} 1",
         "postern_tls_handshake_duration_seconds_bucket{listener=\"imaps\",le=\"0.0025\"} 0",
         "postern_session_duration_seconds_bucket{listener=\"imaps\",le=\"1800\"} 1",

@@ -23,7 +23,7 @@
 //!   answer it.
 //!
 //! # Grammar decisions
-//! - A LF ends a line (a CR before it belongs to the terminator), as in [`crate::line`].
+//! - A LF ends a line (a CR before it belongs to the terminator), as in [`crate::lex`].
 //! - Backend literals are recognised at the end of data lines only: a continuation (`+ ...`),
 //!   a tagged status (`tag OK|NO|BAD ...`) and an untagged status (`* OK|NO|BAD|BYE|PREAUTH`)
 //!   carry free text (RFC 9051 `resp-text`), where an echoed mailbox name may well end in
@@ -53,6 +53,8 @@ pub struct ImapState {
     backend: Stream,
     /// Tag of a `COMPRESS` command the backend has not answered yet.
     compress_tag: Option<Word>,
+    /// The backend sent `* BYE` (a reset after it is a close, not a failure).
+    bye: bool,
 }
 
 impl ImapState {
@@ -94,6 +96,16 @@ impl ImapState {
         }
     }
 
+    /// True once the backend accepted `COMPRESS`: nothing after it is plain text.
+    pub fn compressed(&self) -> bool {
+        self.mode == Mode::Compressed
+    }
+
+    /// True once the backend said `* BYE` (while the stream was readable).
+    pub fn backend_said_bye(&self) -> bool {
+        self.bye
+    }
+
     /// Whether a goodbye may be injected toward the client right now.
     pub fn goodbye(&self) -> Goodbye {
         match self.mode {
@@ -119,6 +131,9 @@ impl ImapState {
 
     fn backend_line(&mut self) {
         let head = &self.backend.head;
+        if head.words[0].eq_ci(b"*") && head.words[1].eq_ci(b"BYE") {
+            self.bye = true;
+        }
         let refused = head.words[1].eq_ci(b"NO") || head.words[1].eq_ci(b"BAD");
         if refused
             && self.client.awaits_go_ahead()

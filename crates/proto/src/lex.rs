@@ -326,8 +326,14 @@ mod tests {
 
     #[test]
     fn keywords() {
-        assert_eq!(keyword(b"XCLIENT ADDR=1"), (&b"XCLIENT"[..], &b" ADDR=1"[..]));
-        assert_eq!(keyword(b"  \txclient\x0cADDR"), (&b"xclient"[..], &b"\x0cADDR"[..]));
+        assert_eq!(
+            keyword(b"XCLIENT ADDR=1"),
+            (&b"XCLIENT"[..], &b" ADDR=1"[..])
+        );
+        assert_eq!(
+            keyword(b"  \txclient\x0cADDR"),
+            (&b"xclient"[..], &b"\x0cADDR"[..])
+        );
         assert_eq!(keyword(b"\0XFORWARD"), (&b"XFORWARD"[..], &b""[..]));
         assert_eq!(keyword(b"ID(\"a\")"), (&b"ID"[..], &b"(\"a\")"[..]));
         assert_eq!(keyword(b""), (&b""[..], &b""[..]));
@@ -342,7 +348,10 @@ mod tests {
         assert!(contains_ci(b"ID (\"X-Originating-IP\"", b"x-originating-"));
         assert!(starts_with_ci(b"* bye now", b"* BYE"));
         assert!(!starts_with_ci(b"* BY", b"* BYE"));
-        assert_eq!(strip_prefix_ci(b"Postern-ID OK", b"postern-id"), Some(&b" OK"[..]));
+        assert_eq!(
+            strip_prefix_ci(b"Postern-ID OK", b"postern-id"),
+            Some(&b" OK"[..])
+        );
         assert_eq!(trim_blanks(b"  a b \t"), b"a b");
         assert_eq!(trim_blanks(b"   "), b"");
         assert_eq!(content_len(b"ab\r\n"), 2);

@@ -5,8 +5,8 @@
 //! point of the session.
 //!
 //! # Invariants
-//! - **Claims never pass.** IMAP `ID` fields reserved to a trusted proxy ([`id`]: which and
-//!   why), POP3 `XCLIENT`, SMTP `XCLIENT` and `XFORWARD` are refused with the protocol's
+//! - **Claims never pass.** IMAP `ID` fields reserved to a trusted proxy ([`RESERVED_ID_PREFIXES`]:
+//!   which and why), POP3 `XCLIENT`, SMTP `XCLIENT` and `XFORWARD` are refused with the protocol's
 //!   error and never forwarded: before login and after it (IMAP's after-login filter,
 //!   POP3's and SMTP's guard for the whole session), until an IMAP `COMPRESS` turns the
 //!   stream into deflate. After [`MAX_REFUSED_CLAIMS`] refused claims the session ends.
@@ -31,14 +31,14 @@
 //!   decoded SASL data is zeroed, `Debug` shows lengths only, verdicts carry names only.
 //!
 //! # Module map
-//! - [`framing`]: client bytes into lines, literals and streamed lines; waiting for answers.
-//! - [`commands`]: what each command is, per protocol, and what the guard does with it.
-//! - [`replies`]: reading the backend's replies and matching them to commands.
-//! - [`imap_string`]: IMAP string and literal decoding.
-//! - [`id`]: `ID` commands: reserved fields, decoding, the canonical form sent on.
-//! - [`sasl`]: login names from login commands and SASL responses (also a public API).
-//! - [`post_login`]: the cheap literal-skipping filter of an IMAP session after login.
-//! - [`claims`]: postern's refusal texts and goodbyes.
+//! - `framing`: client bytes into lines, literals and streamed lines; waiting for answers.
+//! - `commands`: what each command is, per protocol, and what the guard does with it.
+//! - `replies`: reading the backend's replies and matching them to commands.
+//! - `imap_string`: IMAP string and literal decoding.
+//! - `id`: `ID` commands: reserved fields, decoding, the canonical form sent on.
+//! - `sasl`: login names from login commands and SASL responses (also a public API).
+//! - `post_login`: the cheap literal-skipping filter of an IMAP session after login.
+//! - `claims`: postern's refusal texts and goodbyes.
 //!
 //! # What `max_line_length` covers
 //! Every client command line the guard holds before deciding what to do with it (terminator
@@ -265,6 +265,11 @@ impl LoginGuard {
             }
     }
 
+    /// The protocol this guard reads.
+    pub fn protocol(&self) -> Protocol {
+        self.core.protocol
+    }
+
     /// The next login outcome, in the order the backend gave them.
     pub fn next_verdict(&mut self) -> Option<LoginVerdict> {
         self.core.verdicts.pop_front()
@@ -311,14 +316,24 @@ impl LoginGuard {
         self.stage = Stage::Off;
     }
 
-    /// The client closed its sending side: bytes held for an incomplete command are dropped
-    /// (zeroed), never passed on.
+    /// The client closed its sending side: an incomplete command is dropped (zeroed), never
+    /// passed on. Complete commands still waiting for a backend answer go on as it comes
+    /// (pass the EOF on once [`Self::holds_client_bytes`] is false).
     pub fn client_eof(&mut self) {
         match &mut self.stage {
-            Stage::Full(t) => t.drop_client_bytes(),
+            Stage::Full(t) => t.client_eof(),
             Stage::ImapPostLogin(p) => p.drop_client_bytes(),
             Stage::Off => {}
         }
+    }
+
+    /// True while client bytes wait for a backend answer before they may be passed on.
+    pub fn holds_client_bytes(&self) -> bool {
+        self.core.close.is_none()
+            && match &self.stage {
+                Stage::Full(t) => !t.parked.is_empty(),
+                _ => false,
+            }
     }
 
     /// Client bytes held (a partial line, an `ID` being assembled, bytes waiting for an
@@ -391,6 +406,9 @@ struct Tracker {
     wait: Option<Wait>,
     /// The command line being read is an IMAP `ID` longer than `max_line`.
     long_id: bool,
+    /// The client closed its sending side: what is left of a line once the parked bytes
+    /// are processed is dropped.
+    eof: bool,
     id: Option<Box<IdAssembly>>,
     /// The start of the SASL data being passed on, to read the name from.
     window: NameWindow,
@@ -495,7 +513,10 @@ enum Kind {
     Login,
     /// A SASL exchange; `responses` counts the client's responses so far (the initial one
     /// included).
-    Auth { mech: SaslMech, responses: u8 },
+    Auth {
+        mech: SaslMech,
+        responses: u8,
+    },
     /// POP3 `USER`.
     User,
     /// POP3 `PASS` / `APOP`.

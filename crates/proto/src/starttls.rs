@@ -13,7 +13,7 @@
 //!   caller must not call `step` again after `Upgrade`/`Close`.
 //! - **T6/T7**: postern's own greeting and capability lists advertise STARTTLS/STLS (and IMAP
 //!   `LOGINDISABLED`), never `AUTH`, `PREAUTH` or `[ALERT]`.
-//! - **T8**: one line splitter ([`crate::line::split_line`], CRLF or bare LF) and one
+//! - **T8**: one line splitter ([`crate::lex::split_line`], CRLF or bare LF) and one
 //!   dispatcher decide every command, STARTTLS included. The upgrade command must be exactly
 //!   `tag SP STARTTLS` / `STLS` / `STARTTLS` (keyword case-insensitive, no arguments, no
 //!   trailing SP). IMAP literals are never read as commands: a command ending in a

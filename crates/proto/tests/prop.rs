@@ -2,8 +2,10 @@
 //! and how the input is split into reads never changes what comes out.
 
 use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
+use postern_proto::login_guard::{
+    LoginGuard, LoginVerdict, Passed, MAX_ID_COMMAND, MAX_OWN_BACKLOG, MAX_TAG, REPLY_HEAD,
+};
 use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
-use postern_proto::login_guard::{LoginGuard, LoginVerdict, Passed, MAX_ID_COMMAND, MAX_OWN_BACKLOG, MAX_TAG, REPLY_HEAD};
 use postern_proto::Protocol;
 use proptest::prelude::*;
 

@@ -13,8 +13,8 @@ use postern_listener::{Connection, Handler};
 use postern_metrics::{HandshakeFailure, ListenerMetrics, RejectReason, SessionOutcome};
 use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::ImapState;
+use postern_proto::login_guard::LoginGuard;
 use postern_proto::starttls::PlainLimits;
-use postern_proto::watch::ClientWatch;
 use postern_proto::Protocol;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,6 +25,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::edge::{Admission, EdgeState};
 use crate::proxy::{self, Addresses};
+use crate::logins::LoginSink;
 use crate::record::{SessionRecord, TlsFacts};
 use crate::refusal::{refuse, RefusalLog};
 use crate::relay::{relay, Counters, Filters, RelayEnd, RelayPlan};
@@ -45,7 +46,8 @@ pub struct SessionSettings {
     pub plaintext_timeout: Duration,
     /// Relay closes after this long without a byte either way.
     pub idle_timeout: Duration,
-    /// Longest command line accepted before TLS and before authentication.
+    /// Longest command line held before TLS (plaintext phase) and by the login guard (see
+    /// `proto::login_guard`: what `max_line_length` covers).
     pub max_line_length: usize,
     /// Commands accepted before STARTTLS.
     pub max_plaintext_commands: usize,
@@ -53,10 +55,6 @@ pub struct SessionSettings {
     pub hostname: String,
     /// Send TCP keepalive probes to idle clients after this long.
     pub keepalive: Duration,
-    /// Watch client commands in `proto::watch`'s strict mode: right when the backend may
-    /// trust postern's own address (forward_client `none` or `protocol`), so that a client's
-    /// `ID x-originating-ip` / `XCLIENT` can never reach it (rule T12).
-    pub strict_watch: bool,
 }
 
 /// What a listener's new sessions follow: the part of the configuration a reload may
@@ -326,44 +324,38 @@ impl SessionHandler {
             }
         };
         let server = backend.server;
-        let mut greeting = backend.greeting;
+        let greeting = backend.greeting;
         let mut backend_stream = backend.stream;
-        let mut watch = if s.strict_watch {
-            ClientWatch::strict(s.protocol, s.max_line_length)
-        } else {
-            ClientWatch::new(s.protocol, s.max_line_length)
-        };
-        // The watch learns login outcomes from the backend's replies: it must see the
-        // greeting (even one swallowed below) before any reply.
-        watch.backend(&greeting);
-        let (to_client, caps) = match s.tls {
-            TlsMode::Implicit => (greeting, None),
-            TlsMode::Starttls => {
-                // The client already had postern's greeting: swallow the backend's, keep
-                // anything the backend sent after it.
-                let len = greeting_len(s.protocol, &greeting);
-                greeting.drain(..len);
-                (greeting, Some(CapabilityFilter::new(s.protocol)))
-            }
-        };
-        let imap = (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new()));
+        let starttls = s.tls == TlsMode::Starttls;
         let filters = Filters {
-            watch: (!watch.is_done()).then(|| Box::new(watch)),
-            caps: caps.map(Box::new),
-            imap,
+            guard: Some(Box::new(LoginGuard::new(s.protocol, s.max_line_length))),
+            // The client is on TLS already: the backend's STARTTLS advertisements go (T6).
+            caps: starttls.then(|| Box::new(CapabilityFilter::new(s.protocol))),
+            imap: (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new())),
         };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.
             Protocol::Pop3 => b"",
             p => p.shutdown_goodbye(),
         };
+        let logins = LoginSink {
+            listener: &s.listener,
+            peer,
+            backend: &server,
+            ok: &self.metrics.logins_ok,
+            failed: &self.metrics.logins_failed,
+        };
         let plan = RelayPlan {
-            to_client,
+            greeting_len: greeting_len(s.protocol, &greeting),
+            greeting,
+            // The client already had postern's greeting: the backend's is swallowed.
+            swallow_greeting: starttls,
             filters,
             idle_timeout: s.idle_timeout,
             leave: goodbye.requested(),
             goodbye: goodbye_line,
             counters: &self.counters,
+            logins: Some(&logins),
         };
         let relayed = relay(&mut tls, &mut backend_stream, plan).await;
         let outcome = match relayed.end {
@@ -382,8 +374,15 @@ impl SessionHandler {
             }
             RelayEnd::BackendError(e) => {
                 warn!(error = %e, backend = server.as_str(), "backend connection failed mid-session");
-                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                // The response the client was reading was cut: it must not look complete, so
+                // no close_notify, a reset.
+                reset(&tls);
                 SessionOutcome::BackendError
+            }
+            RelayEnd::GuardClosed(why) => {
+                warn!(reason = why.as_str(), "the login guard ended the session");
+                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                SessionOutcome::ProtocolError
             }
         };
         SessionRecord {
@@ -448,6 +447,13 @@ fn classify_handshake_error(e: &io::Error) -> HandshakeFailure {
         io::ErrorKind::InvalidData => HandshakeFailure::Protocol,
         _ => HandshakeFailure::Io,
     }
+}
+
+/// Makes the close of `tls`'s socket a TCP reset (SO_LINGER 0): nothing more is written,
+/// no close_notify.
+fn reset(tls: &TlsStream<TcpStream>) {
+    let (tcp, _) = tls.get_ref();
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
 /// TCP_NODELAY (mail greetings and replies are small; Nagle would delay each by up to

@@ -7,8 +7,13 @@
 //!   idle relay.
 //! - Bytes received after a STARTTLS command line and before the handshake are dropped
 //!   and counted, never fed to TLS (rule T1/T2); the TLS engine only ever reads the socket.
-//! - A password or token never reaches a log line: the only user field comes from
-//!   `proto::watch`, which keeps login names only.
+//! - A password or token never reaches a log line: the only user fields come from
+//!   `proto::login_guard`, which keeps login names only.
+//! - One `login failed` line per login attempt the backend refused.
+//! - postern's own replies to a client count against the relay's bound: while they are not
+//!   written, the client is not read.
+//! - A backend failure that cut a response (a reset that follows no goodbye, no EOF) is
+//!   passed on to the client as a reset, never as a clean TLS close.
 //! - Exactly one `session ended` log line per connection that was admitted; a refused one
 //!   (PROXY protocol, `allow`/`deny`, limits) is counted in
 //!   `postern_connections_rejected_total{reason}` and logged at a bounded rate instead.
@@ -18,6 +23,7 @@
 
 mod edge;
 mod handler;
+mod logins;
 mod proxy;
 mod record;
 mod refusal;

@@ -18,11 +18,17 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use postern_metrics::IntCounter;
-use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::{Goodbye, ImapState};
-use postern_proto::watch::ClientWatch;
+use postern_proto::login_guard::GuardClose;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+pub(crate) use filters::Filters;
+
+use crate::logins::LoginSink;
+use filters::Chunk;
+
+mod filters;
 
 /// Size of the per-worker scratch buffer. 64 KiB rather than one TLS record (16 KiB): a
 /// backend read then fills four records, which rustls writes out together; measured A/B
@@ -54,17 +60,8 @@ pub(crate) enum RelayEnd {
     IdleTimeout,
     /// The drain asked the session to leave, and it did.
     Shutdown,
-}
-
-/// Optional inspection of a session's bytes. Boxed: a session holds 8 bytes for each one
-/// that is off (the watch and the capability filter end at login).
-pub(crate) struct Filters {
-    /// Client→backend command watch (user capture, rule T12) until authentication.
-    pub(crate) watch: Option<Box<ClientWatch>>,
-    /// Backend→client capability filter after a STARTTLS upgrade.
-    pub(crate) caps: Option<Box<CapabilityFilter>>,
-    /// IMAP sessions: where a drain goodbye may go (response boundaries, literals, COMPRESS).
-    pub(crate) imap: Option<Box<ImapState>>,
+    /// The login guard ended the session; its goodbye was written.
+    GuardClosed(GuardClose),
 }
 
 /// Counters that move with every read.
@@ -91,6 +88,12 @@ struct Dir {
     bytes: u64,
     /// The last byte handed to the writer was a line end (IMAP/SMTP safe point).
     at_line_start: bool,
+    /// `pending` holds postern's own replies (the login guard's): while it does, the other
+    /// direction reads nothing, so a client that never reads cannot make them pile up.
+    own_pending: bool,
+    /// EOF seen, but bytes read before it still wait in the login guard for a backend
+    /// answer: the EOF is passed on after them.
+    eof_held: bool,
 }
 
 enum Failure {
@@ -100,8 +103,13 @@ enum Failure {
 
 /// What the relay needs besides the two streams.
 pub(crate) struct RelayPlan<'a, L> {
-    /// Written to the client first (the backend greeting of an implicit-TLS session).
-    pub(crate) to_client: Vec<u8>,
+    /// What the backend sent before the relay: its greeting and any bytes after it.
+    pub(crate) greeting: Vec<u8>,
+    /// How many bytes of `greeting` are the greeting itself.
+    pub(crate) greeting_len: usize,
+    /// The client already had postern's own greeting (STARTTLS): the backend's is not
+    /// written (the filters still see it).
+    pub(crate) swallow_greeting: bool,
     /// The inspections active at the start.
     pub(crate) filters: Filters,
     /// The relay ends after this long without a byte either way.
@@ -113,6 +121,8 @@ pub(crate) struct RelayPlan<'a, L> {
     pub(crate) goodbye: &'static [u8],
     /// The listener's byte counters.
     pub(crate) counters: &'a Counters,
+    /// Where login outcomes go (`None` in relay tests).
+    pub(crate) logins: Option<&'a LoginSink<'a>>,
 }
 
 /// What the relay hands back for the session record.
@@ -122,7 +132,7 @@ pub(crate) struct Relayed {
     pub(crate) end: RelayEnd,
     /// Bytes relayed each way, the backend greeting included.
     pub(crate) totals: Totals,
-    /// The login name the command watch saw, if any.
+    /// The login name the backend confirmed, if the mechanism shows it.
     pub(crate) user: Option<String>,
 }
 
@@ -138,26 +148,33 @@ where
     L: Future<Output = ()>,
 {
     let RelayPlan {
-        to_client,
+        greeting,
+        greeting_len,
+        swallow_greeting,
         mut filters,
         idle_timeout,
         leave,
         goodbye,
         counters,
+        logins,
     } = plan;
-    let mut user = None;
     let mut up = Dir {
         at_line_start: true,
         ..Dir::default()
     };
-    let mut down = Dir {
-        at_line_start: to_client.is_empty() || to_client.ends_with(b"\n"),
-        ..Dir::default()
-    };
+    let mut down = Dir::default();
+    start(
+        &greeting,
+        greeting_len,
+        swallow_greeting,
+        &mut filters,
+        &mut up,
+        &mut down,
+        logins,
+    );
     // The greeting handed over by the pool is relayed backend data: it counts.
-    down.bytes = to_client.len() as u64;
+    down.bytes = greeting.len() as u64;
     counters.down.inc_by(down.bytes);
-    down.pending = to_client;
     let mut last_activity = Instant::now();
     let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
     // Bytes already added to the metrics; the rest is added when the relay ends, so that the
@@ -166,17 +183,26 @@ where
     let mut leave = std::pin::pin!(leave);
     let mut leaving = false;
     let mut goodbye_queued = false;
+    let mut guard_closing = None;
 
     let end = poll_fn(|cx| {
+        // The client is read only while the guard takes bytes and postern's own replies
+        // have been written (they count against the same bound as relayed bytes).
+        let up_may_read = filters.wants_client() && !down.own_pending && guard_closing.is_none();
+        let up_queued = up.pending.len();
+        up.eof_held = filters
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.holds_client_bytes());
         if !up.done {
             match poll_up(
                 cx,
                 client,
                 backend,
                 &mut up,
-                &mut down.pending,
+                up_may_read,
+                &mut down,
                 &mut filters,
-                &mut user,
             ) {
                 Poll::Ready(Ok(())) => up.done = true,
                 Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => {
@@ -187,13 +213,6 @@ where
                     return Poll::Ready(RelayEnd::BackendError(e))
                 }
                 Poll::Pending => {}
-            }
-        }
-        // Authentication confirmed: the capability filter's job (pre-login capability lists)
-        // is over too; after login the stream may turn binary (COMPRESS), so stop holding lines.
-        if filters.watch.is_none() {
-            if let Some(mut caps) = filters.caps.take() {
-                caps.flush(&mut down.pending);
             }
         }
         if !leaving && !goodbye_queued && leave.as_mut().poll(cx).is_ready() {
@@ -223,14 +242,25 @@ where
                 goodbye_queued = true;
             }
             if !down.done {
-                match poll_down(cx, backend, client, &mut down, &mut filters, &mut user) {
+                match poll_down(
+                    cx,
+                    backend,
+                    client,
+                    &mut down,
+                    &mut up,
+                    &mut filters,
+                    logins,
+                ) {
                     Poll::Ready(Ok(())) => down.done = true,
-                    // A backend that resets instead of closing has still closed: Dovecot's
-                    // submission service resets after its `221` to QUIT. Everything read before
-                    // the reset was relayed; pass the close on. The client is shut down on the
-                    // next round, which must come even when this was the last pass here.
+                    // A backend that resets after its goodbye, or after either side's EOF,
+                    // has still closed: Dovecot's submission service resets after its `221`
+                    // to QUIT. Everything read before the reset was relayed; pass the close
+                    // on. The client is shut down on the next round, which must come even
+                    // when this was the last pass here. Any other reset cut a response: a
+                    // backend error, passed on to the client as a reset.
                     Poll::Ready(Err(Failure::Read(e)))
-                        if e.kind() == io::ErrorKind::ConnectionReset =>
+                        if e.kind() == io::ErrorKind::ConnectionReset
+                            && (up.eof || down.eof || filters.backend_said_goodbye()) =>
                     {
                         down.eof = true;
                         cx.waker().wake_by_ref();
@@ -250,6 +280,29 @@ where
         }
         if goodbye_queued && down.done {
             return Poll::Ready(RelayEnd::Shutdown);
+        }
+        // The guard ended the session: its goodbye is in `down.pending`; stop reading the
+        // backend, write it, then shut the client down.
+        if guard_closing.is_none() {
+            if let Some(why) = filters
+                .guard
+                .as_ref()
+                .and_then(|g| g.closing().filter(|_| g.finished()))
+            {
+                guard_closing = Some(why);
+                down.eof = true;
+                cx.waker().wake_by_ref();
+            }
+        }
+        if let (Some(why), true) = (guard_closing, down.done) {
+            return Poll::Ready(RelayEnd::GuardClosed(why));
+        }
+        // Bytes the guard held for the backend's answer were released into `up.pending`, or
+        // the client may be read again: poll the up direction once more.
+        let up_may_read_now =
+            filters.wants_client() && !down.own_pending && guard_closing.is_none();
+        if !up.done && (up.pending.len() > up_queued || (up_may_read_now && !up_may_read)) {
+            cx.waker().wake_by_ref();
         }
         if up.done && down.done {
             return Poll::Ready(RelayEnd::Closed);
@@ -283,8 +336,49 @@ where
             up: up.bytes,
             down: down.bytes,
         },
-        user,
+        user: filters
+            .guard
+            .as_ref()
+            .and_then(|g| g.user().map(str::to_owned)),
     }
+}
+
+/// Hands the pool's bytes to the filters: the greeting (written unless swallowed), then
+/// whatever the backend sent after it, like any later read.
+fn start(
+    greeting: &[u8],
+    greeting_len: usize,
+    swallow: bool,
+    filters: &mut Filters,
+    up: &mut Dir,
+    down: &mut Dir,
+    logins: Option<&LoginSink<'_>>,
+) {
+    let (head, rest) = greeting.split_at(greeting_len.min(greeting.len()));
+    // The guard must see the greeting (also one swallowed) before any reply; the response
+    // tracker and the capability filter see what the client sees.
+    let mut ignored = Vec::new();
+    if let Some(g) = filters.guard.as_mut() {
+        let _ = g.backend(head, &mut ignored, &mut up.pending);
+        while let Some(v) = g.next_verdict() {
+            if let Some(sink) = logins {
+                sink.record(&v);
+            }
+        }
+    }
+    if !swallow {
+        if let Some(state) = filters.imap.as_mut() {
+            state.backend(head);
+        }
+        down.pending.extend_from_slice(head);
+    }
+    // What the backend sent after its greeting goes through every filter, like any read.
+    let mut out = Vec::new();
+    match filters.backend(rest, &mut out, &mut up.pending, logins) {
+        Chunk::Unchanged => down.pending.extend_from_slice(rest),
+        Chunk::Rewritten => down.pending.append(&mut out),
+    }
+    down.at_line_start = down.pending.is_empty() || down.pending.ends_with(b"\n");
 }
 
 /// A client that resets the connection once either side has already said goodbye (EOF) is
@@ -300,92 +394,61 @@ fn ends_quietly(e: &io::Error, up: &Dir, down: &Dir) -> bool {
     reset_like && (up.eof || down.eof)
 }
 
-/// Client → backend, through the command watch while it is active.
+/// Client → backend, through the filters.
 fn poll_up<C, B>(
     cx: &mut Context<'_>,
     client: &mut C,
     backend: &mut B,
     d: &mut Dir,
-    reply_to_client: &mut Vec<u8>,
+    may_read: bool,
+    down: &mut Dir,
     filters: &mut Filters,
-    user: &mut Option<String>,
 ) -> Poll<Result<(), Failure>>
 where
     C: AsyncRead + Unpin,
     B: AsyncWrite + Unpin,
 {
-    let Filters { watch, imap, .. } = filters;
-    poll_dir(cx, client, backend, d, |input, out, eof| {
-        let Some(w) = watch.as_mut() else {
-            if let Some(state) = imap.as_mut() {
-                state.client(input);
+    poll_dir(cx, client, backend, d, may_read, |input, out, eof| {
+        if eof {
+            // Bytes held for an incomplete command are never passed on.
+            if let Some(g) = filters.guard.as_mut() {
+                g.client_eof();
             }
             return false;
-        };
-        if eof {
-            w.flush(out);
-            *watch = None;
-        } else {
-            w.feed(input, out, reply_to_client);
-            note_user(w, user);
-            if w.is_done() {
-                *watch = None; // steady state: a plain copy
-            }
         }
-        if let Some(state) = imap.as_mut() {
-            state.client(out);
+        let mut own = Vec::new();
+        let chunk = filters.client(input, out, &mut own);
+        if !own.is_empty() {
+            down.pending.extend_from_slice(&own);
+            down.own_pending = true;
         }
-        true
+        matches!(chunk, Chunk::Rewritten)
     })
 }
 
-/// Backend → client: observed by the command watch (login outcomes), rewritten by the
-/// capability filter while each is active.
+/// Backend → client, through the filters; client bytes the guard releases go to `up`.
 fn poll_down<B, C>(
     cx: &mut Context<'_>,
     backend: &mut B,
     client: &mut C,
     d: &mut Dir,
+    up: &mut Dir,
     filters: &mut Filters,
-    user: &mut Option<String>,
+    logins: Option<&LoginSink<'_>>,
 ) -> Poll<Result<(), Failure>>
 where
     B: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
-    let Filters { watch, caps, imap } = filters;
-    poll_dir(cx, backend, client, d, |input, out, eof| {
-        // Observed before it is written: the goodbye decision must never lag the stream.
-        if let Some(state) = imap.as_mut() {
-            state.backend(input);
-        }
-        if let Some(w) = watch.as_mut() {
-            w.backend(input);
-            note_user(w, user);
-            if w.is_done() {
-                *watch = None;
-            }
-        }
-        let Some(f) = caps.as_mut() else { return false };
+    poll_dir(cx, backend, client, d, true, |input, out, eof| {
         if eof {
-            f.flush(out);
-            *caps = None;
-            return true;
+            return filters.backend_eof(out);
         }
-        f.feed(input, out);
-        if f.is_done() {
-            *caps = None;
-        }
-        true
+        matches!(
+            filters.backend(input, out, &mut up.pending, logins),
+            Chunk::Rewritten
+        )
     })
-}
-
-fn note_user(w: &ClientWatch, user: &mut Option<String>) {
-    if let Some(u) = w.user() {
-        if user.as_deref() != Some(u) {
-            *user = Some(u.to_owned());
-        }
-    }
 }
 
 /// Moves bytes from `r` to `w` until `r` would block, `w` pushes back, or EOF has been
@@ -399,6 +462,7 @@ fn poll_dir<R, W, F>(
     r: &mut R,
     w: &mut W,
     d: &mut Dir,
+    may_read: bool,
     mut filter: F,
 ) -> Poll<Result<(), Failure>>
 where
@@ -421,17 +485,26 @@ where
             d.pending = Vec::new(); // give the memory back: a quiet session holds nothing
             d.pos = 0;
         }
+        d.own_pending = false;
         if d.need_flush {
             ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(Failure::Write)?;
             d.need_flush = false;
         }
-        // 2. EOF seen and everything written: pass the EOF on.
+        // 2. EOF seen and everything written: pass the EOF on (once nothing read before it
+        // waits any more; the caller wakes the task when that changes).
+        if d.eof && d.eof_held {
+            return Poll::Pending;
+        }
         if d.eof {
             // The peer may already be gone; a failed shutdown changes nothing for us.
             let _ = ready!(Pin::new(&mut *w).poll_shutdown(cx));
             return Poll::Ready(Ok(()));
         }
-        // 3. Read into the worker's scratch buffer and write straight on.
+        // 3. Read into the worker's scratch buffer and write straight on, unless the other
+        // direction holds this one back (the caller wakes the task when that changes).
+        if !may_read {
+            return Poll::Pending;
+        }
         let step = SCRATCH_BUF.with(|cell| -> Poll<Result<(), Failure>> {
             let mut guard = cell.borrow_mut();
             let scratch: &mut [u8] = &mut guard;

@@ -1,5 +1,10 @@
 //! The plaintext phase of a STARTTLS listener, driven over the raw TCP socket.
+//!
+//! Every write happens under the phase's deadline (a client that never reads cannot hold the
+//! session past `plaintext_timeout`); the goodbyes written once the phase is over get a short
+//! grace of their own.
 
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -7,7 +12,7 @@ use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
 use postern_proto::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 
 /// How the plaintext phase ended.
 #[derive(Debug)]
@@ -24,6 +29,9 @@ pub(crate) enum PlainEnd {
     Io(io::Error),
 }
 
+/// How long a goodbye written after the phase's end may take.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs postern's own plaintext dialogue until the client asks for TLS (or leaves).
 pub(crate) async fn plaintext_phase(
     stream: &mut TcpStream,
@@ -31,13 +39,13 @@ pub(crate) async fn plaintext_phase(
     hostname: &str,
     limits: PlainLimits,
     timeout: Duration,
-    leave: impl std::future::Future<Output = ()>,
+    leave: impl Future<Output = ()>,
 ) -> PlainEnd {
     let mut phase = PlainPhase::new(protocol, hostname, limits);
     let deadline = Instant::now() + timeout;
     let mut leave = std::pin::pin!(leave);
-    if let Err(e) = stream.write_all(&phase.greeting()).await {
-        return PlainEnd::Io(e);
+    if let Err(end) = write_by(stream, &phase.greeting(), deadline, &phase).await {
+        return end;
     }
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 2048];
@@ -47,21 +55,21 @@ pub(crate) async fn plaintext_phase(
             match phase.step(&mut buf) {
                 PlainStep::NeedMore => break,
                 PlainStep::Reply(bytes) => {
-                    if let Err(e) = stream.write_all(&bytes).await {
-                        return PlainEnd::Io(e);
+                    if let Err(end) = write_by(stream, &bytes, deadline, &phase).await {
+                        return end;
                     }
                 }
                 PlainStep::Upgrade { reply, discarded } => {
                     // `buf` holds nothing more: the phase dropped what followed the command.
                     debug_assert!(buf.is_empty());
-                    return match stream.write_all(&reply).await {
+                    return match write_by(stream, &reply, deadline, &phase).await {
                         Ok(()) => PlainEnd::Upgrade { discarded },
-                        Err(e) => PlainEnd::Io(e),
+                        Err(end) => end,
                     };
                 }
                 PlainStep::Close(bytes) => {
-                    let _ = stream.write_all(&bytes).await;
-                    let _ = stream.shutdown().await;
+                    let _ = write_by(stream, &bytes, deadline, &phase).await;
+                    let _ = timeout_at(deadline, stream.shutdown()).await;
                     return PlainEnd::Closed;
                 }
             }
@@ -69,16 +77,16 @@ pub(crate) async fn plaintext_phase(
         let read = tokio::select! {
             r = stream.read(&mut chunk) => r,
             () = tokio::time::sleep_until(deadline) => {
-                let _ = stream.write_all(phase.timeout_goodbye()).await;
-                let _ = stream.shutdown().await;
+                goodbye(stream, phase.timeout_goodbye()).await;
                 return PlainEnd::Timeout;
             }
             () = &mut leave => {
                 // POP3 has no unsolicited response: it just closes, as in the relay.
-                if protocol != Protocol::Pop3 {
-                    let _ = stream.write_all(protocol.shutdown_goodbye()).await;
-                }
-                let _ = stream.shutdown().await;
+                let line: &[u8] = match protocol {
+                    Protocol::Pop3 => b"",
+                    p => p.shutdown_goodbye(),
+                };
+                goodbye(stream, line).await;
                 return PlainEnd::Shutdown;
             }
         };
@@ -88,4 +96,33 @@ pub(crate) async fn plaintext_phase(
             Err(e) => return PlainEnd::Io(e),
         }
     }
+}
+
+/// Writes `bytes` before `deadline`; past it the client gets the timeout goodbye (within a
+/// grace) and the phase ends as timed out.
+async fn write_by(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    deadline: Instant,
+    phase: &PlainPhase,
+) -> Result<(), PlainEnd> {
+    match timeout_at(deadline, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PlainEnd::Io(e)),
+        Err(_) => {
+            goodbye(stream, phase.timeout_goodbye()).await;
+            Err(PlainEnd::Timeout)
+        }
+    }
+}
+
+/// A last line and the close, within [`GOODBYE_GRACE`]: the client may not be reading.
+async fn goodbye(stream: &mut TcpStream, line: &[u8]) {
+    let _ = tokio::time::timeout(GOODBYE_GRACE, async {
+        if !line.is_empty() {
+            stream.write_all(line).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use postern_backend_pool::{ClientInfo, Pool};
 use postern_config::{
-    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig, Route,
-    ServerAddr,
+    BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig, Route, ServerAddr,
 };
 use postern_metrics::Metrics;
 use postern_proto::Protocol;
@@ -177,7 +176,6 @@ pub fn backend(name: &str, servers: Vec<ServerAddr>, balance: Balance) -> Backen
         health: health(5000),
         max_connections_per_server: 0,
         warm: 0,
-        guard: GuardMode::Strict,
         tls: None,
         resolve_interval: Duration::from_secs(30),
         route: Route::Connection,

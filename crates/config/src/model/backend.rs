@@ -31,9 +31,6 @@ pub struct BackendConfig {
     pub max_connections_per_server: usize,
     /// Pre-connected, pre-greeted spare connections kept per server (`warm`, default 0).
     pub warm: usize,
-    /// How closely the login guard watches this backend's sessions; follows from
-    /// `forward_client` (see [`GuardMode`]).
-    pub guard: GuardMode,
     /// `tls`, `tls_ca`, `tls_name`: TLS from postern to the servers; `None` for
     /// `tls = "none"` (the default). Always `None` for exec backends.
     pub tls: Option<BackendTls>,
@@ -42,36 +39,6 @@ pub struct BackendConfig {
     pub resolve_interval: Duration,
     /// `route`: per connection (balance) or per user (placement by login name).
     pub route: Route,
-}
-
-/// How the login guard treats a backend's sessions: a security policy, decided here from
-/// the backend's `forward_client` so that the wiring code only passes it on.
-///
-/// A backend that sees postern's own address as the client (`forward_client = "none"`) or
-/// that is told the client's address by postern's `ID`/`XCLIENT` (`"protocol"`) has to
-/// trust postern's address (Dovecot `login_trusted_networks`, Postfix
-/// `smtpd_authorized_xclient_hosts`). Such a backend would believe a client's own `ID
-/// x-originating-ip` or `XCLIENT` if one got through, so the guard stays on until the
-/// backend has confirmed the login, however long that takes ([`GuardMode::Strict`]). With
-/// a PROXY header (`proxy-v1`, `proxy-v2`) the backend sees the client's own address and
-/// need not trust postern for anything else, so the lighter [`GuardMode::Standard`] is
-/// enough. Either mode refuses client address claims (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuardMode {
-    /// Inspect until the backend confirms the login, with no byte bound before it.
-    Strict,
-    /// The default inspection.
-    Standard,
-}
-
-impl GuardMode {
-    /// The policy for a backend with this `forward_client`.
-    pub const fn for_forward_client(forward: ForwardClient) -> GuardMode {
-        match forward {
-            ForwardClient::None | ForwardClient::Protocol => GuardMode::Strict,
-            ForwardClient::ProxyV1 | ForwardClient::ProxyV2 => GuardMode::Standard,
-        }
-    }
 }
 
 /// TLS from postern to a backend's servers.

@@ -6,8 +6,7 @@ use super::{millis, minutes, secs, Validator};
 use crate::error::ConfigErrorKind as Kind;
 use crate::raw::{RawBackend, RawHealth};
 use crate::{
-    BackendConfig, BackendTarget, Balance, ForwardClient, GuardMode, HealthConfig, ListenerConfig,
-    Protocol,
+    BackendConfig, BackendTarget, Balance, ForwardClient, HealthConfig, ListenerConfig, Protocol,
 };
 
 impl Validator<'_> {
@@ -143,7 +142,6 @@ impl Validator<'_> {
             health,
             max_connections_per_server,
             warm,
-            guard: GuardMode::for_forward_client(forward_client),
             tls,
             resolve_interval,
             route,

@@ -8,9 +8,7 @@
 use super::claims::{GuardClose, Refused};
 use super::id::IdAssembly;
 use super::sasl::{clean_user, imap_login_user, SaslMech};
-use super::{
-    Core, Data, Entry, Io, Kind, LineKind, RestOf, Stream, Tracker, Wait, MAX_TAG,
-};
+use super::{Core, Data, Entry, Io, Kind, LineKind, RestOf, Stream, Tracker, Wait, MAX_TAG};
 use crate::lex::{
     first_word, is_imap_tag, keyword, parse_u64, trailing_literal, trim_blanks,
     trim_leading_blanks, Literal,

@@ -44,6 +44,7 @@ impl Tracker {
             line: LineKind::Command,
             wait: None,
             long_id: false,
+            eof: false,
             id: None,
             window: Default::default(),
             window_on: false,
@@ -81,6 +82,17 @@ impl Tracker {
         let keep = self.run(core, &parked, io).to_vec();
         scrub(&mut parked);
         self.parked = keep;
+        if self.eof && self.parked.is_empty() {
+            scrub(&mut self.held);
+        }
+    }
+
+    /// The client's EOF: a partial line is dropped now or once the parked bytes are read.
+    pub(super) fn client_eof(&mut self) {
+        self.eof = true;
+        if self.parked.is_empty() {
+            scrub(&mut self.held);
+        }
     }
 
     /// True while client bytes must wait: for a backend answer, for replies to be written,
@@ -257,7 +269,13 @@ impl Tracker {
         }
     }
 
-    fn literal_bytes<'a>(&mut self, left: u64, data: Data, input: &'a [u8], io: &mut Io) -> &'a [u8] {
+    fn literal_bytes<'a>(
+        &mut self,
+        left: u64,
+        data: Data,
+        input: &'a [u8],
+        io: &mut Io,
+    ) -> &'a [u8] {
         let k = usize::try_from(left).map_or(input.len(), |l| l.min(input.len()));
         let chunk = &input[..k];
         match data {

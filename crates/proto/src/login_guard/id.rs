@@ -30,7 +30,16 @@
 use super::imap_string::{Cursor, DecodeError, NString};
 use crate::lex::{echo_tag, Literal};
 
-/// Field-name prefixes refused in a client's `ID` (any case).
+/// Field-name prefixes refused in a client's `ID` (any case, after decoding).
+///
+/// Dovecot's imap-login applies these fields of a client's first `ID` when the client's
+/// address is in `login_trusted_networks` (as postern's is, when Dovecot must see the real
+/// client address): `x-originating-ip`/`-port` (the client address), `x-connected-ip`/`-port`
+/// (the address it connected to), `x-proxy-ttl` (loop prevention), `x-session-id` and
+/// `x-session-ext-id` (the session id in every log line), any `x-forward-<name>` (a variable
+/// handed to authentication, e.g. for passdb rules). A prefix covers each family whole, so a
+/// sibling a later version adds (or another server's variant) is refused too. Every other
+/// field (`name`, `version`, `os`, `vendor`, other `x-` fields) passes.
 pub const RESERVED_ID_PREFIXES: [&str; 5] = [
     "x-originating-",
     "x-connected-",
@@ -39,7 +48,8 @@ pub const RESERVED_ID_PREFIXES: [&str; 5] = [
     "x-forward-",
 ];
 
-/// Whole field names refused in a client's `ID` (any case).
+/// Whole field names refused in a client's `ID` (any case): `x-multiplex`, which Dovecot
+/// registers for its own proxy protocol.
 pub const RESERVED_ID_FIELDS: [&str; 1] = ["x-multiplex"];
 
 /// Longest `ID` command postern assembles (terminator and literal bytes included).
@@ -398,7 +408,10 @@ mod tests {
             (b" \"a\"\r\n", "the argument is not a list or NIL"),
             (b" (NIL \"b\")\r\n", "a field name is NIL"),
             (b" ({9}\r\nab)\r\n", "a literal is malformed"),
-            (b" (\"a\"\"b\"\"c\")\r\n", "fields are not separated by spaces"),
+            (
+                b" (\"a\"\"b\"\"c\")\r\n",
+                "fields are not separated by spaces",
+            ),
         ] {
             assert_eq!(
                 check(args),

@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn quoted_strings_unescape_any_byte() {
-        assert_eq!(astring(b"\"x\\-originating-ip\""), Ok(b"x-originating-ip".to_vec()));
+        assert_eq!(
+            astring(b"\"x\\-originating-ip\""),
+            Ok(b"x-originating-ip".to_vec())
+        );
         assert_eq!(astring(b"\"a\\\"b\\\\\""), Ok(b"a\"b\\".to_vec()));
         assert_eq!(astring(b"\"\xc3\xa9\""), Ok("é".as_bytes().to_vec()));
         assert_eq!(astring(b"\"open"), Err(DecodeError::Unterminated));

@@ -203,8 +203,10 @@ impl PostLogin {
                 let tag = tag_of(&seg);
                 let after_tag = seg.get(tag.len() + 1..).unwrap_or_default();
                 let (_, args) = keyword(after_tag);
-                self.id
-                    .insert(Box::new(IdAssembly::new(tag, &seg[seg.len() - args.len()..])))
+                self.id.insert(Box::new(IdAssembly::new(
+                    tag,
+                    &seg[seg.len() - args.len()..],
+                )))
             }
         };
         match id.segment_end(lit) {

@@ -11,8 +11,8 @@ use std::mem;
 
 use super::claims::GuardClose;
 use super::{
-    ClientState, Core, Entry, Io, Kind, LineKind, LoginVerdict, ReplyLine, Stream, Tracker,
-    Wait, REPLY_HEAD, TAIL,
+    ClientState, Core, Entry, Io, Kind, LineKind, LoginVerdict, ReplyLine, Stream, Tracker, Wait,
+    REPLY_HEAD, TAIL,
 };
 use crate::lex::{
     first_word, split_word, starts_with_ci, strip_eol, strip_prefix_ci, trailing_literal,
@@ -250,8 +250,8 @@ impl Tracker {
             return;
         }
         let Some(entry) = self.in_flight.pop_front() else {
-            // A reply nothing asked for: 421 before a close is expected, anything else is not.
-            if code != b"421" {
+            // A reply nothing asked for: a goodbye before a close is expected, nothing else.
+            if code != b"421" && code != b"221" {
                 self.close_now(core, GuardClose::CannotFollow, io);
             }
             return;
@@ -276,7 +276,12 @@ impl Tracker {
             _ => {}
         }
         self.caps.chunking_seen = false;
-        if self.in_flight.iter().all(|e| matches!(e.kind, Kind::Own(_))) && self.wait.is_some() {
+        if self
+            .in_flight
+            .iter()
+            .all(|e| matches!(e.kind, Kind::Own(_)))
+            && self.wait.is_some()
+        {
             self.end_wait();
         }
     }

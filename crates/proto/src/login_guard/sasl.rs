@@ -366,7 +366,10 @@ mod tests {
             window.feed(chunk);
         }
         assert_eq!(window.len(), NAME_WINDOW);
-        assert_eq!(window.finish(SaslMech::XOAuth2), Some("henry@x.test".into()));
+        assert_eq!(
+            window.finish(SaslMech::XOAuth2),
+            Some("henry@x.test".into())
+        );
         assert_eq!(window.len(), 0);
     }
 

@@ -61,10 +61,17 @@ pub(super) fn run_sized(p: Protocol, steps: &[Step<'_>], size: usize, secret: &s
             if !secret.is_empty() {
                 assert!(!format!("{g:?}").contains(secret), "Debug shows the secret");
                 for v in &verdicts {
-                    assert!(!format!("{v:?}").contains(secret), "a verdict shows the secret");
+                    assert!(
+                        !format!("{v:?}").contains(secret),
+                        "a verdict shows the secret"
+                    );
                 }
             }
-            assert!(g.held_len() <= 2 * MAX_ID_COMMAND + MAX_LINE, "held {}", g.held_len());
+            assert!(
+                g.held_len() <= 2 * MAX_ID_COMMAND + MAX_LINE,
+                "held {}",
+                g.held_len()
+            );
         }
         g.replies_at_boundary(&mut to_client);
     }
@@ -90,7 +97,12 @@ pub(super) fn run_secret(p: Protocol, steps: &[Step<'_>], secret: &str) -> Outco
     let whole = run_sized(p, steps, 0, secret);
     for size in [1, 3] {
         let other = run_sized(p, steps, size, secret);
-        assert!(whole == other, "{size}-byte reads differ:\n{}\n{}", short(&whole), short(&other));
+        assert!(
+            whole == other,
+            "{size}-byte reads differ:\n{}\n{}",
+            short(&whole),
+            short(&other)
+        );
     }
     whole
 }
@@ -99,7 +111,12 @@ pub(super) fn run_secret(p: Protocol, steps: &[Step<'_>], secret: &str) -> Outco
 fn short(o: &Outcome) -> String {
     let cut = |s: &str| {
         if s.len() > 300 {
-            format!("{}...({} bytes)...{}", &s[..150], s.len(), &s[s.len() - 150..])
+            format!(
+                "{}...({} bytes)...{}",
+                &s[..150],
+                s.len(),
+                &s[s.len() - 150..]
+            )
         } else {
             s.to_owned()
         }

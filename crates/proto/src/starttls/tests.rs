@@ -402,7 +402,9 @@ fn t8_starttls_with_arguments_or_literal_is_not_an_upgrade() {
     );
     assert_eq!(
         run(Protocol::Pop3, b"STLS\0\r\n")[0],
-        close("-ERR Binary data before STLS (a TLS client on the STLS port?), closing connection\r\n")
+        close(
+            "-ERR Binary data before STLS (a TLS client on the STLS port?), closing connection\r\n"
+        )
     );
     assert_eq!(
         run(Protocol::Smtp, b"STARTTLS x\r\n")[0],

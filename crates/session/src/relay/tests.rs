@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use postern_proto::imap_state::ImapState;
-use postern_proto::watch::ClientWatch;
+use postern_proto::login_guard::{LoginGuard, MAX_REFUSED_CLAIMS};
 use postern_proto::Protocol;
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
@@ -21,7 +21,7 @@ fn counters() -> Counters {
 
 fn no_filters() -> Filters {
     Filters {
-        watch: None,
+        guard: None,
         caps: None,
         imap: None,
     }
@@ -29,20 +29,44 @@ fn no_filters() -> Filters {
 
 fn imap_filters() -> Filters {
     Filters {
-        watch: None,
+        guard: None,
         caps: None,
         imap: Some(Box::new(ImapState::new())),
     }
 }
 
-/// A strict IMAP watch that has seen the backend's greeting.
-fn watch_filters() -> Filters {
-    let mut watch = ClientWatch::strict(Protocol::Imap, 4096);
-    watch.backend(b"* OK ready\r\n");
+/// What a session has: the guard, and for IMAP the response tracker.
+fn guard_filters(p: Protocol) -> Filters {
     Filters {
-        watch: Some(Box::new(watch)),
+        guard: Some(Box::new(LoginGuard::new(p, 4096))),
         caps: None,
-        imap: None,
+        imap: (p == Protocol::Imap).then(|| Box::new(ImapState::new())),
+    }
+}
+
+const GREETING: &[u8] = b"* OK ready\r\n";
+
+/// A plan that writes `greeting` to the client first.
+fn plan<'a, L>(
+    greeting: &[u8],
+    filters: Filters,
+    leave: L,
+    goodbye: &'static [u8],
+    counters: &'a Counters,
+) -> RelayPlan<'a, L> {
+    RelayPlan {
+        greeting: greeting.to_vec(),
+        greeting_len: greeting
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |i| i + 1),
+        swallow_greeting: false,
+        filters,
+        idle_timeout: Duration::from_secs(60),
+        leave,
+        goodbye,
+        counters,
+        logins: None,
     }
 }
 
@@ -92,14 +116,7 @@ where
             }
         };
         let counters = counters();
-        let plan = RelayPlan {
-            to_client,
-            filters,
-            idle_timeout: Duration::from_secs(60),
-            leave,
-            goodbye,
-            counters: &counters,
-        };
+        let plan = plan(&to_client, filters, leave, goodbye, &counters);
         relay(&mut client, &mut backend, plan).await
     })
 }
@@ -146,12 +163,8 @@ async fn idle_timeout_fires_exactly() {
     let started = tokio::time::Instant::now();
     let counters = counters();
     let plan = RelayPlan {
-        to_client: Vec::new(),
-        filters: no_filters(),
         idle_timeout: Duration::from_secs(600),
-        leave: std::future::pending(),
-        goodbye: b"",
-        counters: &counters,
+        ..plan(b"", no_filters(), std::future::pending(), b"", &counters)
     };
     let end = relay(&mut client_side, &mut backend_side, plan).await.end;
     assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
@@ -179,28 +192,29 @@ async fn goodbye_waits_for_a_line_boundary() {
 }
 
 #[tokio::test]
-async fn watch_captures_the_user_once_the_backend_confirms_the_login() {
+async fn the_guard_reports_the_user_once_the_backend_confirms_the_login() {
     let Harness {
         mut client,
         mut backend,
         task,
         ..
-    } = spawn_relay(1024, b"", watch_filters(), b"");
+    } = spawn_relay(1024, GREETING, guard_filters(Protocol::Imap), b"");
+    let mut greeting = vec![0u8; GREETING.len()];
+    client.read_exact(&mut greeting).await.unwrap();
     client
         .write_all(b"a LOGIN alice Pw-Secret\r\n")
         .await
         .unwrap();
     let mut login = vec![0u8; 25];
     backend.read_exact(&mut login).await.unwrap();
-    // The user counts once the backend confirms the login.
     backend.write_all(b"a OK Logged in\r\n").await.unwrap();
     let mut ok = vec![0u8; 16];
     client.read_exact(&mut ok).await.unwrap();
-    client.write_all(b"b NOOP").await.unwrap();
+    client.write_all(b"b NOOP\r\n").await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
     backend.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"b NOOP");
+    assert_eq!(got, b"b NOOP\r\n");
     backend.shutdown().await.unwrap();
     let Relayed { end, user, .. } = task.await.unwrap();
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
@@ -213,31 +227,115 @@ async fn client_address_claims_are_answered_by_postern_not_forwarded() {
         mut client,
         mut backend,
         ..
-    } = spawn_relay(1024, b"", watch_filters(), b"");
+    } = spawn_relay(1024, GREETING, guard_filters(Protocol::Imap), b"");
     client
         .write_all(b"a ID (\"x-originating-ip\" \"1.2.3.4\")\r\nb NOOP\r\n")
         .await
         .unwrap();
-    let mut line = vec![0u8; 7];
+    let mut line = vec![0u8; 8];
     backend.read_exact(&mut line).await.unwrap();
-    assert_eq!(line, b"b NOOP\r");
-    let mut reply = [0u8; 6];
+    assert_eq!(line, b"b NOOP\r\n");
+    let mut reply = vec![0u8; GREETING.len() + 6];
     client.read_exact(&mut reply).await.unwrap();
-    assert_eq!(&reply, b"a BAD ");
+    assert!(reply.ends_with(b"a BAD "), "{reply:?}");
 }
 
 #[tokio::test]
-async fn a_line_held_by_the_watch_is_flushed_at_eof() {
+async fn a_partial_line_held_by_the_guard_is_dropped_at_eof() {
     let Harness {
         mut client,
         mut backend,
         ..
-    } = spawn_relay(1024, b"", watch_filters(), b"");
+    } = spawn_relay(1024, GREETING, guard_filters(Protocol::Imap), b"");
     client.write_all(b"a NOOP\r\nb NOO").await.unwrap();
     client.shutdown().await.unwrap();
     let mut got = Vec::new();
     backend.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"a NOOP\r\nb NOO");
+    assert_eq!(got, b"a NOOP\r\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn postern_s_replies_hold_back_a_client_that_does_not_read() {
+    // Refusals that are not claims (STARTTLS inside TLS) do not end a session, so a client
+    // could ask for them forever. It gets them only as fast as it reads them: while they
+    // wait, postern reads nothing more from it. (Paused time: the timeout fires only once
+    // the runtime has nothing else to do, so no wall clock is measured.)
+    let Harness {
+        mut client,
+        mut backend,
+        task,
+        ..
+    } = spawn_relay(4096, GREETING, guard_filters(Protocol::Imap), b"");
+    let spray = b"a STARTTLS\r\n".repeat(200_000);
+    let wrote = tokio::time::timeout(Duration::from_secs(5), client.write_all(&spray)).await;
+    assert!(
+        wrote.is_err(),
+        "postern kept reading a client that never reads"
+    );
+    // Nothing reached the backend, and the client's replies are a bounded few.
+    let mut probe = [0u8; 1];
+    let none = tokio::time::timeout(Duration::from_secs(1), backend.read(&mut probe)).await;
+    assert!(none.is_err());
+    drop(client);
+    drop(backend);
+    let _ = task.await;
+}
+
+#[tokio::test]
+async fn the_guard_ends_a_session_after_too_many_claims() {
+    let Harness {
+        mut client,
+        mut backend,
+        task,
+        ..
+    } = spawn_relay(1024, b"+OK ready\r\n", guard_filters(Protocol::Pop3), b"");
+    let claims = b"XCLIENT ADDR=192.0.2.1\r\n".repeat(MAX_REFUSED_CLAIMS as usize + 2);
+    client.write_all(&claims).await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(
+        text.matches("-ERR XCLIENT").count(),
+        MAX_REFUSED_CLAIMS as usize
+    );
+    assert!(text.ends_with("-ERR Too many refused commands, closing connection\r\n"));
+    let end = task.await.unwrap().end;
+    assert!(matches!(end, RelayEnd::GuardClosed(_)), "{end:?}");
+    let mut seen = Vec::new();
+    let _ = backend.read_to_end(&mut seen).await;
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn bytes_after_the_greeting_go_through_the_filters() {
+    // STARTTLS listener: the backend's greeting is swallowed, and the capability list it
+    // sent right after it is filtered like any later reply (T6).
+    let (mut client, mut client_side) = duplex(1024);
+    let (mut backend_side, backend) = duplex(1024);
+    drop(backend);
+    let task = tokio::spawn(async move {
+        let counters = counters();
+        let mut filters = guard_filters(Protocol::Imap);
+        filters.caps = Some(Box::new(postern_proto::capfilter::CapabilityFilter::new(
+            Protocol::Imap,
+        )));
+        let plan = RelayPlan {
+            swallow_greeting: true,
+            ..plan(
+                b"* OK ready\r\n* CAPABILITY IMAP4rev1 STARTTLS IDLE\r\n",
+                filters,
+                std::future::pending(),
+                b"",
+                &counters,
+            )
+        };
+        relay(&mut client_side, &mut backend_side, plan).await
+    });
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"* CAPABILITY IMAP4rev1 IDLE\r\n");
+    drop(client);
+    let _ = task.await;
 }
 
 #[tokio::test]
@@ -332,16 +430,40 @@ async fn a_backend_reset_after_its_goodbye_is_a_close() {
         ResettingBackend {
             data: b"221 2.0.0 Bye\r\n".to_vec(),
         },
-        b"",
-        no_filters(),
+        b"220 mx ready\r\n",
+        guard_filters(Protocol::Smtp),
         b"",
         rx,
     );
     let mut got = Vec::new();
     client.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"221 2.0.0 Bye\r\n");
+    assert_eq!(got, b"220 mx ready\r\n221 2.0.0 Bye\r\n");
     drop(client);
     assert!(matches!(task.await.unwrap().end, RelayEnd::Closed));
+}
+
+#[tokio::test]
+async fn a_backend_reset_mid_session_is_a_backend_error() {
+    // No goodbye, no EOF: the reset cut a response, and the client must learn it was cut.
+    let (mut client, client_side) = duplex(1024);
+    let (_never, rx) = oneshot::channel::<()>();
+    let task = run_relay(
+        client_side,
+        ResettingBackend {
+            data: b"* 1 FETCH (BODY[] {100}\r\npartial".to_vec(),
+        },
+        GREETING,
+        guard_filters(Protocol::Imap),
+        b"",
+        rx,
+    );
+    let end = task.await.unwrap().end;
+    assert!(
+        matches!(&end, RelayEnd::BackendError(e) if e.kind() == io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got).await;
 }
 
 #[tokio::test]
@@ -358,14 +480,13 @@ async fn bytes_of_the_final_poll_reach_the_metrics() {
     client.shutdown().await.unwrap();
     backend.write_all(b"* BYE bye\r\n").await.unwrap();
     backend.shutdown().await.unwrap();
-    let plan = RelayPlan {
-        to_client: b"* OK\r\n".to_vec(),
-        filters: no_filters(),
-        idle_timeout: Duration::from_secs(60),
-        leave: std::future::pending(),
-        goodbye: b"",
-        counters: &counters,
-    };
+    let plan = plan(
+        b"* OK\r\n",
+        no_filters(),
+        std::future::pending(),
+        b"",
+        &counters,
+    );
     let Relayed { end, totals, .. } = relay(&mut client_side, &mut backend_side, plan).await;
     assert!(matches!(end, RelayEnd::Closed), "{end:?}");
     assert_eq!(totals.down, 6 + 11);

@@ -50,7 +50,12 @@ fn t12_id_with_a_synchronizing_literal_gets_postern_s_go_ahead() {
     // A clean one with literals reaches the backend, re-encoded as quoted strings.
     let o = run(
         Protocol::Imap,
-        &[B(IMAP_GREETING), C(b"b ID ({4}\r\n"), C(b"name {5}\r\n"), C(b"mutt!)\r\n")],
+        &[
+            B(IMAP_GREETING),
+            C(b"b ID ({4}\r\n"),
+            C(b"name {5}\r\n"),
+            C(b"mutt!)\r\n"),
+        ],
     );
     assert_eq!(o.to_backend, "b ID (\"name\" \"mutt!\")\r\n");
 }
@@ -74,7 +79,10 @@ fn rfc_2971_largest_id_reaches_the_backend() {
     assert_eq!(o.to_backend.as_bytes(), &quoted[..]);
     assert_eq!(o.claims, 0);
     let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(&literal)]);
-    assert_eq!(o.to_backend.as_bytes(), &quoted[..].replacen("c ID", "d ID", 1)[..]);
+    assert_eq!(
+        o.to_backend.as_bytes(),
+        &quoted[..].replacen("c ID", "d ID", 1)[..]
+    );
 }
 
 trait Replacen {
@@ -83,7 +91,9 @@ trait Replacen {
 
 impl Replacen for [u8] {
     fn replacen(&self, from: &str, to: &str, n: usize) -> Vec<u8> {
-        String::from_utf8_lossy(self).replacen(from, to, n).into_bytes()
+        String::from_utf8_lossy(self)
+            .replacen(from, to, n)
+            .into_bytes()
     }
 }
 
@@ -99,7 +109,9 @@ fn an_id_the_guard_cannot_decode_is_refused_saying_why() {
     ));
     let long = format!("b ID (\"name\" \"{}\")\r\n", "v".repeat(MAX_ID_COMMAND));
     let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(long.as_bytes())]);
-    assert!(o.to_client.contains("b BAD ID refused: longer than 65536 bytes\r\n"));
+    assert!(o
+        .to_client
+        .contains("b BAD ID refused: longer than 65536 bytes\r\n"));
     assert!(o.finished);
 }
 

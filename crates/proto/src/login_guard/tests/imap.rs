@@ -12,7 +12,11 @@ fn login_atom_quoted_and_literal_forms() {
     ] {
         let o = run_secret(
             Protocol::Imap,
-            &[B(IMAP_GREETING), C(cmd), B(b"a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")],
+            &[
+                B(IMAP_GREETING),
+                C(cmd),
+                B(b"a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"),
+            ],
             "secret1",
         );
         assert_eq!(o.to_backend.as_bytes(), cmd, "passed unchanged");
@@ -75,14 +79,20 @@ fn a_literal_the_backend_refuses_leaves_the_next_bytes_commands() {
 fn non_synchronizing_literals_need_the_capability() {
     let cmd = b"a LOGIN {5+}\r\nalice x\r\nb NOOP\r\n";
     let o = run(Protocol::Imap, &[B(IMAP_GREETING_NO_CAPS), C(cmd)]);
-    assert_eq!(o.to_backend, "b NOOP\r\n", "refused, its literal and rest dropped");
+    assert_eq!(
+        o.to_backend, "b NOOP\r\n",
+        "refused, its literal and rest dropped"
+    );
     assert_eq!(
         o.to_client,
         "* OK ready\r\na BAD Non-synchronizing literal refused: the server did not advertise LITERAL+\r\n"
     );
     // LITERAL- allows up to 4096 bytes only.
     let minus = b"* OK [CAPABILITY IMAP4rev1 LITERAL-] ready\r\n";
-    let o = run(Protocol::Imap, &[B(minus), C(b"a LOGIN {5+}\r\nalice x\r\n")]);
+    let o = run(
+        Protocol::Imap,
+        &[B(minus), C(b"a LOGIN {5+}\r\nalice x\r\n")],
+    );
     assert_eq!(o.to_backend, "a LOGIN {5+}\r\nalice x\r\n");
     let o = run(Protocol::Imap, &[B(minus), C(b"a NOOP {4097+}\r\n")]);
     assert!(o.to_client.contains("a BAD Non-synchronizing"));
@@ -136,7 +146,10 @@ fn authenticate_with_and_without_initial_response() {
     );
     assert_eq!(o.verdicts, [failed("bob")]);
     // LOGIN: the name on the first response, the password never read.
-    let (u, pw) = (format!("{}\r\n", b64(b"carol")), format!("{}\r\n", b64(b"secret3")));
+    let (u, pw) = (
+        format!("{}\r\n", b64(b"carol")),
+        format!("{}\r\n", b64(b"secret3")),
+    );
     let o = run(
         Protocol::Imap,
         &[
@@ -186,10 +199,15 @@ fn a_long_sasl_line_is_passed_on_as_it_comes() {
     assert_eq!(o.to_backend, line);
     assert_eq!(o.verdicts, [ok("frank@x.test")]);
     // Past the SASL bound the session ends.
-    let huge = format!("a AUTHENTICATE PLAIN {}\r\n", "A".repeat(MAX_SASL_LINE + 10));
+    let huge = format!(
+        "a AUTHENTICATE PLAIN {}\r\n",
+        "A".repeat(MAX_SASL_LINE + 10)
+    );
     let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(huge.as_bytes())]);
     assert!(o.finished);
-    assert!(o.to_client.ends_with("* BYE Line too long, closing connection\r\n"));
+    assert!(o
+        .to_client
+        .ends_with("* BYE Line too long, closing connection\r\n"));
 }
 
 #[test]
@@ -242,7 +260,11 @@ fn pipelined_commands_are_matched_by_tag_in_any_order() {
 #[test]
 fn invalid_and_long_tags_are_refused() {
     let long = format!("{} LOGIN alice pw\r\n", "t".repeat(MAX_TAG + 1));
-    for line in [&b" a LOGIN alice pw\r\n"[..], b"a+ LOGIN alice pw\r\n", long.as_bytes()] {
+    for line in [
+        &b" a LOGIN alice pw\r\n"[..],
+        b"a+ LOGIN alice pw\r\n",
+        long.as_bytes(),
+    ] {
         let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(line)]);
         assert_eq!(o.to_backend, "", "{line:?}");
         assert!(o.to_client.ends_with(
@@ -257,10 +279,15 @@ fn invalid_and_long_tags_are_refused() {
 #[test]
 fn over_long_lines_end_the_session() {
     let long = format!("a LOGIN alice {}\r\n", "p".repeat(MAX_LINE));
-    let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(long.as_bytes()), C(b"b NOOP\r\n")]);
+    let o = run(
+        Protocol::Imap,
+        &[B(IMAP_GREETING), C(long.as_bytes()), C(b"b NOOP\r\n")],
+    );
     assert_eq!(o.to_backend, "");
     assert!(o.finished && !o.wants_client);
-    assert!(o.to_client.ends_with("* BYE Line too long, closing connection\r\n"));
+    assert!(o
+        .to_client
+        .ends_with("* BYE Line too long, closing connection\r\n"));
     let noise = "x".repeat(3 * MAX_LINE);
     let o = run(Protocol::Imap, &[B(IMAP_GREETING), C(noise.as_bytes())]);
     assert!(o.finished, "no keyword in its head: never held forever");
@@ -308,9 +335,9 @@ fn replies_wait_for_a_line_boundary_of_the_backend() {
             B(b"ID\r\na OK done\r\n"),
         ],
     );
-    assert!(o.to_client.ends_with(
-        "* CAPABILITY IMAP4rev1 ID\r\nb BAD TLS is already active\r\na OK done\r\n"
-    ));
+    assert!(o
+        .to_client
+        .ends_with("* CAPABILITY IMAP4rev1 ID\r\nb BAD TLS is already active\r\na OK done\r\n"));
 }
 
 #[test]

@@ -18,7 +18,11 @@ fn user_pass_apop_and_auth() {
     assert_eq!(o.verdicts, [ok("alice")]);
     let o = run(
         Protocol::Pop3,
-        &[B(POP3_GREETING), C(b"APOP bob c4c9334bac560ecc\r\n"), B(b"-ERR no\r\n")],
+        &[
+            B(POP3_GREETING),
+            C(b"APOP bob c4c9334bac560ecc\r\n"),
+            B(b"-ERR no\r\n"),
+        ],
     );
     assert_eq!(o.verdicts, [failed("bob")]);
     let resp = format!("{}\r\n", b64(b"\0carol\0secret3"));
@@ -85,9 +89,9 @@ fn claims_after_login_are_refused_too() {
     );
     assert!(o.logged_in);
     assert_eq!(o.to_backend, "USER alice\r\nPASS pw\r\nRETR 1\r\nQUIT\r\n");
-    assert!(o.to_client.ends_with(
-        ".\r\n-ERR XCLIENT is not accepted from clients\r\n+OK Logging out.\r\n"
-    ));
+    assert!(o
+        .to_client
+        .ends_with(".\r\n-ERR XCLIENT is not accepted from clients\r\n+OK Logging out.\r\n"));
 }
 
 #[test]

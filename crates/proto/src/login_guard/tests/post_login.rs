@@ -24,22 +24,31 @@ fn the_guard_hands_over_after_login() {
     b.clear();
     assert_eq!(g.client(append, &mut b, &mut c), Passed::Unchanged);
     assert!(b.is_empty());
-    assert_eq!(g.backend(b"* 1 FETCH\r\n", &mut c, &mut b), Passed::Unchanged);
+    assert_eq!(
+        g.backend(b"* 1 FETCH\r\n", &mut c, &mut b),
+        Passed::Unchanged
+    );
 }
 
 #[test]
 fn t12_id_claims_after_login_are_refused() {
     let mut steps = logged_in();
-    steps.push(C(b"b SELECT INBOX\r\nc ID (\"X-ORIGINATING-IP\" \"1.2.3.4\")\r\nd NOOP\r\n"));
+    steps.push(C(
+        b"b SELECT INBOX\r\nc ID (\"X-ORIGINATING-IP\" \"1.2.3.4\")\r\nd NOOP\r\n",
+    ));
     let o = run(Protocol::Imap, &steps);
-    assert!(o.to_backend.ends_with("a LOGIN alice pw\r\nb SELECT INBOX\r\nd NOOP\r\n"));
+    assert!(o
+        .to_backend
+        .ends_with("a LOGIN alice pw\r\nb SELECT INBOX\r\nd NOOP\r\n"));
     assert!(o
         .to_client
         .ends_with("c BAD ID field \"X-ORIGINATING-IP\" is reserved to the mail gateway\r\n"));
     assert_eq!(o.claims, 1);
     // A clean ID (Thunderbird sends one after login) is forwarded, re-encoded.
     let mut steps = logged_in();
-    steps.push(C(b"e ID (\"name\" \"Thunderbird\" \"version\" {3+}\r\n115)\r\n"));
+    steps.push(C(
+        b"e ID (\"name\" \"Thunderbird\" \"version\" {3+}\r\n115)\r\n",
+    ));
     let o = run(Protocol::Imap, &steps);
     assert!(o
         .to_backend
@@ -49,7 +58,8 @@ fn t12_id_claims_after_login_are_refused() {
 #[test]
 fn literal_data_after_login_is_not_read_as_commands() {
     let mut steps = logged_in();
-    let append = b"b APPEND INBOX {42}\r\nc ID (\"x-originating-ip\" \"1.2.3.4\")\r\n\r\nd NOOP\r\n";
+    let append =
+        b"b APPEND INBOX {42}\r\nc ID (\"x-originating-ip\" \"1.2.3.4\")\r\n\r\nd NOOP\r\n";
     steps.push(C(append));
     let o = run(Protocol::Imap, &steps);
     assert!(o.to_backend.ends_with(std::str::from_utf8(append).unwrap()));

@@ -29,7 +29,9 @@ fn auth_login_confirms_with_235() {
 #[test]
 fn t12_xclient_and_xforward_after_auth_are_refused() {
     let mut steps = logged_in();
-    steps.push(C(b"XCLIENT LOGIN=admin\r\n  xforward ADDR=192.0.2.66\r\nRSET\r\n"));
+    steps.push(C(
+        b"XCLIENT LOGIN=admin\r\n  xforward ADDR=192.0.2.66\r\nRSET\r\n",
+    ));
     steps.push(B(b"250 2.0.0 Ok\r\n"));
     steps.push(C(b"XCLIENT\x0cADDR=1.2.3.4\r\nRSET\r\n"));
     let o = run(Protocol::Smtp, &steps);
@@ -48,9 +50,13 @@ fn t12_xclient_and_xforward_after_auth_are_refused() {
 #[test]
 fn message_text_is_passed_unread_after_354() {
     let mut steps = logged_in();
-    steps.push(C(b"MAIL FROM:<bob@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n"));
+    steps.push(C(
+        b"MAIL FROM:<bob@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n",
+    ));
     steps.push(B(b"250 ok\r\n250 ok\r\n354 go\r\n"));
-    steps.push(C(b"Subject: x\r\n\r\nXCLIENT ADDR=1.2.3.4\r\n..leading dot\r\n.\r\n"));
+    steps.push(C(
+        b"Subject: x\r\n\r\nXCLIENT ADDR=1.2.3.4\r\n..leading dot\r\n.\r\n",
+    ));
     steps.push(B(b"250 2.0.0 queued\r\n"));
     steps.push(C(b"XCLIENT ADDR=1.2.3.4\r\n"));
     let o = run(Protocol::Smtp, &steps);
@@ -117,7 +123,9 @@ fn bdat_before_auth_is_refused_and_its_chunk_dropped() {
 #[test]
 fn bdat_after_auth_passes_with_chunking_only() {
     let mut steps = logged_in();
-    steps.push(C(b"MAIL FROM:<b@x>\r\nBDAT 22 LAST\r\nXCLIENT ADDR=1.2.3.4\r\n"));
+    steps.push(C(
+        b"MAIL FROM:<b@x>\r\nBDAT 22 LAST\r\nXCLIENT ADDR=1.2.3.4\r\n",
+    ));
     steps.push(B(b"250 ok\r\n250 2.0.0 queued\r\n"));
     let o = run(Protocol::Smtp, &steps);
     assert!(o
@@ -129,7 +137,10 @@ fn bdat_after_auth_passes_with_chunking_only() {
         B(SMTP_GREETING),
         C(b"EHLO c\r\n"),
         B(b"250-mx.test\r\n250 AUTH PLAIN\r\n"),
-        C(format!("AUTH PLAIN {}\r\n", b64(b"\0bob\0pw")).as_bytes().to_vec().leak()),
+        C(format!("AUTH PLAIN {}\r\n", b64(b"\0bob\0pw"))
+            .as_bytes()
+            .to_vec()
+            .leak()),
         B(b"235 ok\r\n"),
         C(b"BDAT 22 LAST\r\nXCLIENT ADDR=1.2.3.4\r\n"),
     ];
@@ -156,9 +167,9 @@ fn refusals_are_inserted_between_pipelined_replies() {
         ],
     );
     assert_eq!(o.to_backend, "EHLO c\r\nNOOP\r\n");
-    assert!(o.to_client.ends_with(
-        "250 8BITMIME\r\n503 5.5.1 TLS is already active\r\n250 2.0.0 Ok\r\n"
-    ));
+    assert!(o
+        .to_client
+        .ends_with("250 8BITMIME\r\n503 5.5.1 TLS is already active\r\n250 2.0.0 Ok\r\n"));
 }
 
 #[test]

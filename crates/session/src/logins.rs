@@ -1,0 +1,41 @@
+//! Login outcomes the backend gave, as the login guard reports them: counted in
+//! `postern_logins_total{listener,result}` (SPEC §4), and each failed attempt logged as one
+//! `login failed` line with `listener`, `peer`, `user` (the name tried) and `backend`
+//! (SPEC §5; text or JSON like the `session ended` line, ready for fail2ban).
+
+use std::net::SocketAddr;
+
+use postern_metrics::IntCounter;
+use postern_proto::login_guard::LoginVerdict;
+use tracing::info;
+
+/// Where one session's login outcomes go.
+#[derive(Debug)]
+pub(crate) struct LoginSink<'a> {
+    pub(crate) listener: &'a str,
+    /// The client's address (the one the listener reports: also behind a PROXY header).
+    pub(crate) peer: SocketAddr,
+    /// The server the session is relayed to.
+    pub(crate) backend: &'a str,
+    pub(crate) ok: &'a IntCounter,
+    pub(crate) failed: &'a IntCounter,
+}
+
+impl LoginSink<'_> {
+    /// Counts `verdict`, and logs it when it is a failure.
+    pub(crate) fn record(&self, verdict: &LoginVerdict) {
+        match verdict {
+            LoginVerdict::LoggedIn { .. } => self.ok.inc(),
+            LoginVerdict::Failed { user } => {
+                self.failed.inc();
+                info!(
+                    listener = %self.listener,
+                    peer = %self.peer,
+                    user = user.as_deref().unwrap_or(""),
+                    backend = self.backend,
+                    "login failed"
+                );
+            }
+        }
+    }
+}
