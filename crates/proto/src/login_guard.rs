@@ -203,7 +203,6 @@ impl LoginGuard {
             Stage::ImapPostLogin(p) => p.client(&mut self.core, input, &mut io),
             Stage::Off => Passed::Unchanged,
         };
-        self.settle();
         passed
     }
 
@@ -224,12 +223,13 @@ impl LoginGuard {
                     to_backend,
                     to_client,
                 };
-                t.backend(&mut self.core, input, &mut io);
+                if t.backend(&mut self.core, input, &mut io) {
+                    self.stage = Stage::ImapPostLogin(Box::default());
+                }
                 Passed::Written
             }
             Stage::ImapPostLogin(_) | Stage::Off => Passed::Unchanged,
         };
-        self.settle();
         passed
     }
 
@@ -354,18 +354,6 @@ impl LoginGuard {
                 Stage::Full(t) => t.backend_held_len(),
                 _ => 0,
             }
-    }
-
-    /// IMAP: once logged in and nothing is half-read, switch to the after-login filter.
-    fn settle(&mut self) {
-        if self.core.protocol != Protocol::Imap || !self.core.logged_in {
-            return;
-        }
-        if let Stage::Full(t) = &self.stage {
-            if t.at_rest() {
-                self.stage = Stage::ImapPostLogin(Box::default());
-            }
-        }
     }
 }
 

@@ -9,6 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use postern_proto::login_guard::{
     LoginGuard, LoginVerdict, Passed, MAX_ID_COMMAND, MAX_OWN_BACKLOG, MAX_TAG, REPLY_HEAD,
 };
+use postern_proto::imap_state::{Goodbye, ImapState};
 use postern_proto::Protocol;
 
 const MAX_LINE: usize = 512;
@@ -37,6 +38,8 @@ type Out = (Vec<u8>, Vec<u8>, Vec<LoginVerdict>, bool, Option<String>, bool);
 
 fn run(protocol: Protocol, steps: &[(bool, Vec<&[u8]>)], total: usize) -> Out {
     let mut guard = LoginGuard::new(protocol, MAX_LINE);
+    // After an IMAP login the caller knows the response boundaries, as the relay does.
+    let mut imap = ImapState::new();
     let (mut backend, mut client) = (Vec::new(), Vec::new());
     let mut verdicts = Vec::new();
     for (from_client, reads) in steps {
@@ -44,6 +47,7 @@ fn run(protocol: Protocol, steps: &[(bool, Vec<&[u8]>)], total: usize) -> Out {
             let passed = if *from_client {
                 guard.client(read, &mut backend, &mut client)
             } else {
+                imap.backend(read);
                 guard.backend(read, &mut client, &mut backend)
             };
             if passed == Passed::Unchanged {
@@ -59,7 +63,9 @@ fn run(protocol: Protocol, steps: &[(bool, Vec<&[u8]>)], total: usize) -> Out {
             assert!(guard.held_len() <= MAX_ID_COMMAND + total + 2048);
             assert!(guard.backend_held_len() <= MAX_BACKEND_HELD);
         }
-        guard.replies_at_boundary(&mut client);
+        if imap.goodbye() == Goodbye::Now {
+            guard.replies_at_boundary(&mut client);
+        }
     }
     (
         backend,

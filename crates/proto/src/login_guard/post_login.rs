@@ -115,8 +115,11 @@ impl PostLogin {
                             at = upto;
                         }
                         Decision::Pass => {
-                            sink.emit(&mem::take(&mut self.head));
+                            // The held start is part of the line: its end may announce a literal.
+                            let head = mem::take(&mut self.head);
+                            sink.emit(&head);
                             self.tail.clear();
+                            push_tail(&mut self.tail, &head);
                             self.pos = Pos::Pass;
                         }
                         Decision::Id => {

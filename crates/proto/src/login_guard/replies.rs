@@ -39,8 +39,14 @@ impl ReplyLine {
 
 impl Tracker {
     /// Backend bytes, in order: copied to `io.to_client` with postern's replies inserted at
-    /// the boundaries where they belong.
-    pub(super) fn backend(&mut self, core: &mut Core, mut input: &[u8], io: &mut Io<'_>) {
+    /// the boundaries where they belong. Returns true when an IMAP session may switch to the
+    /// after-login filter: the rest of `input` was copied unread. The switch happens at the
+    /// first line end where it may, whatever the read sizes.
+    pub(super) fn backend(&mut self, core: &mut Core, mut input: &[u8], io: &mut Io<'_>) -> bool {
+        if self.may_hand_over(core) {
+            io.to_client.extend_from_slice(input);
+            return true;
+        }
         while !input.is_empty() {
             if self.reply.literal_left > 0 {
                 let k = usize::try_from(self.reply.literal_left)
@@ -59,8 +65,23 @@ impl Tracker {
             input = &input[end..];
             if complete {
                 self.reply_line(core, io);
+                if self.may_hand_over(core) {
+                    io.to_client.extend_from_slice(input);
+                    return true;
+                }
             }
         }
+        false
+    }
+
+    /// IMAP, logged in, nothing half-read on either side, none of postern's replies waiting.
+    fn may_hand_over(&self, core: &Core) -> bool {
+        self.protocol == Protocol::Imap
+            && core.logged_in
+            && core.close.is_none()
+            && self.at_rest()
+            && self.reply.at_boundary()
+            && core.waiting.is_empty()
     }
 
     fn reply_line(&mut self, core: &mut Core, io: &mut Io<'_>) {

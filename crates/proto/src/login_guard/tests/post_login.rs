@@ -89,3 +89,18 @@ fn compress_stops_the_filter() {
         Passed::Unchanged
     );
 }
+
+#[test]
+fn a_literal_after_a_held_line_start_is_still_seen() {
+    // Found by the fuzzer: a line whose start was held across reads (no SP in it yet) ends
+    // with a literal announcement; its bytes must not be read as commands.
+    let o = run(
+        Protocol::Imap,
+        &[
+            B(b"* PREAUTH hi\r\n"),
+            C(b"..{20+}\r\nb ID AYN\r\n(\x84\"x"),
+        ],
+    );
+    assert_eq!(o.claims, 0);
+    assert!(o.to_backend.ends_with("b ID AYN\r\n(\u{fffd}\"x"));
+}
