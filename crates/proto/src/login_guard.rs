@@ -195,15 +195,14 @@ impl LoginGuard {
             to_backend,
             to_client,
         };
-        let passed = match &mut self.stage {
+        match &mut self.stage {
             Stage::Full(t) => {
                 t.client(&mut self.core, input, &mut io);
                 Passed::Written
             }
             Stage::ImapPostLogin(p) => p.client(&mut self.core, input, &mut io),
             Stage::Off => Passed::Unchanged,
-        };
-        passed
+        }
     }
 
     /// Bytes read from the backend, in order, before they are written to the client (the
@@ -217,7 +216,7 @@ impl LoginGuard {
         to_client: &mut Vec<u8>,
         to_backend: &mut Vec<u8>,
     ) -> Passed {
-        let passed = match &mut self.stage {
+        match &mut self.stage {
             Stage::Full(t) => {
                 let mut io = Io {
                     to_backend,
@@ -229,8 +228,7 @@ impl LoginGuard {
                 Passed::Written
             }
             Stage::ImapPostLogin(_) | Stage::Off => Passed::Unchanged,
-        };
-        passed
+        }
     }
 
     /// True while the guard reads the backend's bytes; after an IMAP login it no longer
