@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_backend_pool::Pool;
-use postern_config::{BackendConfig, Config, GuardMode};
+use postern_config::{BackendConfig, Config};
 use postern_metrics::Metrics;
 use postern_session::{SessionPolicy, SessionSettings};
 use tokio_util::sync::CancellationToken;
@@ -107,7 +107,6 @@ impl Live {
                 max_plaintext_commands: l.max_plaintext_commands,
                 hostname: hostname.to_owned(),
                 keepalive: CLIENT_KEEPALIVE,
-                strict_watch: backend.guard == GuardMode::Strict,
             },
             pool: Arc::clone(&self.pools[l.backend].pool),
             proxy: l.proxy.clone(),
