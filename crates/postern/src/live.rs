@@ -94,7 +94,6 @@ impl Live {
     pub(crate) fn policy(&self, index: usize, hostname: &str) -> SessionPolicy {
         let config = &self.config;
         let l = &config.listeners[index];
-        let backend = l.backend(config);
         SessionPolicy {
             settings: SessionSettings {
                 listener: l.name.clone(),

@@ -24,8 +24,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::edge::{Admission, EdgeState};
-use crate::proxy::{self, Addresses};
 use crate::logins::LoginSink;
+use crate::proxy::{self, Addresses};
 use crate::record::{SessionRecord, TlsFacts};
 use crate::refusal::{refuse, RefusalLog};
 use crate::relay::{relay, Counters, Filters, RelayEnd, RelayPlan};
@@ -340,7 +340,7 @@ impl SessionHandler {
         };
         let logins = LoginSink {
             listener: &s.listener,
-            peer,
+            peer: client.peer,
             backend: &server,
             ok: &self.metrics.logins_ok,
             failed: &self.metrics.logins_failed,

@@ -1,28 +1,8 @@
-//! CapabilityFilter: no panic, bounded holding, and the output does not depend on how the
-//! input is split into reads.
-//! Input: byte 0 picks the protocol, byte 1 the read size, the rest is the backend's bytes.
+//! cargo-fuzz entry point; the target itself is `targets/capability_filter.rs`, shared with the stable
+//! seed replay in `crates/proto/tests/fuzz_seeds.rs`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
-use postern_proto::Protocol;
+#[path = "../targets/capability_filter.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let [p, size, input @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
-    let size = usize::from(*size).max(1);
-    let whole = run(protocol, &[input]);
-    let chunks: Vec<&[u8]> = input.chunks(size).collect();
-    assert_eq!(whole, run(protocol, &chunks));
-});
-
-fn run(protocol: Protocol, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut filter = CapabilityFilter::new(protocol);
-    let mut out = Vec::new();
-    for chunk in chunks {
-        filter.feed(chunk, &mut out);
-        assert!(filter.held_len() <= 2 * MAX_FILTER_LINE);
-    }
-    filter.flush(&mut out);
-    out
-}
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::fuzz_one(data));

@@ -1,31 +1,8 @@
-//! parse_reply (the backend's answer to postern's ID/XCLIENT): no panic, lengths within the
-//! buffer and MAX_REPLY, and a complete answer never changes as more bytes arrive.
-//! Input: byte 0 picks the protocol, the rest is what the backend sent.
+//! cargo-fuzz entry point; the target itself is `targets/forward_reply.rs`, shared with the stable
+//! seed replay in `crates/proto/tests/fuzz_seeds.rs`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use postern_proto::forward::{parse_reply, ForwardReply, MAX_REPLY};
-use postern_proto::Protocol;
+#[path = "../targets/forward_reply.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let [p, buf @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
-    let whole = parse_reply(protocol, buf);
-    if let ForwardReply::Accepted { len } | ForwardReply::Refused { len } = whole {
-        assert!(len > 0 && len <= buf.len() && len <= MAX_REPLY + 1);
-    }
-    let mut first = None;
-    // Prefixes up to 512 bytes: enough for the shapes, cheap enough to run often.
-    for end in 0..=buf.len().min(512) {
-        match parse_reply(protocol, &buf[..end]) {
-            ForwardReply::Incomplete => assert!(end <= MAX_REPLY),
-            answer => {
-                first.get_or_insert(answer);
-            }
-        }
-    }
-    if let Some(first @ (ForwardReply::Accepted { .. } | ForwardReply::Refused { .. })) = first
-    {
-        assert_eq!(whole, first);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::fuzz_one(data));

@@ -1,46 +1,8 @@
-//! The pure login-name extractor and the ID field rule: no panic, and every name returned
-//! is bounded and fit for a log line (no control characters).
-//! Input: byte 0 picks the protocol and the SASL mechanism, the rest is a command line.
+//! cargo-fuzz entry point; the target itself is `targets/login_name.rs`, shared with the stable
+//! seed replay in `crates/proto/tests/fuzz_seeds.rs`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use postern_proto::login_guard::{
-    imap_login_user, is_reserved_id_field, login_line, sasl_plain_identities,
-    sasl_response_name, LoginLine, SaslMech, MAX_USER,
-};
-use postern_proto::Protocol;
+#[path = "../targets/login_name.rs"]
+mod target;
 
-fn check(name: &str) {
-    assert!(!name.is_empty());
-    assert!(name.chars().count() <= MAX_USER);
-    assert!(!name.chars().any(char::is_control));
-}
-
-fuzz_target!(|data: &[u8]| {
-    let [p, line @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
-    let mech = [
-        SaslMech::Plain,
-        SaslMech::Login,
-        SaslMech::XOAuth2,
-        SaslMech::OAuthBearer,
-        SaslMech::Other,
-    ][usize::from(*p / 3 % 5)];
-    if let LoginLine::Name(name) = login_line(protocol, line) {
-        check(&name);
-    }
-    for name in [imap_login_user(line), sasl_response_name(mech, line)]
-        .into_iter()
-        .flatten()
-    {
-        check(&name);
-    }
-    if let Some((zid, cid)) = sasl_plain_identities(line) {
-        zid.iter().chain(cid.iter()).for_each(|n| check(n));
-    }
-    // Case never matters to the rule.
-    assert_eq!(
-        is_reserved_id_field(line),
-        is_reserved_id_field(&line.to_ascii_uppercase())
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::fuzz_one(data));
