@@ -4,8 +4,7 @@ each failed IMAP LOGIN, IMAP AUTHENTICATE PLAIN, POP3 USER/PASS and SMTP AUTH PL
 matches exactly those lines of a log postern wrote during the test (JSON and text), with the
 hostile client's address; successful logins and session lines never match.
 
-The `login failed` line and the counter are the login guard's (issue 11); until it is on main
-these tests are expected to fail.
+The `login failed` line and the counter are the login guard's (issue 11).
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ GOOD = "127.0.0.2"
 BAD = "127.0.0.3"
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "deploy" / "fail2ban" / "filter.d" / "postern.conf"
-
-pytestmark = pytest.mark.xfail(reason="needs the login guard's `login failed` line (issue 11)", strict=False)
-
 
 def _gateway(postern_factory, dovecot, fmt):
     cfg = postern_factory.config(dovecot)

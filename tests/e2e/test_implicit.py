@@ -393,7 +393,7 @@ def test_tls_versions(postern_factory, dovecot, certs):
 
 @pytest.mark.parametrize("listener,alpn", [("imaps", "imap"), ("pop3s", "pop3"), ("submissions", "smtp")])
 def test_alpn(gateway: Postern, certs, listener, alpn):
-    """SPEC §3: a client offering ALPN gets the listener's protocol, or a fatal alert."""
+    """A client offering ALPN gets the listener's protocol, or a fatal alert."""
     ctx = certs.client_context()
     ctx.set_alpn_protocols([alpn])
     s = tls_connect(gateway.addr(listener), ctx)

@@ -1,8 +1,8 @@
 //! The login guard: every client byte of a session passes it on its way to the backend, and
 //! it reads the backend's replies. It reports each login outcome the backend gives (the name
 //! tried, never a password), and it makes sure no client-supplied address claim reaches a
-//! backend that trusts postern's own address (SPEC §3, rule T12), in any spelling, at any
-//! point of the session.
+//! backend that trusts postern's own address (rule T12 of docs/starttls.md), in any
+//! spelling, at any point of the session.
 //!
 //! # Invariants
 //! - **Claims never pass.** IMAP `ID` fields reserved to a trusted proxy ([`RESERVED_ID_PREFIXES`]:

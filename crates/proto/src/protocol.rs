@@ -38,7 +38,7 @@ impl Protocol {
         self.as_str().as_bytes()
     }
 
-    /// The goodbye sent when no backend server can be reached (SPEC §3).
+    /// The goodbye sent when no backend server can be reached (README.md).
     pub const fn unavailable_goodbye(self) -> &'static [u8] {
         match self {
             Protocol::Imap => {
@@ -70,7 +70,7 @@ impl Protocol {
 
 impl Protocol {
     /// The refusal sent on a STARTTLS listener, before the close, to a connection refused
-    /// before it became a session (a limit, `allow`/`deny`, the PROXY protocol; SPEC §3).
+    /// before it became a session (a limit, `allow`/`deny`, the PROXY protocol).
     /// Implicit-TLS listeners close such connections without a word.
     pub const fn refused_goodbye(self) -> &'static [u8] {
         match self {

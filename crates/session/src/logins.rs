@@ -1,7 +1,7 @@
 //! Login outcomes the backend gave, as the login guard reports them: counted in
-//! `postern_logins_total{listener,result}` (SPEC §4), and each failed attempt logged as one
-//! `login failed` line with `listener`, `peer`, `user` (the name tried) and `backend`
-//! (SPEC §5; text or JSON like the `session ended` line, ready for fail2ban).
+//! `postern_logins_total{listener,result}`, and each failed attempt logged as one `login
+//! failed` line with `listener`, `peer`, `user` (the name tried) and `backend` (text or JSON
+//! like the `session ended` line, ready for fail2ban). Both: docs/metrics.md.
 
 use std::net::SocketAddr;
 
