@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance;
 use crate::dial::{self, Handshake};
-use crate::error::PoolError;
+use crate::error::{PoolError, ServerError};
 use crate::exec::ExecTarget;
 use crate::health::{health_loop, Source};
 use crate::server::{Server, ServerSlot};
@@ -219,53 +219,10 @@ impl Pool {
                 break;
             }
             tried += 1;
-            if let Some(spare) = self.warm_spare(&server) {
-                server
-                    .metrics
-                    .connect_duration
-                    .observe(now.elapsed().as_secs_f64());
-                return Ok(self.ready(&server, spare.stream, spare.greeting, slot));
-            }
-            let hs = Handshake {
-                protocol: self.protocol,
-                forward: self.forward,
-                client: Some(client),
-                label: &server.label,
-            };
             let attempt = self.connect_timeout.min(deadline - now);
-            match dial::dial(&server.addr, hs, attempt).await {
-                Ok((stream, greeting)) => {
-                    server
-                        .metrics
-                        .connect_duration
-                        .observe(now.elapsed().as_secs_f64());
-                    server.health.record_success(
-                        &self.name,
-                        &server.label,
-                        &self.health,
-                        Source::Session,
-                    );
-                    return Ok(self.ready(&server, stream, greeting, slot));
-                }
-                Err(error) => {
-                    server.metrics.connect_failures.inc();
-                    tracing::warn!(
-                        backend = %self.name,
-                        server = %server.label,
-                        error = %ErrorChain(&error),
-                        "backend connect failed"
-                    );
-                    if self.checks_running.load(Ordering::Acquire) {
-                        server.health.record_failure(
-                            &self.name,
-                            &server.label,
-                            &self.health,
-                            Source::Session,
-                            &error,
-                        );
-                    }
-                    last_error = Some(error);
-                }
+            match self.connect_one(&server, client, attempt).await {
+                Ok((stream, greeting)) => return Ok(self.ready(&server, stream, greeting, slot)),
+                Err(error) => last_error = Some(error),
             }
         }
         Err(match last_error {
@@ -318,6 +275,65 @@ impl Pool {
                     tried: 1,
                     last_error: error,
                 })
+            }
+        }
+    }
+
+    /// One server, one attempt within `attempt`: a warm spare if one waits, else a dial
+    /// (PROXY header, greeting, forwarding). Records the outcome in the server's metrics and,
+    /// while health checks run, in its passive health; a failure is logged with the server.
+    async fn connect_one(
+        &self,
+        server: &Server,
+        client: &ClientInfo,
+        attempt: Duration,
+    ) -> Result<(BackendStream, Vec<u8>), ServerError> {
+        let started = Instant::now();
+        if let Some(spare) = self.warm_spare(server) {
+            server
+                .metrics
+                .connect_duration
+                .observe(started.elapsed().as_secs_f64());
+            return Ok((spare.stream, spare.greeting));
+        }
+        let hs = Handshake {
+            protocol: self.protocol,
+            forward: self.forward,
+            client: Some(client),
+            label: &server.label,
+        };
+        match dial::dial(&server.addr, hs, attempt).await {
+            Ok(conn) => {
+                server
+                    .metrics
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+                server.health.record_success(
+                    &self.name,
+                    &server.label,
+                    &self.health,
+                    Source::Session,
+                );
+                Ok(conn)
+            }
+            Err(error) => {
+                server.metrics.connect_failures.inc();
+                tracing::warn!(
+                    backend = %self.name,
+                    server = %server.label,
+                    error = %ErrorChain(&error),
+                    "backend connect failed"
+                );
+                if self.checks_running.load(Ordering::Acquire) {
+                    server.health.record_failure(
+                        &self.name,
+                        &server.label,
+                        &self.health,
+                        Source::Session,
+                        &error,
+                    );
+                }
+                Err(error)
             }
         }
     }

@@ -3,16 +3,10 @@
 //! the user's sessions; a server that fails is marked down by health and placement moves
 //! its users).
 
-use std::sync::atomic::Ordering;
-
 use postern_config::ServerAddr;
-use postern_metrics::ErrorChain;
-use tokio::time::Instant;
 
 use super::{ClientInfo, Pool, Target};
-use crate::dial::{self, Handshake};
 use crate::error::PoolError;
-use crate::health::Source;
 use crate::pool::BackendConn;
 
 /// One server of a pool, as placement and `postern ctl servers` see it.
@@ -88,56 +82,15 @@ impl Pool {
                     server: server.label.clone(),
                     limit: self.max_per_server,
                 })?;
-        let now = Instant::now();
-        if let Some(spare) = self.warm_spare(server) {
-            server
-                .metrics
-                .connect_duration
-                .observe(now.elapsed().as_secs_f64());
-            return Ok(self.ready(server, spare.stream, spare.greeting, slot));
-        }
-        let hs = Handshake {
-            protocol: self.protocol,
-            forward: self.forward,
-            client: Some(&client),
-            label: &server.label,
-        };
-        match dial::dial(&server.addr, hs, self.connect_timeout).await {
-            Ok((stream, greeting)) => {
-                server
-                    .metrics
-                    .connect_duration
-                    .observe(now.elapsed().as_secs_f64());
-                server.health.record_success(
-                    &self.name,
-                    &server.label,
-                    &self.health,
-                    Source::Session,
-                );
-                Ok(self.ready(server, stream, greeting, slot))
-            }
-            Err(error) => {
-                server.metrics.connect_failures.inc();
-                tracing::warn!(
-                    backend = %self.name,
-                    server = %server.label,
-                    error = %ErrorChain(&error),
-                    "backend connect failed"
-                );
-                if self.checks_running.load(Ordering::Acquire) {
-                    server.health.record_failure(
-                        &self.name,
-                        &server.label,
-                        &self.health,
-                        Source::Session,
-                        &error,
-                    );
-                }
-                Err(PoolError::ServerFailed {
-                    backend: self.name.clone(),
-                    source: error,
-                })
-            }
+        match self
+            .connect_one(server, &client, self.connect_timeout)
+            .await
+        {
+            Ok((stream, greeting)) => Ok(self.ready(server, stream, greeting, slot)),
+            Err(error) => Err(PoolError::ServerFailed {
+                backend: self.name.clone(),
+                source: error,
+            }),
         }
     }
 }
