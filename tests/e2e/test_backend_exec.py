@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from harness import Deflated, LineClient, Postern, PosternConfig, children, run_sessions, wait_for, wait_no_children
 
 
@@ -181,17 +183,30 @@ def _pump(s, payload: bytes, deadline: float) -> bytes:
     return bytes(got)
 
 
-ECHO_SCRIPT = "#!/bin/sh\nprintf '* OK echo ready\\r\\n'\nexec cat\n"
+# LITERAL+ in the greeting: the login guard passes a non-synchronizing literal only to a
+# backend that advertised it (else the client gets `BAD` and the literal is dropped).
+ECHO_GREETINGS = {
+    # before login: the guard frames every command and reads every backend line
+    "prelogin": b"* OK [CAPABILITY IMAP4rev1 LITERAL+] echo ready\r\n",
+    # PREAUTH: the after-login filter (literal-skipping, client->backend only)
+    "postlogin": b"* PREAUTH [CAPABILITY IMAP4rev1 LITERAL+] echo ready\r\n",
+}
 
 
-def test_exec_relays_bulk_data_intact(postern_factory, tmp_path, client_ctx):
-    gw = postern_factory.start(_exec_config(postern_factory, [_script(tmp_path, "echo.sh", ECHO_SCRIPT)], name="echo"))
-    # binary data as an IMAP literal: before a login postern's command watch holds a
-    # partial line until its line end (by design), literal bytes pass at once
+def _echo_script(greeting: bytes) -> str:
+    return "#!/bin/sh\nprintf '%s\\r\\n'\nexec cat\n" % greeting.decode().removesuffix("\r\n")
+
+
+@pytest.mark.parametrize("stage", sorted(ECHO_GREETINGS))
+def test_exec_relays_bulk_data_intact(postern_factory, tmp_path, client_ctx, stage):
+    greeting = ECHO_GREETINGS[stage]
+    gw = postern_factory.start(_exec_config(postern_factory, [_script(tmp_path, "echo.sh", _echo_script(greeting))], name="echo"))
+    # binary data as an IMAP literal: the guard holds at most a partial command line until
+    # its line end (by design); literal bytes pass at once
     data = os.urandom(3 * 1024 * 1024 + 17)
     payload = b"a1 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n"
     with LineClient.tls(gw.addr("imaps"), client_ctx, "mail.test") as s:
-        assert s.line() == b"* OK echo ready\r\n"
+        assert s.line() == greeting
         assert not s.buf
         got = _pump(s.sock, payload, deadline=time.monotonic() + 30)
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()

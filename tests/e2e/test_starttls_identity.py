@@ -23,24 +23,29 @@ def env(starttls_env: StartTlsEnv) -> StartTlsEnv:
 # ---- client-supplied address claims (T12) ----------------------------------------------------
 
 
+def _refused(lines: list[bytes], tag: bytes) -> None:
+    assert len(lines) == 1 and (lines[0].startswith(tag + b" BAD") or lines[0].startswith(tag + b" NO")), lines
+
+
 @pytest.mark.parametrize("mode", ["implicit", "st"])
 def test_imap_id_x_originating_ip_refused(env: StartTlsEnv, client_ctx, mode):
+    """Each claim spelling is refused and never reaches Dovecot. The guard ends a session at
+    its third refused claim (MAX_REFUSED_CLAIMS, docs/starttls.md T12), so the first
+    connection makes two claims and then logs in with a legitimate ID; the second makes a
+    third claim and is ended with `* BYE` and outcome protocol_error."""
     ip = "1.2.3.4" if mode == "implicit" else "1.2.3.7"
-    if mode == "implicit":
-        c = env.implicit("imap-implicit", client_ctx, "imap")
-    else:
-        c = env.starttls("imap", "imap-st", client_ctx)
-    with c:
+    listener = "imap-implicit" if mode == "implicit" else "imap-st"
+
+    def connect():
+        if mode == "implicit":
+            return env.implicit(listener, client_ctx, "imap")
+        return env.starttls("imap", listener, client_ctx)
+
+    with connect() as c:
         c.cmd(b'a ID ("x-originating-ip" "%s")' % ip.encode())
-        lines = c.tagged(b"a")
-        assert len(lines) == 1 and (lines[0].startswith(b"a BAD") or lines[0].startswith(b"a NO")), lines
+        _refused(c.tagged(b"a"), b"a")
         c.cmd(b'b id ("name" "t" "X-Connected-IP" "%s")' % ip.encode())
-        lines = c.tagged(b"b")
-        assert len(lines) == 1 and (lines[0].startswith(b"b BAD") or lines[0].startswith(b"b NO")), lines
-        # the field name as a non-synchronizing literal: its bytes follow at once
-        c.send(b'l ID ({16+}\r\nx-originating-ip "%s")\r\n' % ip.encode())
-        lines = c.tagged(b"l")
-        assert len(lines) == 1 and (lines[0].startswith(b"l BAD") or lines[0].startswith(b"l NO")), lines
+        _refused(c.tagged(b"b"), b"b")
         # an ID without such fields is the client's right and reaches Dovecot
         c.cmd(b'c ID ("name" "pytest")')
         lines = c.tagged(b"c")
@@ -49,8 +54,22 @@ def test_imap_id_x_originating_ip_refused(env: StartTlsEnv, client_ctx, mode):
         assert c.tagged(b"d")[-1].startswith(b"d OK")
         c.cmd(b"z LOGOUT")
         c.read_to_eof()
+    assert env.ended(c)["outcome"] == "closed"
     login = env.dovecot.login_line("st-t12-imap")
     assert "rip=127.0.0.1" in login, login
+
+    with connect() as c:
+        c.cmd(b'a ID ("x-originating-ip" "%s")' % ip.encode())
+        _refused(c.tagged(b"a"), b"a")
+        c.cmd(b'b ID ("X-ORIGINATING-PORT" "4711")')
+        _refused(c.tagged(b"b"), b"b")
+        # the field name as a non-synchronizing literal: its bytes follow at once; the third
+        # refused claim is answered, then the session ends with the goodbye
+        c.send(b'l ID ({16+}\r\nx-originating-ip "%s")\r\n' % ip.encode())
+        _refused(c.tagged(b"l"), b"l")
+        rest = c.read_to_eof()
+        assert rest == b"* BYE Too many refused commands, closing connection\r\n", rest
+    assert env.ended(c)["outcome"] == "protocol_error"
     assert ip not in env.dovecot.log_text()
 
 
