@@ -12,75 +12,9 @@ from __future__ import annotations
 import time
 
 from harness import LineClient, wait_for
+from harness.edge import BAD, GOOD, REFUSAL, held_imaps, imaps_login, refused_without_handshake, rejected, starttls_refusal
+from harness.edge import edge_gateway as gateway
 from harness.sockets import connect
-
-GOOD = "127.0.0.2"
-BAD = "127.0.0.3"
-
-REFUSAL = {
-    "imap-st": b"* BYE [UNAVAILABLE] connection refused\r\n",
-    "pop3-st": b"-ERR [IN-USE] connection refused\r\n",
-    "smtp-st": b"421 4.7.0 connection refused\r\n",
-}
-
-
-def gateway(postern_factory, dovecot, listener_keys=None, **limits):
-    """imaps (implicit TLS) and imap-st, pop3-st, smtp-st (STARTTLS) in front of Dovecot, with
-    `[limits]` = `limits` over defaults that stay out of the way, nothing exempt."""
-    cfg = postern_factory.config()
-    base = {"exempt": [], "per_ip_connections": 0, "per_ip_rate": 0, "auth_failures": 0}
-    cfg.section("limits").update({**base, **limits})
-    cfg.backend("imap", [dovecot.server("imap")])
-    cfg.backend("pop3", [dovecot.server("pop3")])
-    cfg.backend("submission", [dovecot.server("submission")])
-    extra = listener_keys or {}
-    cfg.listener("imaps", "imap", "imap", **extra.get("imaps", {}))
-    cfg.listener("imap-st", "imap", "imap", tls="starttls", **extra.get("imap-st", {}))
-    cfg.listener("pop3-st", "pop3", "pop3", tls="starttls", **extra.get("pop3-st", {}))
-    cfg.listener("smtp-st", "smtp", "submission", tls="starttls", **extra.get("smtp-st", {}))
-    return postern_factory.start(cfg)
-
-
-def rejected(gw, reason, listener=None):
-    labels = {"reason": reason}
-    if listener:
-        labels["listener"] = listener
-    return gw.metrics().value("postern_connections_rejected_total", **labels)
-
-
-def imaps_login(gw, ctx, user, password, source=GOOD):
-    """A full IMAPS session: TLS, greeting, LOGIN, SELECT, LOGOUT."""
-    with LineClient.tls(gw.addr("imaps"), ctx, "mail.test", source=source, read_greeting=True) as c:
-        c.imap_login(user, password)
-        c.imap("s", "SELECT INBOX")
-        c.cmd(b"z LOGOUT")
-        c.tagged(b"z")
-
-
-def held_imaps(gw, ctx, user, password, source):
-    c = LineClient.tls(gw.addr("imaps"), ctx, "mail.test", source=source, read_greeting=True)
-    c.imap_login(user, password)
-    return c
-
-
-def refused_without_handshake(addr, source):
-    """An implicit-TLS refusal: the connection is closed before postern sends a byte or reads
-    a ClientHello (a served client would wait here for the handshake it has not started)."""
-    s = connect(addr, timeout=5, source=source)
-    try:
-        s.settimeout(5)
-        try:
-            data = s.recv(1024)
-        except ConnectionResetError:
-            data = b""
-        return data == b""
-    finally:
-        s.close()
-
-
-def starttls_refusal(gw, listener, source):
-    with LineClient.connect(gw.addr(listener), source=source, timeout=5) as c:
-        return c.lines_to_eof()
 
 
 def test_per_ip_connections_caps_one_address_across_listeners(postern_factory, dovecot, client_ctx):

@@ -32,10 +32,9 @@ impl EdgeState {
 }
 
 /// What an admitted session holds from admission: its place under its address's limits
-/// (released when the session ends) and the limits it was admitted under.
+/// (released when the session ends) and the limits it was admitted under, which its failed
+/// logins are counted with (a reload does not change what a session's failures weigh).
 #[derive(Debug)]
-// Read once the login verdicts feed the brake (`auth_failures`).
-#[allow(dead_code)]
 pub(crate) struct Admission {
     pub(crate) address: AddressPermit,
     pub(crate) limits: Arc<LimitsConfig>,

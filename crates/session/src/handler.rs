@@ -264,7 +264,7 @@ impl SessionHandler {
         let Admitted {
             mut stream,
             client,
-            edge: _edge,
+            edge,
         } = admitted;
         let s = &policy.settings;
 
@@ -344,6 +344,7 @@ impl SessionHandler {
             backend: &server,
             ok: &self.metrics.logins_ok,
             failed: &self.metrics.logins_failed,
+            admission: &edge,
         };
         let plan = RelayPlan {
             greeting_len: greeting_len(s.protocol, &greeting),

@@ -1,13 +1,17 @@
 //! Login outcomes the backend gave, as the login guard reports them: counted in
 //! `postern_logins_total{listener,result}`, and each failed attempt logged as one `login
 //! failed` line with `listener`, `peer`, `user` (the name tried) and `backend` (text or JSON
-//! like the `session ended` line, ready for fail2ban). Both: docs/metrics.md.
+//! like the `session ended` line, ready for fail2ban). Both: docs/metrics.md. A failed
+//! attempt also counts towards the brute-force brake of the client's address
+//! (`limits.auth_failures`), under the limits the session was admitted with.
 
 use std::net::SocketAddr;
 
 use postern_metrics::IntCounter;
 use postern_proto::login_guard::LoginVerdict;
 use tracing::info;
+
+use crate::edge::Admission;
 
 /// Where one session's login outcomes go.
 #[derive(Debug)]
@@ -19,6 +23,8 @@ pub(crate) struct LoginSink<'a> {
     pub(crate) backend: &'a str,
     pub(crate) ok: &'a IntCounter,
     pub(crate) failed: &'a IntCounter,
+    /// The session's place in the address table, where failed logins are counted.
+    pub(crate) admission: &'a Admission,
 }
 
 impl LoginSink<'_> {
@@ -28,6 +34,11 @@ impl LoginSink<'_> {
             LoginVerdict::LoggedIn { .. } => self.ok.inc(),
             LoginVerdict::Failed { user } => {
                 self.failed.inc();
+                // Counted before the line is logged: by the time fail2ban (or a test) reads
+                // it, the address's next connection already meets the brake.
+                self.admission
+                    .address
+                    .login_failed(&self.admission.limits, tokio::time::Instant::now());
                 info!(
                     listener = %self.listener,
                     peer = %self.peer,
