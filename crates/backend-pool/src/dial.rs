@@ -1,9 +1,9 @@
-//! Opening a backend connection and making it ready: PROXY header, greeting, forwarding.
+//! Opening a backend connection and making it ready: PROXY header, TLS, greeting, forwarding.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use postern_config::{ForwardClient, ServerAddr};
+use postern_config::{ForwardClient, ServerAddr, TlsMode};
 use postern_proto::forward::{forward_command, parse_reply, ForwardReply};
 use postern_proto::greeting::{parse_greeting, Greeting};
 use postern_proto::Protocol;
@@ -14,6 +14,8 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::error::{quote, ServerError};
 use crate::pool::ClientInfo;
 use crate::stream::BackendStream;
+use crate::tls::TlsClient;
+use crate::upgrade;
 
 /// What to do on a fresh connection before it is handed out.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +26,10 @@ pub(crate) struct Handshake<'a> {
     /// ID/XCLIENT is sent.
     pub(crate) client: Option<&'a ClientInfo>,
     pub(crate) label: &'a str,
+    /// The backend's TLS (`None`: plaintext; always `None` for exec children).
+    pub(crate) tls: Option<&'a TlsClient>,
+    /// The host the certificate is verified against when `tls_name` is not set.
+    pub(crate) host: Option<&'a str>,
 }
 
 /// Connects to `addr` and performs `hs`, all within `budget`. Returns the stream and every
@@ -35,9 +41,8 @@ pub(crate) async fn dial(
 ) -> Result<(BackendStream, Vec<u8>), ServerError> {
     let mut stage = "connect";
     let attempt = async {
-        let mut stream = open(addr, hs.label).await?;
-        let greeting = handshake(&mut stream, hs, &mut stage).await?;
-        Ok((stream, greeting))
+        let stream = open(addr, hs.label).await?;
+        prepare(stream, hs, &mut stage).await
     };
     match tokio::time::timeout(budget, attempt).await {
         Ok(result) => result,
@@ -49,7 +54,7 @@ pub(crate) async fn dial(
     }
 }
 
-/// Performs `hs` on an already open stream (exec children), within `budget`.
+/// Performs `hs` on an already open stream (exec children: never TLS), within `budget`.
 pub(crate) async fn handshake_within<S>(
     stream: &mut S,
     hs: Handshake<'_>,
@@ -59,7 +64,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut stage = "greeting";
-    match tokio::time::timeout(budget, handshake(stream, hs, &mut stage)).await {
+    let plain = async {
+        send_proxy_header(stream, hs, &mut stage).await?;
+        let (buf, len) = read_greeting(stream, hs, &mut stage).await?;
+        forward(stream, hs, buf, len, &mut stage).await
+    };
+    match tokio::time::timeout(budget, plain).await {
         Ok(result) => result,
         Err(_) => Err(ServerError::Timeout {
             server: hs.label.to_owned(),
@@ -67,6 +77,45 @@ where
             after: budget,
         }),
     }
+}
+
+/// PROXY header, TLS (implicit, or STARTTLS after the plaintext greeting), greeting,
+/// forwarding exchange. The PROXY header goes first, before any TLS byte (rule B4): the
+/// backend's PROXY listener reads it from the raw connection.
+async fn prepare(
+    mut stream: BackendStream,
+    hs: Handshake<'_>,
+    stage: &mut &'static str,
+) -> Result<(BackendStream, Vec<u8>), ServerError> {
+    send_proxy_header(&mut stream, hs, stage).await?;
+    let (mut stream, buf, len) = match hs.tls {
+        None => {
+            let (buf, len) = read_greeting(&mut stream, hs, stage).await?;
+            (stream, buf, len)
+        }
+        Some(tls) if tls.mode == TlsMode::Implicit => {
+            let name = tls.server_name(hs.host, hs.label)?;
+            *stage = "TLS handshake";
+            let mut stream = tls.handshake(stream, name, hs.label).await?;
+            let (buf, len) = read_greeting(&mut stream, hs, stage).await?;
+            (stream, buf, len)
+        }
+        Some(tls) => {
+            let name = tls.server_name(hs.host, hs.label)?;
+            let (plain_greeting, len) = read_greeting(&mut stream, hs, stage).await?;
+            let plain_greeting = &plain_greeting[..len];
+            upgrade::negotiate(&mut stream, hs.protocol, plain_greeting, hs.label, stage).await?;
+            *stage = "TLS handshake";
+            let mut stream = tls.handshake(stream, name, hs.label).await?;
+            let greeting =
+                upgrade::after_tls(&mut stream, hs.protocol, plain_greeting, hs.label, stage)
+                    .await?;
+            let len = greeting.len();
+            (stream, greeting, len)
+        }
+    };
+    let buf = forward(&mut stream, hs, buf, len, stage).await?;
+    Ok((stream, buf))
 }
 
 async fn open(addr: &ServerAddr, label: &str) -> Result<BackendStream, ServerError> {
@@ -107,36 +156,50 @@ async fn open(addr: &ServerAddr, label: &str) -> Result<BackendStream, ServerErr
     }
 }
 
-async fn handshake<S>(
+fn io_err<'a>(
+    server: &'a str,
+    stage: &'static str,
+) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io {
+        server: server.to_owned(),
+        stage,
+        source,
+    }
+}
+
+async fn send_proxy_header<S>(
     stream: &mut S,
     hs: Handshake<'_>,
     stage: &mut &'static str,
-) -> Result<Vec<u8>, ServerError>
+) -> Result<(), ServerError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
-    let server = hs.label;
-    let io_err = |stage: &'static str| {
-        move |source| ServerError::Io {
-            server: server.to_owned(),
-            stage,
-            source,
-        }
-    };
-
-    if let Some(header) = proxy_header(hs.forward, hs.client, server)? {
+    if let Some(header) = proxy_header(hs.forward, hs.client, hs.label)? {
         *stage = "PROXY header";
         stream
             .write_all(&header)
             .await
-            .map_err(io_err("PROXY header"))?;
+            .map_err(io_err(hs.label, "PROXY header"))?;
     }
+    Ok(())
+}
 
+/// Reads the greeting; returns every byte read and the greeting's length.
+async fn read_greeting<S>(
+    stream: &mut S,
+    hs: Handshake<'_>,
+    stage: &mut &'static str,
+) -> Result<(Vec<u8>, usize), ServerError>
+where
+    S: AsyncRead + Unpin,
+{
+    let server = hs.label;
     *stage = "greeting";
     let mut buf = Vec::with_capacity(512);
-    let len = loop {
+    loop {
         match parse_greeting(hs.protocol, &buf) {
-            Greeting::Ok { len } => break len,
+            Greeting::Ok { len } => return Ok((buf, len)),
             Greeting::Refused { .. } => {
                 return Err(ServerError::Refused {
                     server: server.to_owned(),
@@ -152,8 +215,22 @@ where
             }
             Greeting::Incomplete => read_more(stream, &mut buf, server, "greeting").await?,
         }
-    };
+    }
+}
 
+/// `forward_client = "protocol"`: the ID/XCLIENT exchange after the greeting (`buf[..len]`).
+/// Returns the bytes the session should see.
+async fn forward<S>(
+    stream: &mut S,
+    hs: Handshake<'_>,
+    mut buf: Vec<u8>,
+    len: usize,
+    stage: &mut &'static str,
+) -> Result<Vec<u8>, ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let server = hs.label;
     let (ForwardClient::Protocol, Some(client)) = (hs.forward, hs.client) else {
         return Ok(buf);
     };
@@ -162,8 +239,11 @@ where
     stream
         .write_all(&command)
         .await
-        .map_err(io_err("forwarding command"))?;
-    stream.flush().await.map_err(io_err("forwarding command"))?;
+        .map_err(io_err(server, "forwarding command"))?;
+    stream
+        .flush()
+        .await
+        .map_err(io_err(server, "forwarding command"))?;
 
     *stage = "forwarding reply";
     let mut reply = buf.split_off(len);
@@ -195,7 +275,7 @@ where
     Ok(buf)
 }
 
-async fn read_more<S>(
+pub(crate) async fn read_more<S>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     server: &str,

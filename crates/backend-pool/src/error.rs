@@ -178,6 +178,52 @@ pub enum ServerError {
         /// The reply (truncated, lossy UTF-8).
         line: String,
     },
+    /// The TLS handshake failed: the certificate did not verify (another CA, another
+    /// name, expired) or the server does not speak TLS there.
+    #[error("{server}: TLS handshake failed")]
+    Tls {
+        /// Server label (config spelling).
+        server: String,
+        /// rustls' error, wrapped by tokio-rustls (its message says which check failed).
+        #[source]
+        source: io::Error,
+    },
+    /// There is no name to verify the server's certificate against.
+    #[error(
+        "{server}: {name:?} is not a name a certificate can be verified against; set tls_name"
+    )]
+    TlsName {
+        /// Server label (config spelling).
+        server: String,
+        /// The host that was to be verified.
+        name: String,
+    },
+    /// `tls = "starttls"` and the server does not offer STARTTLS (STLS): it is not used
+    /// in plaintext (rule B1).
+    #[error(
+        "{server}: does not offer {command}; tls = \"starttls\" never falls back to plaintext"
+    )]
+    StarttlsNotOffered {
+        /// Server label (config spelling).
+        server: String,
+        /// `STARTTLS` or `STLS`.
+        command: &'static str,
+    },
+    /// The server answered STARTTLS (STLS) with something other than its go-ahead, or
+    /// greeted with PREAUTH (a session that would start authenticated in plaintext).
+    #[error("{server}: STARTTLS refused: {line:?}")]
+    StarttlsRefused {
+        /// Server label (config spelling).
+        server: String,
+        /// The reply (truncated, lossy UTF-8).
+        line: String,
+    },
+    /// After STARTTLS the server did not answer `CAPABILITY` over TLS.
+    #[error("{server}: no capabilities over TLS after STARTTLS")]
+    NoCapabilities {
+        /// Server label (config spelling).
+        server: String,
+    },
     /// The PROXY header could not be encoded for these addresses.
     #[error("{server}: cannot encode the PROXY header")]
     ProxyHeader {
@@ -186,6 +232,48 @@ pub enum ServerError {
         /// The encoder's error.
         #[source]
         source: proxy_header::Error,
+    },
+}
+
+/// Why a pool could not be built from its configuration (TLS material that does not load).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `tls_ca` does not load.
+    #[error("backend `{backend}`: tls_ca {} {what} ({detail}); point it at the PEM bundle of the CA that signed the servers' certificates", .path.display())]
+    Ca {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The `tls_ca` file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        what: &'static str,
+        /// The reader's or parser's message.
+        detail: String,
+    },
+    /// `tls_ca` is not set and the system has no usable root certificates.
+    #[error("backend `{backend}`: no system root certificates found ({detail}); install the ca-certificates package or set tls_ca")]
+    NoSystemRoots {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// What the loader reported.
+        detail: String,
+    },
+    /// `tls_name` is not a name rustls can verify.
+    #[error("backend `{backend}`: tls_name {name:?} is neither a DNS name nor an IP address")]
+    TlsName {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// The configured name.
+        name: String,
+    },
+    /// The TLS library refused the client configuration.
+    #[error("backend `{backend}`: the TLS client configuration was refused")]
+    TlsLibrary {
+        /// The `[[backend]]` name.
+        backend: String,
+        /// rustls' error.
+        #[source]
+        source: rustls::Error,
     },
 }
 

@@ -169,6 +169,8 @@ pub(crate) async fn health_loop(
             forward: pool.forward,
             client: None,
             label: &server.label,
+            tls: pool.tls.as_ref(),
+            host: crate::tls::host_of(&server.addr),
         };
         let result = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -27,8 +27,13 @@
 //! - Session failures count toward passive health only while [`Pool::spawn_background`]
 //!   runs, since only probes can bring a server back.
 //!
-//! Must not depend on: rustls, the session or listener crates. It never sees client
-//! bytes: what the client sends after [`Pool::connect`] returns is the session's business.
+//! - TLS to the servers (`tls = "implicit"` / `"starttls"`, `tls_ca`, `tls_name`): session
+//!   connects, health probes and warm spares all verify the server's certificate
+//!   (rustls); STARTTLS follows rules B1–B4 (docs/starttls.md). A server that fails
+//!   verification or the upgrade is a failed connect like any other.
+//!
+//! Must not depend on: the session or listener crates. It never sees client bytes: what
+//! the client sends after [`Pool::connect`] returns is the session's business.
 //!
 //! # Invariants
 //! - Every wait has a deadline (connect, greeting, forwarding reply, probe).
@@ -46,8 +51,11 @@ mod health;
 mod pool;
 mod server;
 mod stream;
+mod tls;
+mod upgrade;
 mod warm;
 
-pub use error::{PoolError, ServerError};
+pub use error::{BuildError, PoolError, ServerError};
 pub use pool::{BackendConn, ClientInfo, Pool, ServerStatus};
 pub use stream::{BackendStream, ExecStream};
+pub use tls::check as check_tls;

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance;
 use crate::dial::{self, Handshake};
-use crate::error::{PoolError, ServerError};
+use crate::error::{BuildError, PoolError, ServerError};
 use crate::exec::ExecTarget;
 use crate::health::{health_loop, Source};
 use crate::server::{Server, ServerSlot};
 use crate::stream::BackendStream;
+use crate::tls::{host_of, TlsClient};
 use crate::warm::{warm_loop, Spare};
 
 mod routed;
@@ -54,6 +55,8 @@ pub struct Pool {
     checks_running: AtomicBool,
     /// `route = "user"`: probes also learn each server's pre-login capabilities.
     pub(crate) learn_caps: bool,
+    /// `tls`: sessions, probes and spares alike speak TLS to the servers.
+    pub(crate) tls: Option<TlsClient>,
 }
 
 #[derive(Debug)]
@@ -90,7 +93,19 @@ impl Pool {
     /// Builds the pool; every server starts up (optimistic) until health checks say otherwise.
     /// `warm` is ignored (with a warning) unless `forward_client = "none"` and the backend
     /// has servers, since spares cannot carry a client address they do not know yet.
-    pub fn new(config: &BackendConfig, protocol: Protocol, metrics: &Metrics) -> Arc<Pool> {
+    /// With `tls` it reads `tls_ca` (or the system roots): blocking file reads, and the
+    /// only way it fails.
+    pub fn new(
+        config: &BackendConfig,
+        protocol: Protocol,
+        metrics: &Metrics,
+    ) -> Result<Arc<Pool>, BuildError> {
+        let tls = match &config.tls {
+            Some(tls) if matches!(config.target, BackendTarget::Servers(_)) => {
+                Some(TlsClient::new(&config.name, tls)?)
+            }
+            _ => None,
+        };
         let target = match &config.target {
             BackendTarget::Servers(addrs) => Target::Servers(
                 addrs
@@ -124,7 +139,7 @@ impl Pool {
             );
             warm = 0;
         }
-        Arc::new(Pool {
+        Ok(Arc::new(Pool {
             name: config.name.clone(),
             protocol,
             target,
@@ -137,7 +152,8 @@ impl Pool {
             rotation: AtomicUsize::new(0),
             checks_running: AtomicBool::new(false),
             learn_caps: matches!(config.route, postern_config::Route::User(_)),
-        })
+            tls,
+        }))
     }
 
     /// The `[[backend]]` name.
@@ -254,6 +270,8 @@ impl Pool {
             forward: self.forward,
             client: Some(client),
             label: &exec.label,
+            tls: None,
+            host: None,
         };
         match dial::handshake_within(&mut stream, hs, self.connect_timeout).await {
             Ok(greeting) => {
@@ -301,6 +319,8 @@ impl Pool {
             forward: self.forward,
             client: Some(client),
             label: &server.label,
+            tls: self.tls.as_ref(),
+            host: host_of(&server.addr),
         };
         match dial::dial(&server.addr, hs, attempt).await {
             Ok(conn) => {

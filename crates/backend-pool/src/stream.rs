@@ -1,4 +1,5 @@
-//! The byte stream to a backend: TCP, a unix socket, or an exec child's stdin/stdout.
+//! The byte stream to a backend: TCP, a unix socket, TLS over either, or an exec child's
+//! stdin/stdout.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,9 @@ pub enum BackendStream {
     Unix(UnixStream),
     /// An exec backend's child process (boxed: it is much larger than a socket).
     Exec(Box<ExecStream>),
+    /// TLS (`tls = "implicit"` or after STARTTLS) over a TCP or unix-socket connection
+    /// (boxed: the TLS state is much larger than a socket).
+    Tls(Box<tokio_rustls::client::TlsStream<BackendStream>>),
 }
 
 /// An exec child's stdout (read side) and stdin (write side). Dropping it kills the child
@@ -88,6 +92,7 @@ impl AsyncRead for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Exec(s) => Pin::new(&mut s.stdout).poll_read(cx, buf),
         }
     }
@@ -102,6 +107,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Exec(s) => match s.stdin.as_mut() {
                 Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
                 None => Poll::Ready(Err(stdin_closed())),
@@ -113,6 +119,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s).poll_flush(cx),
             BackendStream::Exec(s) => match s.stdin.as_mut() {
                 Some(stdin) => Pin::new(stdin).poll_flush(cx),
                 None => Poll::Ready(Ok(())),
@@ -124,6 +131,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             BackendStream::Exec(s) => {
                 if let Some(stdin) = s.stdin.as_mut() {
                     std::task::ready!(Pin::new(stdin).poll_flush(cx))?;
@@ -143,6 +151,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             BackendStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             BackendStream::Exec(s) => match s.stdin.as_mut() {
                 Some(stdin) => Pin::new(stdin).poll_write_vectored(cx, bufs),
                 None => Poll::Ready(Err(stdin_closed())),
@@ -154,6 +163,7 @@ impl AsyncWrite for BackendStream {
         match self {
             BackendStream::Tcp(s) => s.is_write_vectored(),
             BackendStream::Unix(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
             BackendStream::Exec(s) => s.stdin.as_ref().is_some_and(AsyncWrite::is_write_vectored),
         }
     }

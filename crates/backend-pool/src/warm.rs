@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use postern_config::ForwardClient;
 use postern_metrics::ErrorChain;
+use tokio::io::AsyncRead;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -39,8 +40,8 @@ impl WarmQueue {
     /// The newest spare that is still fresh and still open; stale ones are dropped.
     pub(crate) fn take(&self) -> Option<Spare> {
         let mut q = self.lock();
-        while let Some(spare) = q.pop_back() {
-            if spare.since.elapsed() < MAX_AGE && still_open(&spare) {
+        while let Some(mut spare) = q.pop_back() {
+            if spare.since.elapsed() < MAX_AGE && still_open(&mut spare) {
                 return Some(spare);
             }
         }
@@ -70,18 +71,16 @@ impl WarmQueue {
 }
 
 /// A spare whose server closed it, or spoke unasked (an idle `* BYE`), is not handed out:
-/// a non-blocking read must find nothing to read.
-fn still_open(spare: &Spare) -> bool {
+/// a read that must not wait must find nothing to read. Over TLS a record that carries no
+/// application data (a session ticket) is taken in by rustls and still counts as nothing.
+fn still_open(spare: &mut Spare) -> bool {
     let mut chunk = [0u8; 512];
-    let read = match &spare.stream {
-        BackendStream::Tcp(s) => s.try_read(&mut chunk),
-        BackendStream::Unix(s) => s.try_read(&mut chunk),
-        BackendStream::Exec(_) => return false,
-    };
-    match read {
-        Ok(_) => false,
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-    }
+    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Pending: nothing to read; data, EOF or an error all mean "do not use".
+    std::pin::Pin::new(&mut spare.stream)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
 }
 
 /// Keeps up to `pool.warm` fresh spares for one up server.
@@ -104,6 +103,8 @@ pub(crate) async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: C
                 forward: ForwardClient::None,
                 client: None,
                 label: &server.label,
+                tls: pool.tls.as_ref(),
+                host: crate::tls::host_of(&server.addr),
             };
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -74,15 +74,19 @@ pub enum StartError {
     /// `[tls.acme]`: `challenge_listen` could not be bound, or the CA's roots are unusable.
     #[error(transparent)]
     Acme(#[from] postern_tls::acme::AcmeError),
+    /// A backend's TLS material (`tls_ca`, the system roots) does not load.
+    #[error(transparent)]
+    Backend(#[from] postern_backend_pool::BuildError),
 }
 
 impl StartError {
     /// 2 for problems in the configuration or the files it names, 1 for the rest.
     pub fn exit_code(&self) -> Exit {
         match self {
-            StartError::Tls(_) | StartError::PrivDrop(_) | StartError::Director(_) => {
-                Exit::BadConfig
-            }
+            StartError::Tls(_)
+            | StartError::PrivDrop(_)
+            | StartError::Director(_)
+            | StartError::Backend(_) => Exit::BadConfig,
             StartError::Acme(e) if !e.is_bind() => Exit::BadConfig,
             StartError::Bind(_)
             | StartError::Admin { .. }
@@ -155,7 +159,7 @@ impl Gateway {
             warn!(backend = %name, "no listener uses this backend; it is ignored");
         }
 
-        let live = Live::build(config, &[], &metrics, &control);
+        let live = Live::build(config, &[], &metrics, &control)?;
         let config = Arc::clone(&live.config);
         // Placement, server states and routed sessions: one for the process, kept across
         // reloads (states live in state_dir).
@@ -374,12 +378,18 @@ impl Gateway {
         for key in &merged.restart {
             warn!(key = %key, "configuration change needs a restart; the running value stays until then");
         }
-        let next = Live::build(
-            merged.config,
-            &self.live.pools,
-            &self.metrics,
-            &self.control,
+        // Off the runtime threads: new pools read their `tls_ca` files.
+        let (previous, metrics, control) = (
+            self.live.pools.clone(),
+            self.metrics.clone(),
+            self.control.clone(),
         );
+        let next = tokio::task::spawn_blocking(move || {
+            Live::build(merged.config, &previous, &metrics, &control)
+        })
+        .await
+        .map_err(ReloadError::Task)?
+        .map_err(ReloadError::Backend)?;
         // The last step that can refuse (a new user_map must parse); it swaps the director's
         // routing in one store when it succeeds.
         self.director

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_backend_pool::Pool;
+use postern_backend_pool::{BuildError, Pool};
 use postern_config::{BackendConfig, Config};
 use postern_metrics::Metrics;
 use postern_session::{SessionPolicy, SessionSettings};
@@ -17,7 +17,7 @@ const CLIENT_KEEPALIVE: Duration = Duration::from_secs(120);
 
 /// One backend's pool and the token that stops its background tasks (health checks, DNS,
 /// warm spares).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PoolEntry {
     pub(crate) config: BackendConfig,
     pub(crate) pool: Arc<Pool>,
@@ -37,13 +37,14 @@ impl Live {
     /// Builds the pools of `config`. A backend whose configuration did not change keeps its
     /// pool from `previous` (health state, session counts and background tasks go on); the
     /// others get a new pool whose tasks [`Live::start`] starts. Nothing is started or
-    /// stopped here, so a failure leaves everything as it was.
+    /// stopped here, so a failure (a backend's `tls_ca` that does not load) leaves
+    /// everything as it was. Blocking (it reads `tls_ca` files and the system roots).
     pub(crate) fn build(
         config: Config,
         previous: &[PoolEntry],
         metrics: &Metrics,
         control: &CancellationToken,
-    ) -> Live {
+    ) -> Result<Live, BuildError> {
         let mut pools = Vec::with_capacity(config.backends.len());
         for backend in &config.backends {
             let entry = match previous.iter().find(|p| p.config == *backend) {
@@ -55,17 +56,17 @@ impl Live {
                 },
                 None => PoolEntry {
                     config: backend.clone(),
-                    pool: Pool::new(backend, backend.protocol, metrics),
+                    pool: Pool::new(backend, backend.protocol, metrics)?,
                     background: control.child_token(),
                     reused: false,
                 },
             };
             pools.push(entry);
         }
-        Live {
+        Ok(Live {
             config: Arc::new(config),
             pools,
-        }
+        })
     }
 
     /// Starts the background tasks of every pool that is new.

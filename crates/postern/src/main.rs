@@ -174,6 +174,10 @@ fn check_config(cli: Option<&Path>) -> Exit {
         Err(code) => return code,
     };
     for b in &config.backends {
+        if let Err(e) = postern_backend_pool::check_tls(b) {
+            eprintln!("postern: {}: {}", config.source, ErrorChain(&e));
+            return Exit::BadConfig;
+        }
         if let postern_config::Route::User(route) = &b.route {
             if let Some(path) = &route.user_map {
                 if let Err(e) = postern_director::UserMap::load(path) {

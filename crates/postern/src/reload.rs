@@ -30,6 +30,9 @@ pub enum ReloadError {
     /// parse).
     #[error(transparent)]
     Director(postern_director::DirectorError),
+    /// A new backend's TLS material (`tls_ca`, the system roots) does not load.
+    #[error(transparent)]
+    Backend(postern_backend_pool::BuildError),
     /// Loading ran into a runtime problem (the blocking task failed).
     #[error("the reload task failed: {0}")]
     Task(#[source] tokio::task::JoinError),

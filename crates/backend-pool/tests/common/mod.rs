@@ -184,7 +184,7 @@ pub fn backend(name: &str, servers: Vec<ServerAddr>, balance: Balance) -> Backen
 
 pub fn pool(config: &BackendConfig, protocol: Protocol) -> (Arc<Pool>, Metrics) {
     let metrics = Metrics::new("test");
-    (Pool::new(config, protocol, &metrics), metrics)
+    (Pool::new(config, protocol, &metrics).unwrap(), metrics)
 }
 
 pub fn client(peer: &str) -> ClientInfo {
