@@ -125,6 +125,8 @@ pub enum SessionOutcome {
     Shutdown,
     /// A STARTTLS client did not upgrade within `plaintext_timeout`.
     PlaintextTimeout,
+    /// The client had not logged in within `limits.prelogin_timeout` of its accept.
+    PreloginTimeout,
     /// Reserved for a client that broke the protocol; no code path produces it yet.
     ProtocolError,
     /// Reserved for a session refused by a limit; no code path produces it yet (connections
@@ -134,7 +136,7 @@ pub enum SessionOutcome {
 
 impl SessionOutcome {
     /// Every variant, in discriminant order (the index into the pre-resolved counters).
-    pub const ALL: [SessionOutcome; 10] = [
+    pub const ALL: [SessionOutcome; 11] = [
         SessionOutcome::Closed,
         SessionOutcome::IdleTimeout,
         SessionOutcome::BackendUnavailable,
@@ -143,6 +145,7 @@ impl SessionOutcome {
         SessionOutcome::BackendError,
         SessionOutcome::Shutdown,
         SessionOutcome::PlaintextTimeout,
+        SessionOutcome::PreloginTimeout,
         SessionOutcome::ProtocolError,
         SessionOutcome::Limit,
     ];
@@ -158,6 +161,7 @@ impl SessionOutcome {
             SessionOutcome::BackendError => "backend_error",
             SessionOutcome::Shutdown => "shutdown",
             SessionOutcome::PlaintextTimeout => "plaintext_timeout",
+            SessionOutcome::PreloginTimeout => "prelogin_timeout",
             SessionOutcome::ProtocolError => "protocol_error",
             SessionOutcome::Limit => "limit",
         }

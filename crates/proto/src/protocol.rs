@@ -69,6 +69,15 @@ impl Protocol {
 }
 
 impl Protocol {
+    /// The goodbye sent to a session that has not logged in within `limits.prelogin_timeout`.
+    pub const fn prelogin_goodbye(self) -> &'static [u8] {
+        match self {
+            Protocol::Imap => b"* BYE Autologout; timeout waiting for login\r\n",
+            Protocol::Pop3 => b"-ERR Timeout waiting for login, closing connection\r\n",
+            Protocol::Smtp => b"421 4.4.2 Timeout waiting for login, closing connection\r\n",
+        }
+    }
+
     /// The refusal sent on a STARTTLS listener, before the close, to a connection refused
     /// before it became a session (a limit, `allow`/`deny`, the PROXY protocol).
     /// Implicit-TLS listeners close such connections without a word.
@@ -98,6 +107,7 @@ mod tests {
             assert!(p.unavailable_goodbye().ends_with(b"\r\n"));
             assert!(p.shutdown_goodbye().ends_with(b"\r\n"));
             assert!(p.refused_goodbye().ends_with(b"\r\n"));
+            assert!(p.prelogin_goodbye().ends_with(b"\r\n"));
         }
         assert_eq!(Protocol::parse("submission"), None);
     }

@@ -28,7 +28,7 @@ use crate::logins::LoginSink;
 use crate::proxy::{self, Addresses};
 use crate::record::{SessionRecord, TlsFacts};
 use crate::refusal::{refuse, RefusalLog};
-use crate::relay::{relay, Counters, Filters, RelayEnd, RelayPlan};
+use crate::relay::{relay, Counters, Filters, Prelogin, RelayEnd, RelayPlan};
 use crate::starttls::{plaintext_phase, PlainEnd};
 
 /// Everything a listener's sessions need to know about themselves.
@@ -169,7 +169,7 @@ impl SessionHandler {
             return;
         };
         let peer = admitted.client.peer;
-        let record = self.drive(admitted, goodbye, &policy).await;
+        let record = self.drive(admitted, goodbye, &policy, started).await;
         record.report(
             &policy.settings.listener,
             peer,
@@ -254,12 +254,14 @@ impl SessionHandler {
         refuse(stream, reason, detail, wire, &self.metrics, &self.refusals).await;
     }
 
-    /// Runs the session to its end and returns its record.
+    /// Runs the session to its end and returns its record. `accepted`: when the connection
+    /// was accepted, where `limits.prelogin_timeout` counts from.
     async fn drive(
         &self,
         admitted: Admitted,
         goodbye: postern_listener::Goodbye,
         policy: &SessionPolicy,
+        accepted: Instant,
     ) -> SessionRecord {
         let Admitted {
             mut stream,
@@ -267,8 +269,13 @@ impl SessionHandler {
             edge,
         } = admitted;
         let s = &policy.settings;
+        // Every step before the login (plaintext phase, handshake, relay until the backend
+        // confirms it) ends by this deadline.
+        let prelogin_deadline = accepted + edge.limits.prelogin_timeout;
+        let until_prelogin = || prelogin_deadline.saturating_duration_since(Instant::now());
 
         if s.tls == TlsMode::Starttls {
+            let remaining = until_prelogin();
             let limits = PlainLimits {
                 max_line_length: s.max_line_length,
                 max_commands: s.max_plaintext_commands,
@@ -280,7 +287,7 @@ impl SessionHandler {
                 s.protocol,
                 &s.hostname,
                 limits,
-                s.plaintext_timeout,
+                s.plaintext_timeout.min(remaining),
                 goodbye.requested(),
             ))
             .await
@@ -293,6 +300,9 @@ impl SessionHandler {
                     warn!(discarded, "starttls injection: bytes pipelined after the STARTTLS command were discarded");
                 }
                 PlainEnd::Closed => return SessionRecord::ended(SessionOutcome::Closed),
+                PlainEnd::Timeout if remaining < s.plaintext_timeout => {
+                    return SessionRecord::ended(SessionOutcome::PreloginTimeout)
+                }
                 PlainEnd::Timeout => return SessionRecord::ended(SessionOutcome::PlaintextTimeout),
                 PlainEnd::Shutdown => return SessionRecord::ended(SessionOutcome::Shutdown),
                 PlainEnd::Io(e) => {
@@ -302,10 +312,15 @@ impl SessionHandler {
             }
         }
 
-        let mut tls = match Box::pin(self.handshake(stream, s.handshake_timeout)).await {
+        let remaining = until_prelogin();
+        let handshake_timeout = s.handshake_timeout.min(remaining);
+        let mut tls = match Box::pin(self.handshake(stream, handshake_timeout)).await {
             Ok(tls) => tls,
             Err(reason) => {
                 self.metrics.handshake_failure(reason);
+                if reason == HandshakeFailure::Timeout && remaining < s.handshake_timeout {
+                    return SessionRecord::ended(SessionOutcome::PreloginTimeout);
+                }
                 return SessionRecord::ended(SessionOutcome::TlsError);
             }
         };
@@ -346,6 +361,10 @@ impl SessionHandler {
             failed: &self.metrics.logins_failed,
             admission: &edge,
         };
+        let prelogin = Prelogin {
+            deadline: prelogin_deadline,
+            goodbye: s.protocol.prelogin_goodbye(),
+        };
         let plan = RelayPlan {
             greeting_len: greeting_len(s.protocol, &greeting),
             greeting,
@@ -357,6 +376,7 @@ impl SessionHandler {
             goodbye: goodbye_line,
             counters: &self.counters,
             logins: Some(&logins),
+            prelogin: Some(prelogin),
         };
         let relayed = relay(&mut tls, &mut backend_stream, plan).await;
         let outcome = match relayed.end {
@@ -368,6 +388,11 @@ impl SessionHandler {
             RelayEnd::Shutdown => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
                 SessionOutcome::Shutdown
+            }
+            RelayEnd::PreloginTimeout => {
+                debug!("no login within limits.prelogin_timeout");
+                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+                SessionOutcome::PreloginTimeout
             }
             RelayEnd::ClientError(e) => {
                 debug!(error = %e, "client connection failed");

@@ -3,7 +3,8 @@
 //! failed` line with `listener`, `peer`, `user` (the name tried) and `backend` (text or JSON
 //! like the `session ended` line, ready for fail2ban). Both: docs/metrics.md. A failed
 //! attempt also counts towards the brute-force brake of the client's address
-//! (`limits.auth_failures`), under the limits the session was admitted with.
+//! (`limits.auth_failures`), under the limits the session was admitted with; a login takes
+//! the session out of the pre-login budget (`limits.max_prelogin`).
 
 use std::net::SocketAddr;
 
@@ -28,10 +29,19 @@ pub(crate) struct LoginSink<'a> {
 }
 
 impl LoginSink<'_> {
+    /// The backend confirmed a login, or greeted PREAUTH (seen by the relay, which also
+    /// stops the pre-login deadline).
+    pub(crate) fn logged_in(&self) {
+        self.admission.logged_in();
+    }
+
     /// Counts `verdict`, and logs it when it is a failure.
     pub(crate) fn record(&self, verdict: &LoginVerdict) {
         match verdict {
-            LoginVerdict::LoggedIn { .. } => self.ok.inc(),
+            LoginVerdict::LoggedIn { .. } => {
+                self.ok.inc();
+                self.admission.logged_in();
+            }
             LoginVerdict::Failed { user } => {
                 self.failed.inc();
                 // Counted before the line is logged: by the time fail2ban (or a test) reads

@@ -43,6 +43,10 @@ const MAX_READS_PER_POLL: usize = 16;
 /// After one direction has ended, the other gets at most this long without traffic.
 const LINGER: Duration = Duration::from_secs(30);
 
+/// After the pre-login deadline, how long the goodbye may wait for a safe point (an IMAP
+/// response boundary, a client that reads) before the session is closed without it.
+const PRELOGIN_GRACE: Duration = Duration::from_secs(2);
+
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
@@ -62,6 +66,19 @@ pub(crate) enum RelayEnd {
     Shutdown,
     /// The login guard ended the session; its goodbye was written.
     GuardClosed(GuardClose),
+    /// No login by the pre-login deadline; the goodbye was written (or, when no safe point
+    /// came within [`PRELOGIN_GRACE`], the session is closed without it).
+    PreloginTimeout,
+}
+
+/// `limits.prelogin_timeout` as the relay applies it: until the backend confirms a login
+/// (or greets PREAUTH), the session must have logged in by `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prelogin {
+    /// From the session's accept plus `prelogin_timeout`.
+    pub(crate) deadline: Instant,
+    /// Sent to the client at the first safe point after the deadline.
+    pub(crate) goodbye: &'static [u8],
 }
 
 /// Counters that move with every read.
@@ -123,6 +140,8 @@ pub(crate) struct RelayPlan<'a, L> {
     pub(crate) counters: &'a Counters,
     /// Where login outcomes go (`None` in relay tests).
     pub(crate) logins: Option<&'a LoginSink<'a>>,
+    /// The pre-login deadline; `None`: none (relay tests).
+    pub(crate) prelogin: Option<Prelogin>,
 }
 
 /// What the relay hands back for the session record.
@@ -154,9 +173,10 @@ where
         mut filters,
         idle_timeout,
         leave,
-        goodbye,
+        mut goodbye,
         counters,
         logins,
+        mut prelogin,
     } = plan;
     let mut up = Dir {
         at_line_start: true,
@@ -184,6 +204,8 @@ where
     let mut leaving = false;
     let mut goodbye_queued = false;
     let mut guard_closing = None;
+    // The pre-login deadline passed: `leaving` was set with its goodbye.
+    let mut prelogin_expired = false;
 
     let end = poll_fn(|cx| {
         // The client is read only while the guard takes bytes and postern's own replies
@@ -222,20 +244,20 @@ where
         // read below may create one, so check again after it.
         for _ in 0..2 {
             if leaving && down.done {
-                return Poll::Ready(RelayEnd::Shutdown);
+                return Poll::Ready(left(prelogin_expired));
             }
             let safe = match filters.imap.as_deref().map(ImapState::goodbye) {
                 Some(Goodbye::Now) => down.pending.is_empty(),
                 Some(Goodbye::Wait) => false,
                 // A compressed (or unparseable) IMAP stream: no readable goodbye is possible,
                 // so the session just closes at its turn.
-                Some(Goodbye::Close) if leaving => return Poll::Ready(RelayEnd::Shutdown),
+                Some(Goodbye::Close) if leaving => return Poll::Ready(left(prelogin_expired)),
                 Some(Goodbye::Close) => false,
                 None => down.pending.is_empty() && down.at_line_start,
             };
             if leaving && !goodbye_queued && safe {
                 if goodbye.is_empty() {
-                    return Poll::Ready(RelayEnd::Shutdown);
+                    return Poll::Ready(left(prelogin_expired));
                 }
                 down.pending.extend_from_slice(goodbye);
                 down.eof = true; // stop reading the backend; shut the client down after the goodbye
@@ -279,7 +301,7 @@ where
             }
         }
         if goodbye_queued && down.done {
-            return Poll::Ready(RelayEnd::Shutdown);
+            return Poll::Ready(left(prelogin_expired));
         }
         // The guard ended the session: its goodbye is in `down.pending`; stop reading the
         // backend, write it, then shut the client down.
@@ -313,17 +335,50 @@ where
             counted = (up.bytes, down.bytes);
             last_activity = Instant::now();
         }
+        // A confirmed login (or a PREAUTH greeting) ends the pre-login phase: the session
+        // leaves the budget and its deadline is off.
+        if prelogin.is_some() && filters.guard.as_ref().is_some_and(|g| g.logged_in()) {
+            prelogin = None;
+            if let Some(sink) = logins {
+                sink.logged_in();
+            }
+        }
         let limit = if up.done || down.done {
             idle_timeout.min(LINGER)
         } else {
             idle_timeout
         };
-        let deadline = last_activity + limit;
+        // One timer for both deadlines: a session holds no second one for hours of IDLE.
+        let mut deadline = last_activity + limit;
+        if let Some(p) = &prelogin {
+            let at = if prelogin_expired {
+                p.deadline + PRELOGIN_GRACE
+            } else {
+                p.deadline
+            };
+            deadline = deadline.min(at);
+        }
         if idle.deadline() != deadline {
             idle.as_mut().reset(deadline);
         }
         if idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(RelayEnd::IdleTimeout);
+            match &prelogin {
+                Some(p) if Instant::now() >= p.deadline => {
+                    if prelogin_expired {
+                        // No safe point for the goodbye within the grace: close without it.
+                        return Poll::Ready(RelayEnd::PreloginTimeout);
+                    }
+                    prelogin_expired = true;
+                    if !leaving {
+                        leaving = true;
+                        goodbye = p.goodbye;
+                    }
+                    // The goodbye is queued at the next safe point, checked on the next poll.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                _ => return Poll::Ready(RelayEnd::IdleTimeout),
+            }
         }
         Poll::Pending
     })
@@ -340,6 +395,15 @@ where
             .guard
             .as_ref()
             .and_then(|g| g.user().map(str::to_owned)),
+    }
+}
+
+/// How a relay that was asked to leave ended: the drain's, or the pre-login deadline's.
+fn left(prelogin_expired: bool) -> RelayEnd {
+    if prelogin_expired {
+        RelayEnd::PreloginTimeout
+    } else {
+        RelayEnd::Shutdown
     }
 }
 

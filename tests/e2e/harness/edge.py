@@ -21,10 +21,12 @@ REFUSAL = {
 }
 
 
-def edge_gateway(postern_factory, dovecot, listener_keys=None, **limits):
+def edge_gateway(postern_factory, dovecot, listener_keys=None, tls_keys=None, **limits):
     """imaps (implicit TLS) and imap-st, pop3-st, smtp-st (STARTTLS) in front of Dovecot, with
-    `[limits]` = `limits` over defaults that stay out of the way, nothing exempt."""
+    `[limits]` = `limits` over defaults that stay out of the way, nothing exempt (and `[tls]`
+    keys from `tls_keys`)."""
     cfg = postern_factory.config()
+    cfg.section("tls").update(tls_keys or {})
     base = {"exempt": [], "per_ip_connections": 0, "per_ip_rate": 0, "auth_failures": 0}
     cfg.section("limits").update({**base, **limits})
     cfg.backend("imap", [dovecot.server("imap")])

@@ -67,6 +67,7 @@ fn plan<'a, L>(
         goodbye,
         counters,
         logins: None,
+        prelogin: None,
     }
 }
 
@@ -169,6 +170,107 @@ async fn idle_timeout_fires_exactly() {
     let end = relay(&mut client_side, &mut backend_side, plan).await.end;
     assert!(matches!(end, RelayEnd::IdleTimeout), "{end:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(600));
+}
+
+const PRELOGIN_BYE: &[u8] = Protocol::Imap.prelogin_goodbye();
+
+/// An IMAP session under the guard whose pre-login deadline is `after` from now.
+fn spawn_prelogin(
+    greeting: &'static [u8],
+    after: Duration,
+) -> (DuplexStream, DuplexStream, JoinHandle<Relayed>) {
+    let (client, mut client_side) = duplex(1024);
+    let (mut backend_side, backend) = duplex(1024);
+    let deadline = tokio::time::Instant::now() + after;
+    let task = tokio::spawn(async move {
+        let counters = counters();
+        let plan = RelayPlan {
+            prelogin: Some(Prelogin {
+                deadline,
+                goodbye: PRELOGIN_BYE,
+            }),
+            ..plan(
+                greeting,
+                guard_filters(Protocol::Imap),
+                std::future::pending(),
+                BYE,
+                &counters,
+            )
+        };
+        relay(&mut client_side, &mut backend_side, plan).await
+    });
+    (client, backend, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_not_logged_in_by_the_prelogin_deadline_gets_the_goodbye() {
+    let started = tokio::time::Instant::now();
+    let (mut client, mut backend, task) = spawn_prelogin(GREETING, Duration::from_secs(20));
+    // Traffic does not extend the deadline (the idle timeout is 60 s).
+    client.write_all(b"a CAPABILITY\r\n").await.unwrap();
+    let mut cmd = [0u8; 14];
+    backend.read_exact(&mut cmd).await.unwrap();
+    backend
+        .write_all(b"* CAPABILITY IMAP4rev1\r\na OK done\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    client.read_to_end(&mut seen).await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            GREETING,
+            b"* CAPABILITY IMAP4rev1\r\na OK done\r\n",
+            PRELOGIN_BYE
+        ]
+        .concat()
+    );
+    assert!(matches!(task.await.unwrap().end, RelayEnd::PreloginTimeout));
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_prelogin_goodbye_waits_for_a_response_boundary_then_gives_up() {
+    let started = tokio::time::Instant::now();
+    let (mut client, mut backend, task) = spawn_prelogin(GREETING, Duration::from_secs(20));
+    client.write_all(b"a CAPABILITY\r\n").await.unwrap();
+    backend.write_all(b"* CAPABILITY IMAP4rev1").await.unwrap();
+    // Mid-response at the deadline: no goodbye inside it; closed after the grace.
+    let mut seen = Vec::new();
+    client.read_to_end(&mut seen).await.unwrap();
+    assert_eq!(seen, [GREETING, b"* CAPABILITY IMAP4rev1"].concat());
+    assert!(matches!(task.await.unwrap().end, RelayEnd::PreloginTimeout));
+    assert_eq!(started.elapsed(), Duration::from_secs(20) + PRELOGIN_GRACE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_login_or_a_preauth_greeting_lifts_the_prelogin_deadline() {
+    let (mut client, mut backend, task) = spawn_prelogin(GREETING, Duration::from_secs(20));
+    client.write_all(b"a LOGIN alice secret\r\n").await.unwrap();
+    let mut cmd = [0u8; 22];
+    backend.read_exact(&mut cmd).await.unwrap();
+    backend.write_all(b"a OK logged in\r\n").await.unwrap();
+    let mut reply = vec![0u8; GREETING.len() + 16];
+    client.read_exact(&mut reply).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    client.write_all(b"b NOOP\r\n").await.unwrap();
+    let mut noop = [0u8; 8];
+    backend.read_exact(&mut noop).await.unwrap();
+    drop(client);
+    drop(backend);
+    assert!(matches!(
+        task.await.unwrap().end,
+        RelayEnd::Closed | RelayEnd::ClientError(_)
+    ));
+
+    let preauth: &[u8] = b"* PREAUTH [CAPABILITY IMAP4rev1] logged in\r\n";
+    let (mut client, _backend, task) = spawn_prelogin(preauth, Duration::from_secs(20));
+    let mut greeting = vec![0u8; preauth.len()];
+    client.read_exact(&mut greeting).await.unwrap();
+    // Only the idle timeout (60 s) ends it, never the pre-login deadline.
+    let started = tokio::time::Instant::now();
+    assert!(matches!(task.await.unwrap().end, RelayEnd::IdleTimeout));
+    assert_eq!(started.elapsed(), Duration::from_secs(60));
 }
 
 #[tokio::test]
