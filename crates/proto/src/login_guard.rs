@@ -325,6 +325,29 @@ impl LoginGuard {
         }
     }
 
+    /// The caller wrote every reply the guard handed it in `to_client` (the client took
+    /// them): client bytes parked behind them are processed now, like after a backend
+    /// answer. The bytes to pass on go to `to_backend`, postern's new replies to `to_client`
+    /// (write them, then call this again). Cheap when nothing was handed out.
+    pub fn own_replies_written(&mut self, to_backend: &mut Vec<u8>, to_client: &mut Vec<u8>) {
+        if let Stage::Full(t) = &mut self.stage {
+            if t.own_unwritten == 0 {
+                return;
+            }
+            t.own_unwritten = 0;
+            let mut io = Io {
+                to_backend,
+                to_client,
+            };
+            t.resume(&mut self.core, &mut io);
+        }
+    }
+
+    /// True while replies the guard handed out are not known to be written yet.
+    pub fn own_replies_unwritten(&self) -> bool {
+        matches!(&self.stage, Stage::Full(t) if t.own_unwritten > 0)
+    }
+
     /// True while client bytes wait for a backend answer before they may be passed on.
     pub fn holds_client_bytes(&self) -> bool {
         self.core.close.is_none()
@@ -414,6 +437,11 @@ struct Tracker {
     in_flight: VecDeque<Entry>,
     /// Bytes of postern's replies queued in `in_flight` (POP3/SMTP).
     own_bytes: usize,
+    /// Bytes of postern's replies handed to the caller to write since it last said they
+    /// were written ([`LoginGuard::own_replies_written`]): they count against
+    /// [`MAX_OWN_BACKLOG`] too, so one read of short refused commands cannot make a reply
+    /// pile of several times its size toward a client that never reads.
+    own_unwritten: usize,
     caps: Caps,
 }
 

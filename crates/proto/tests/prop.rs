@@ -191,6 +191,10 @@ fn guard_session(p: Protocol, steps: &[(bool, Vec<Vec<u8>>)]) -> GuardOut {
                     client.extend_from_slice(read);
                 }
             }
+            // The caller writes postern's replies, then tells the guard (the relay does).
+            while g.own_replies_unwritten() {
+                g.own_replies_written(&mut backend, &mut client);
+            }
             while let Some(v) = g.next_verdict() {
                 verdicts.push(v);
             }

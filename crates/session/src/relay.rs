@@ -111,6 +111,17 @@ struct Dir {
     /// EOF seen, but bytes read before it still wait in the login guard for a backend
     /// answer: the EOF is passed on after them.
     eof_held: bool,
+    /// The last poll stopped reading because the filter asked to pause (postern's own
+    /// replies wait to be written): the caller wakes the task once reading may go on.
+    paused: bool,
+}
+
+/// What a filter did with one read.
+struct Filtered {
+    /// The bytes to write were put into the output (else the input goes on unchanged).
+    rewritten: bool,
+    /// Read no more until the caller says so (see [`Dir::paused`]).
+    pause: bool,
 }
 
 enum Failure {
@@ -319,11 +330,25 @@ where
         if let (Some(why), true) = (guard_closing, down.done) {
             return Poll::Ready(RelayEnd::GuardClosed(why));
         }
+        // postern's replies were written: the guard goes on with the client bytes it
+        // parked behind them (their bytes to the backend join `up.pending`, its new replies
+        // wait in `down.pending` like the first ones).
+        if !down.own_pending && guard_closing.is_none() && filters.own_replies_unwritten() {
+            let mut own = Vec::new();
+            filters.own_replies_written(&mut up.pending, &mut own);
+            if !own.is_empty() {
+                down.pending.extend_from_slice(&own);
+                down.own_pending = true;
+                cx.waker().wake_by_ref();
+            }
+        }
         // Bytes the guard held for the backend's answer were released into `up.pending`, or
         // the client may be read again: poll the up direction once more.
         let up_may_read_now =
             filters.wants_client() && !down.own_pending && guard_closing.is_none();
-        if !up.done && (up.pending.len() > up_queued || (up_may_read_now && !up_may_read)) {
+        if !up.done
+            && (up.pending.len() > up_queued || (up_may_read_now && (!up_may_read || up.paused)))
+        {
             cx.waker().wake_by_ref();
         }
         if up.done && down.done {
@@ -478,7 +503,10 @@ where
             if let Some(g) = filters.guard.as_mut() {
                 g.client_eof();
             }
-            return false;
+            return Filtered {
+                rewritten: false,
+                pause: false,
+            };
         }
         let mut own = Vec::new();
         let chunk = filters.client(input, out, &mut own);
@@ -486,7 +514,12 @@ where
             down.pending.extend_from_slice(&own);
             down.own_pending = true;
         }
-        matches!(chunk, Chunk::Rewritten)
+        // postern's replies count against the same bound as relayed bytes: no further read
+        // of this poll may add to them before they are written.
+        Filtered {
+            rewritten: matches!(chunk, Chunk::Rewritten),
+            pause: down.own_pending || !filters.wants_client(),
+        }
     })
 }
 
@@ -505,22 +538,28 @@ where
     C: AsyncWrite + Unpin,
 {
     poll_dir(cx, backend, client, d, true, |input, out, eof| {
-        if eof {
-            return filters.backend_eof(out);
+        let rewritten = if eof {
+            filters.backend_eof(out)
+        } else {
+            matches!(
+                filters.backend(input, out, &mut up.pending, logins),
+                Chunk::Rewritten
+            )
+        };
+        Filtered {
+            rewritten,
+            pause: false,
         }
-        matches!(
-            filters.backend(input, out, &mut up.pending, logins),
-            Chunk::Rewritten
-        )
     })
 }
 
 /// Moves bytes from `r` to `w` until `r` would block, `w` pushes back, or EOF has been
 /// passed on (then returns `Ready(Ok)`).
 ///
-/// `filter(input, out, eof)` may rewrite a chunk: it returns `true` after putting the bytes
-/// to write into `out`, or `false` to write `input` unchanged. At EOF it is called once with
-/// `eof = true` and no input, to flush whatever it still holds.
+/// `filter(input, out, eof)` may rewrite a chunk: it says `rewritten` after putting the bytes
+/// to write into `out`, else `input` is written unchanged; `pause` stops reading after this
+/// read (the direction's `paused` is set). At EOF it is called once with `eof = true` and no
+/// input, to flush whatever it still holds.
 fn poll_dir<R, W, F>(
     cx: &mut Context<'_>,
     r: &mut R,
@@ -532,8 +571,9 @@ fn poll_dir<R, W, F>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    F: FnMut(&[u8], &mut Vec<u8>, bool) -> bool,
+    F: FnMut(&[u8], &mut Vec<u8>, bool) -> Filtered,
 {
+    d.paused = false;
     for _ in 0..MAX_READS_PER_POLL {
         // 1. Bytes left over from an earlier write go first.
         while d.pos < d.pending.len() {
@@ -587,14 +627,16 @@ where
             if n == 0 {
                 d.eof = true;
                 let mut held = Vec::new();
-                if filter(&[], &mut held, true) {
+                if filter(&[], &mut held, true).rewritten {
                     d.pending.extend_from_slice(&held);
                 }
                 return Poll::Ready(Ok(()));
             }
             d.bytes += n as u64;
             let mut rewritten = Vec::new();
-            let data: &[u8] = if filter(&scratch[..n], &mut rewritten, false) {
+            let filtered = filter(&scratch[..n], &mut rewritten, false);
+            d.paused = filtered.pause;
+            let data: &[u8] = if filtered.rewritten {
                 &rewritten
             } else {
                 &scratch[..n]
@@ -622,6 +664,11 @@ where
             Poll::Ready(Ok(()))
         });
         ready!(step)?;
+        if d.paused {
+            // The caller wakes the task when reading may go on (see `Dir::paused`); what
+            // this read left in `pending` is written then.
+            return Poll::Pending;
+        }
     }
     // Budget used up with data still flowing: yield, and ask to be polled again.
     cx.waker().wake_by_ref();

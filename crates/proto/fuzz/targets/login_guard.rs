@@ -66,6 +66,10 @@ fn run(protocol: Protocol, steps: &[(bool, Vec<&[u8]>)], total: usize) -> Out {
                     client.extend_from_slice(read);
                 }
             }
+            // The caller writes postern's replies, then tells the guard (the relay does).
+            while guard.own_replies_unwritten() {
+                guard.own_replies_written(&mut backend, &mut client);
+            }
             while let Some(v) = guard.next_verdict() {
                 verdicts.push(v);
             }

@@ -56,6 +56,7 @@ impl Tracker {
             reply: Default::default(),
             in_flight: Default::default(),
             own_bytes: 0,
+            own_unwritten: 0,
             caps: Default::default(),
         }
     }
@@ -100,7 +101,7 @@ impl Tracker {
     pub(super) fn blocked(&self, core: &Core) -> bool {
         self.wait.is_some()
             || self.in_flight.len() >= MAX_IN_FLIGHT
-            || core.waiting.len() + self.own_bytes > MAX_OWN_BACKLOG
+            || core.waiting.len() + self.own_bytes + self.own_unwritten > MAX_OWN_BACKLOG
     }
 
     /// True when nothing of the client's stream is half-read (IMAP may switch to the
@@ -589,6 +590,7 @@ impl Tracker {
         match self.protocol {
             Protocol::Imap => {
                 if core.waiting.is_empty() && self.reply.at_boundary() {
+                    self.own_unwritten += reply.len();
                     io.to_client.extend_from_slice(&reply);
                 } else {
                     core.waiting.extend_from_slice(&reply);
@@ -596,6 +598,7 @@ impl Tracker {
             }
             Protocol::Pop3 | Protocol::Smtp => {
                 if self.in_flight.is_empty() && self.reply.at_boundary() {
+                    self.own_unwritten += reply.len();
                     io.to_client.extend_from_slice(&reply);
                 } else {
                     self.own_bytes += reply.len();

@@ -55,6 +55,10 @@ pub(super) fn run_sized(p: Protocol, steps: &[Step<'_>], size: usize, secret: &s
                     B(_) => to_client.extend_from_slice(chunk),
                 }
             }
+            // The caller writes postern's replies, then tells the guard (the relay does).
+            while g.own_replies_unwritten() {
+                g.own_replies_written(&mut to_backend, &mut to_client);
+            }
             while let Some(v) = g.next_verdict() {
                 verdicts.push(v);
             }

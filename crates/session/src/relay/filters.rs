@@ -151,6 +151,33 @@ impl Filters {
         }
     }
 
+    /// True while replies the guard handed out (in `to_client` of [`Self::client`]) are not
+    /// known to be written yet.
+    pub(crate) fn own_replies_unwritten(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|g| g.own_replies_unwritten())
+    }
+
+    /// postern's own replies were written to the client: the guard goes on with the client
+    /// bytes it parked behind them. Bytes for the backend are appended to `to_backend`,
+    /// postern's next replies to `to_client`.
+    pub(crate) fn own_replies_written(
+        &mut self,
+        to_backend: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) {
+        let Some(g) = self.guard.as_mut() else {
+            return;
+        };
+        let start = to_backend.len();
+        g.own_replies_written(to_backend, to_client);
+        self.replies_at_boundary(to_client);
+        if let Some(state) = self.imap.as_mut() {
+            state.client(&to_backend[start..]);
+        }
+    }
+
     /// The client may be read now (the guard takes bytes; postern's replies were written).
     pub(crate) fn wants_client(&self) -> bool {
         self.guard.as_ref().is_none_or(|g| g.wants_client())

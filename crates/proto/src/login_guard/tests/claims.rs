@@ -189,3 +189,50 @@ fn own_replies_are_bounded_when_the_client_does_not_read() {
     assert!(c.len() < 100, "nothing written before NOOP's reply");
     assert!(g.held_len() <= spray.len());
 }
+
+/// postern's own replies obey back-pressure: one big read of commands postern answers
+/// itself (STARTTLS inside TLS is refused, and not an address claim, so nothing ends the
+/// session) hands out at most MAX_OWN_BACKLOG and one reply, parks the rest, and takes no
+/// client bytes until the caller says the replies were written.
+#[test]
+fn own_replies_to_one_big_read_are_handed_out_a_backlog_at_a_time() {
+    for (p, greeting, cmd) in [
+        (Protocol::Imap, IMAP_GREETING, &b"a STARTTLS\r\n"[..]),
+        (Protocol::Pop3, POP3_GREETING, b"STLS\r\n"),
+        (Protocol::Smtp, SMTP_GREETING, b"STARTTLS\r\n"),
+    ] {
+        let read = cmd.repeat(65536 / cmd.len());
+        let count = 65536 / cmd.len();
+        let mut g = LoginGuard::new(p, MAX_LINE);
+        let (mut to_backend, mut to_client) = (Vec::new(), Vec::new());
+        let _ = g.backend(greeting, &mut to_client, &mut to_backend);
+        to_client.clear();
+        let _ = g.client(&read, &mut to_backend, &mut to_client);
+        let longest_reply = 128;
+        assert!(
+            to_client.len() <= MAX_OWN_BACKLOG + longest_reply,
+            "{p:?}: {}",
+            to_client.len()
+        );
+        assert!(!to_client.is_empty());
+        assert!(!g.wants_client(), "{p:?}: reads on with replies unwritten");
+        assert!(g.own_replies_unwritten());
+        let mut all = std::mem::take(&mut to_client);
+        let mut rounds = 1;
+        while g.own_replies_unwritten() {
+            g.own_replies_written(&mut to_backend, &mut to_client);
+            assert!(to_client.len() <= MAX_OWN_BACKLOG + longest_reply);
+            all.append(&mut to_client);
+            rounds += 1;
+        }
+        assert!(g.wants_client(), "{p:?}");
+        assert!(to_backend.is_empty(), "{p:?}: nothing reaches the backend");
+        let one = all.len() / count;
+        assert_eq!(all.len(), one * count, "{p:?}: one reply per command");
+        assert!(
+            rounds > all.len() / (MAX_OWN_BACKLOG + longest_reply),
+            "{p:?}"
+        );
+        assert_eq!(g.refused_claims(), 0);
+    }
+}
