@@ -2,7 +2,7 @@
 test certificates, the postern process, its admin endpoint and logs, and the clients.
 See tests/e2e/README.md for the map of modules."""
 
-from .certs import CertPair, install_cert, make_self_signed, pem_to_der, served_cert_der
+from .certs import CertPair, TestCa, install_cert, make_ca, make_self_signed, pem_to_der, served_cert_der
 from .clients import MemoryTlsClient, curl, imaps, pop3s, smtps
 from .deflate import Deflated
 from .dovecot import Dovecot, ZlibDovecot, make_message
@@ -32,7 +32,7 @@ from .sockets import Source, connect, local_of, tls_connect
 from .util import LOOPBACK, WaitTimeout, closed_port, free_port, make_test_root, port_answers, remove_tree, tail, wait_for
 
 __all__ = [
-    "CertPair", "install_cert", "make_self_signed", "pem_to_der", "served_cert_der",
+    "CertPair", "TestCa", "install_cert", "make_ca", "make_self_signed", "pem_to_der", "served_cert_der",
     "MemoryTlsClient", "curl", "imaps", "pop3s", "smtps",
     "Deflated", "Dovecot", "ZlibDovecot", "make_message",
     "CloseAfter", "Connection", "ReadAllBackend", "ScriptedBackend", "Silent", "imap_responder", "smtp_responder",

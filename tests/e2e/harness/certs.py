@@ -77,6 +77,48 @@ def make_self_signed(
     return CertPair(cert=cert, key=key, names=tuple(names))
 
 
+@dataclass(frozen=True)
+class TestCa:
+    """A test CA (its certificate is the `tls_ca` bundle) that issues server certificates."""
+
+    cert: Path
+    key: Path
+
+    def issue(self, directory: Path, stem: str, names: tuple[str, ...] = DEFAULT_NAMES, ips: tuple[str, ...] = DEFAULT_IPS, days: int = 30) -> CertPair:
+        """`<stem>.crt` / `<stem>.key` signed by this CA, CN = names[0], SANs = names + ips."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key, csr, ext = (directory / f"{stem}{s}" for s in (".crt", ".key", ".csr", ".ext"))
+        san = ",".join([f"DNS:{n}" for n in names] + [f"IP:{i}" for i in ips])
+        ext.write_text(
+            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        )
+        _openssl(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                  "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}"])
+        _openssl(["x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
+                  "-CAcreateserial", "-out", str(cert), "-days", str(days), "-extfile", str(ext)])
+        key.chmod(0o600)
+        return CertPair(cert=cert, key=key, names=tuple(names))
+
+
+def make_ca(directory: Path, name: str = "postern test CA", stem: str = "ca", days: int = 30) -> TestCa:
+    """A self-signed CA certificate (`<stem>.crt`, CA:TRUE) and its key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+    _openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+              "-keyout", str(key), "-out", str(cert), "-days", str(days), "-subj", f"/CN={name}",
+              "-addext", "basicConstraints=critical,CA:TRUE",
+              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    key.chmod(0o600)
+    return TestCa(cert=cert, key=key)
+
+
+def _openssl(args: list[str]) -> None:
+    res = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed (rc {res.returncode}): {res.stderr}")
+
+
 def served_cert_der(addr: tuple[str, int], server_name: Optional[str] = None, timeout: float = 5.0) -> bytes:
     """The leaf certificate (DER) a full handshake with addr gets (no verification, no resumption)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
