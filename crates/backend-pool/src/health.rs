@@ -159,6 +159,7 @@ pub(crate) async fn health_loop(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = server.retired.cancelled() => return,
             _ = tick.tick() => {}
         }
         let Some(pool) = pool.upgrade() else { return };
@@ -170,10 +171,11 @@ pub(crate) async fn health_loop(
             client: None,
             label: &server.label,
             tls: pool.tls.as_ref(),
-            host: crate::tls::host_of(&server.addr),
+            host: server.host.as_deref(),
         };
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = server.retired.cancelled() => return,
             r = dial::dial(&server.addr, hs, pool.health.timeout) => r,
         };
         match result {
@@ -187,6 +189,7 @@ pub(crate) async fn health_loop(
                 if pool.learn_caps {
                     let learned = tokio::select! {
                         () = shutdown.cancelled() => return,
+                        () = server.retired.cancelled() => return,
                         r = tokio::time::timeout(pool.health.timeout, crate::caps::learn(&mut stream, pool.protocol, &greeting)) => r,
                     };
                     match learned {

@@ -32,6 +32,10 @@
 //!   (rustls); STARTTLS follows rules B1–B4 (docs/starttls.md). A server that fails
 //!   verification or the upgrade is a failed connect like any other.
 //!
+//! - DNS-discovered pools (`resolve_interval`, `discover.rs`): each address a host name in
+//!   `servers` resolves to is a server of its own; an address that disappears takes no new
+//!   sessions and its open ones run on; a failed resolution keeps the last good set.
+//!
 //! Must not depend on: the session or listener crates. It never sees client bytes: what
 //! the client sends after [`Pool::connect`] returns is the session's business.
 //!
@@ -45,6 +49,7 @@
 mod balance;
 mod caps;
 mod dial;
+mod discover;
 mod error;
 mod exec;
 mod health;

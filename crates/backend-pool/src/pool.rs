@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance;
 use crate::dial::{self, Handshake};
+use crate::discover::{resolve_loop, ServerList};
 use crate::error::{BuildError, PoolError, ServerError};
 use crate::exec::ExecTarget;
 use crate::health::{health_loop, Source};
 use crate::server::{Server, ServerSlot};
 use crate::stream::BackendStream;
-use crate::tls::{host_of, TlsClient};
+use crate::tls::TlsClient;
 use crate::warm::{warm_loop, Spare};
 
 mod routed;
@@ -57,11 +58,13 @@ pub struct Pool {
     pub(crate) learn_caps: bool,
     /// `tls`: sessions, probes and spares alike speak TLS to the servers.
     pub(crate) tls: Option<TlsClient>,
+    /// `resolve_interval`: how often host names in `servers` are re-resolved.
+    pub(crate) resolve_interval: Duration,
 }
 
 #[derive(Debug)]
 enum Target {
-    Servers(Vec<Arc<Server>>),
+    Servers(ServerList),
     Exec {
         exec: ExecTarget,
         metrics: ServerMetrics,
@@ -107,17 +110,9 @@ impl Pool {
             _ => None,
         };
         let target = match &config.target {
-            BackendTarget::Servers(addrs) => Target::Servers(
-                addrs
-                    .iter()
-                    .map(|addr| {
-                        Arc::new(Server::new(
-                            addr.clone(),
-                            metrics.server(&config.name, &addr.to_string()),
-                        ))
-                    })
-                    .collect(),
-            ),
+            BackendTarget::Servers(addrs) => {
+                Target::Servers(ServerList::new(&config.name, addrs, metrics))
+            }
             BackendTarget::Exec { argv, max_children } => {
                 let exec = ExecTarget::new(argv.clone(), *max_children);
                 let metrics = metrics.server(&config.name, &exec.label);
@@ -153,6 +148,7 @@ impl Pool {
             checks_running: AtomicBool::new(false),
             learn_caps: matches!(config.route, postern_config::Route::User(_)),
             tls,
+            resolve_interval: config.resolve_interval,
         }))
     }
 
@@ -166,30 +162,50 @@ impl Pool {
     /// health checks (always up). Until this is called, session failures only fail over and
     /// never mark a server down (nothing could bring it back).
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
-        let Target::Servers(servers) = &self.target else {
+        let Target::Servers(list) = &self.target else {
             return;
         };
         self.checks_running.store(true, Ordering::Release);
-        for server in servers {
-            tokio::spawn(health_loop(
+        for server in list.load().iter() {
+            self.spawn_server_tasks(server, &shutdown);
+        }
+        if list.has_names() {
+            tokio::spawn(resolve_loop(Arc::downgrade(self), shutdown));
+        }
+    }
+
+    /// One server's probes (and spare refill), until shutdown or its retirement.
+    pub(crate) fn spawn_server_tasks(
+        self: &Arc<Self>,
+        server: &Arc<Server>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::spawn(health_loop(
+            Arc::downgrade(self),
+            Arc::clone(server),
+            shutdown.clone(),
+        ));
+        if self.warm > 0 {
+            tokio::spawn(warm_loop(
                 Arc::downgrade(self),
                 Arc::clone(server),
                 shutdown.clone(),
             ));
-            if self.warm > 0 {
-                tokio::spawn(warm_loop(
-                    Arc::downgrade(self),
-                    Arc::clone(server),
-                    shutdown.clone(),
-                ));
-            }
+        }
+    }
+
+    /// The server list of a `servers` backend.
+    pub(crate) fn server_list(&self) -> Option<&ServerList> {
+        match &self.target {
+            Target::Servers(list) => Some(list),
+            Target::Exec { .. } => None,
         }
     }
 
     /// True when at least one server is up (for /readyz). Exec backends are always up.
     pub fn any_up(&self) -> bool {
         match &self.target {
-            Target::Servers(servers) => servers.iter().any(|s| s.is_up()),
+            Target::Servers(list) => list.load().iter().any(|s| s.is_up()),
             Target::Exec { .. } => true,
         }
     }
@@ -201,7 +217,7 @@ impl Pool {
     /// once, the whole attempt within 2 × `connect_timeout`. Failures count toward passive health.
     pub async fn connect(&self, client: ClientInfo) -> Result<BackendConn, PoolError> {
         match &self.target {
-            Target::Servers(servers) => self.connect_servers(servers, &client).await,
+            Target::Servers(list) => self.connect_servers(&list.load(), &client).await,
             Target::Exec { exec, metrics } => self.connect_exec(exec, metrics, &client).await,
         }
     }
@@ -320,7 +336,7 @@ impl Pool {
             client: Some(client),
             label: &server.label,
             tls: self.tls.as_ref(),
-            host: host_of(&server.addr),
+            host: server.host.as_deref(),
         };
         match dial::dial(&server.addr, hs, attempt).await {
             Ok(conn) => {

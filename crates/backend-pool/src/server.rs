@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use postern_config::ServerAddr;
 use postern_metrics::ServerMetrics;
+use tokio_util::sync::CancellationToken;
 
 use crate::caps::LearnedCaps;
 use crate::health::Health;
@@ -13,9 +14,19 @@ use crate::warm::WarmQueue;
 
 #[derive(Debug)]
 pub(crate) struct Server {
+    /// Where to connect: the configured address, or one address a configured host name
+    /// resolved to (`crate::discover`).
     pub(crate) addr: ServerAddr,
-    /// Config spelling; the `server` metric label and log field.
+    /// The `servers` entry it comes from (the same as `addr` unless DNS-discovered).
+    pub(crate) origin: ServerAddr,
+    /// The host a certificate is verified against when `tls_name` is not set: the host as
+    /// written in `servers` (for a discovered address, the name, not the address).
+    pub(crate) host: Option<String>,
+    /// `addr` spelled as in the config; the `server` metric label and log field.
     pub(crate) label: String,
+    /// Cancelled when a DNS change takes the server out of its pool: its probes and spares
+    /// stop, its open sessions run on.
+    pub(crate) retired: CancellationToken,
     pub(crate) metrics: ServerMetrics,
     pub(crate) warm: WarmQueue,
     pub(crate) health: Health,
@@ -25,17 +36,31 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(addr: ServerAddr, metrics: ServerMetrics) -> Self {
+    pub(crate) fn new(
+        addr: ServerAddr,
+        origin: ServerAddr,
+        host: Option<String>,
+        metrics: ServerMetrics,
+    ) -> Self {
         let label = addr.to_string();
         Self {
             addr,
+            origin,
+            host,
             label,
+            retired: CancellationToken::new(),
             health: Health::new(metrics.up.clone()),
             metrics,
             warm: WarmQueue::default(),
             caps: LearnedCaps::default(),
             active: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes the server out of service (see `retired`); its spares are closed.
+    pub(crate) fn retire(&self) {
+        self.retired.cancel();
+        self.warm.clear();
     }
 
     pub(crate) fn is_up(&self) -> bool {

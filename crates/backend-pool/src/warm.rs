@@ -90,6 +90,7 @@ pub(crate) async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: C
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = server.retired.cancelled() => break,
             _ = tick.tick() => {}
         }
         let Some(pool) = pool.upgrade() else { break };
@@ -104,10 +105,11 @@ pub(crate) async fn warm_loop(pool: Weak<Pool>, server: Arc<Server>, shutdown: C
                 client: None,
                 label: &server.label,
                 tls: pool.tls.as_ref(),
-                host: crate::tls::host_of(&server.addr),
+                host: server.host.as_deref(),
             };
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = server.retired.cancelled() => break,
                 r = dial::dial(&server.addr, hs, pool.connect_timeout) => r,
             };
             match result {

@@ -193,3 +193,50 @@ async fn host_names_are_resolved_at_connect_time() {
     assert_eq!(conn.server, format!("localhost:{}", s[0].addr.port()));
     assert_eq!(conn.greeting, b"* OK ready\r\n");
 }
+
+#[tokio::test]
+async fn with_background_tasks_each_resolved_address_is_a_server() {
+    let s = servers(1).await;
+    let port = s[0].addr.port();
+    let addr = postern_config::ServerAddr::Tcp {
+        host: "localhost".into(),
+        port,
+    };
+    let mut cfg = backend("dns", vec![addr], Balance::RoundRobin);
+    cfg.resolve_interval = std::time::Duration::from_secs(1);
+    let (pool, metrics) = pool(&cfg, Protocol::Imap);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    pool.spawn_background(shutdown.clone());
+    let want = format!("127.0.0.1:{port}");
+    assert!(
+        postern_testkit::wait_for(std::time::Duration::from_secs(5), || {
+            pool.servers().iter().any(|st| st.label == want)
+        })
+        .await,
+        "{:?}",
+        pool.servers()
+    );
+    let status = pool
+        .servers()
+        .into_iter()
+        .find(|st| st.label == want)
+        .unwrap();
+    assert_eq!(status.addr.to_string(), format!("localhost:{port}"));
+    assert!(pool
+        .servers()
+        .iter()
+        .all(|st| st.label != format!("localhost:{port}")));
+    let conn = pool.connect(client("192.0.2.1:1")).await.unwrap();
+    assert_eq!(conn.server, want);
+    // The name's own series went with the server that stood for it.
+    drop(conn);
+    assert!(
+        postern_testkit::wait_for(std::time::Duration::from_secs(5), || {
+            !metrics
+                .encode()
+                .contains(&format!("server=\"localhost:{port}\""))
+        })
+        .await
+    );
+    shutdown.cancel();
+}

@@ -160,6 +160,21 @@ pub(crate) fn server(f: &Families, backend: &str, server: &str) -> ServerMetrics
     }
 }
 
+pub(crate) fn remove_server(f: &Families, backend: &str, server: &str) {
+    let labels = [backend, server];
+    // An absent series is no error here: it was never touched, or already removed.
+    let _ = f.backend_connect_duration.remove_label_values(&labels);
+    let _ = f.backend_connect_failures.remove_label_values(&labels);
+    let _ = f.backend_up.remove_label_values(&labels);
+    let _ = f.backend_active.remove_label_values(&labels);
+    let _ = f.backend_users.remove_label_values(&labels);
+    for state in SERVER_STATES {
+        let _ = f
+            .backend_state
+            .remove_label_values(&[backend, server, state]);
+    }
+}
+
 pub(crate) fn tls(f: &Families) -> TlsMetrics {
     TlsMetrics {
         expiry: f.cert_expiry.clone(),

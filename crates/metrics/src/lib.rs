@@ -192,6 +192,12 @@ impl Metrics {
         handles::server(&self.f, backend, server)
     }
 
+    /// Removes every series of one backend server (a DNS-discovered address that left its
+    /// pool and has no session left), so that addresses coming and going do not pile up.
+    pub fn remove_server(&self, backend: &str, server: &str) {
+        handles::remove_server(&self.f, backend, server);
+    }
+
     /// Certificate expiry and reload metrics.
     pub fn tls(&self) -> TlsMetrics {
         handles::tls(&self.f)

@@ -19,7 +19,8 @@ pub struct ServerStatus {
     pub host: String,
     /// The port (none for a unix socket).
     pub port: Option<u16>,
-    /// The configured address.
+    /// The `servers` entry it comes from: the address itself, or for an address a host
+    /// name resolved to, that name (`weights` are keyed by it).
     pub addr: ServerAddr,
     /// Passing its health checks.
     pub up: bool,
@@ -32,10 +33,10 @@ pub struct ServerStatus {
 impl Pool {
     /// The pool's servers in config order; empty for an exec backend.
     pub fn servers(&self) -> Vec<ServerStatus> {
-        let Target::Servers(servers) = &self.target else {
+        let Target::Servers(list) = &self.target else {
             return Vec::new();
         };
-        servers
+        list.load()
             .iter()
             .map(|s| {
                 let (host, port) = match &s.addr {
@@ -46,7 +47,7 @@ impl Pool {
                     label: s.label.clone(),
                     host,
                     port,
-                    addr: s.addr.clone(),
+                    addr: s.origin.clone(),
                     up: s.is_up(),
                     transitions: s.health.transitions(),
                     sessions: s.active(),
@@ -67,9 +68,10 @@ impl Pool {
             backend: self.name.clone(),
             server: server.to_owned(),
         };
-        let Target::Servers(servers) = &self.target else {
+        let Target::Servers(list) = &self.target else {
             return Err(gone());
         };
+        let servers = list.load();
         let server = servers
             .iter()
             .find(|s| s.label == server)
@@ -99,10 +101,11 @@ impl Pool {
     /// `route = "user"`: what every server that is up offers before login (the intersection
     /// of their last learned capabilities); None until a probe has learned any.
     pub fn capabilities(&self) -> Option<postern_proto::capabilities::Capabilities> {
-        let Target::Servers(servers) = &self.target else {
+        let Target::Servers(list) = &self.target else {
             return None;
         };
-        let learned: Vec<_> = servers
+        let learned: Vec<_> = list
+            .load()
             .iter()
             .filter(|s| s.is_up())
             .filter_map(|s| s.caps.get())
