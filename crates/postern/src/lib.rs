@@ -189,7 +189,7 @@ impl Gateway {
                 sockets.extend(socks);
             }
             let handler = Arc::new(SessionHandler::new(
-                live.policy(index, &hostname),
+                live.policy(index, &hostname, &director),
                 tls.server_config(l.protocol.alpn()),
                 metrics.listener(&l.name),
                 edge.clone(),
@@ -398,7 +398,7 @@ impl Gateway {
         // Everything is built: from here on nothing fails.
         next.start();
         for (index, handler) in self.handlers.iter().enumerate() {
-            handler.set_policy(next.policy(index, &self.hostname));
+            handler.set_policy(next.policy(index, &self.hostname, &self.director));
         }
         self.ready_pools.store(Arc::new(next.pool_list()));
         let server = &next.config.server;

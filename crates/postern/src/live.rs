@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_backend_pool::{BuildError, Pool};
-use postern_config::{BackendConfig, Config};
+use postern_config::{BackendConfig, Config, Route};
+use postern_director::Director;
 use postern_metrics::Metrics;
-use postern_session::{SessionPolicy, SessionSettings};
+use postern_session::{SessionPolicy, SessionSettings, UserRouting};
 use tokio_util::sync::CancellationToken;
 
 /// TCP keepalive idle time on client sockets: a dead IDLE client is noticed after about
@@ -92,9 +93,15 @@ impl Live {
     }
 
     /// The policy of listener `index` of this configuration.
-    pub(crate) fn policy(&self, index: usize, hostname: &str) -> SessionPolicy {
+    pub(crate) fn policy(
+        &self,
+        index: usize,
+        hostname: &str,
+        director: &Arc<Director>,
+    ) -> SessionPolicy {
         let config = &self.config;
         let l = &config.listeners[index];
+        let backend = &config.backends[l.backend];
         SessionPolicy {
             settings: SessionSettings {
                 listener: l.name.clone(),
@@ -113,6 +120,10 @@ impl Live {
             allow: l.allow.clone(),
             deny: l.deny.clone(),
             limits: Arc::new(config.limits.clone()),
+            route: matches!(backend.route, Route::User(_)).then(|| UserRouting {
+                director: Arc::clone(director),
+                backend: backend.name.clone(),
+            }),
         }
     }
 }

@@ -25,6 +25,10 @@
 //!   backend's replies: refuses client-supplied address claims in any spelling for the whole
 //!   session, and reports each login outcome (the name tried, never a password). Also the
 //!   pure login-name extractor ([`login_guard::login_line`]) for routing by user.
+//! - [`prelogin`]: [`prelogin::Prelogin`], the pre-login dialogue of a `route = "user"`
+//!   session (postern answers it, reads the login name with the guard's parser, and hands
+//!   the client's login bytes over for the user's server); [`prelogin::ReplySwallow`] drops
+//!   the server's answers the client already had from postern.
 //! - [`imap_state`]: [`imap_state::ImapState`], IMAP response boundaries, literals and
 //!   COMPRESS in both directions: where a drain goodbye may be written, if at all.
 //! - [`capfilter`]: [`capfilter::CapabilityFilter`], backend->client bytes after an upgrade:
@@ -71,6 +75,7 @@ pub mod greeting;
 pub mod imap_state;
 pub mod lex;
 pub mod login_guard;
+pub mod prelogin;
 mod protocol;
 pub mod starttls;
 

@@ -49,14 +49,14 @@
 //! `AUTH` and their responses, bounded by [`MAX_SASL_LINE`]: OAuth tokens and Kerberos
 //! tickets run to many kilobytes), literal data, SMTP message text, IMAP after login.
 
-mod claims;
+pub(crate) mod claims;
 mod commands;
 mod framing;
-mod id;
+pub(crate) mod id;
 mod imap_string;
 mod post_login;
 mod replies;
-mod sasl;
+pub(crate) mod sasl;
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -31,6 +31,10 @@ use crate::refusal::{refuse, RefusalLog};
 use crate::relay::{relay, Counters, Filters, Prelogin, RelayEnd, RelayPlan};
 use crate::starttls::{plaintext_phase, PlainEnd};
 
+mod routed;
+
+pub use routed::UserRouting;
+
 /// Everything a listener's sessions need to know about themselves.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
@@ -76,6 +80,9 @@ pub struct SessionPolicy {
     pub deny: NetworkSet,
     /// `[limits]`, process-wide, for the admission checks on the client address.
     pub limits: Arc<LimitsConfig>,
+    /// `route = "user"` backends: the director that places each login; `None`: every
+    /// connection goes to `pool` by its balancing.
+    pub route: Option<UserRouting>,
 }
 
 /// Runs sessions for one listener; plugged into the listener crate's workers.
@@ -326,6 +333,18 @@ impl SessionHandler {
         };
         let tls_facts = TlsFacts::of(&tls);
 
+        if let Some(route) = &policy.route {
+            let ctx = routed::Context {
+                client,
+                goodbye: &goodbye,
+                policy,
+                route,
+                edge: &edge,
+                prelogin_deadline,
+            };
+            return Box::pin(self.routed(tls, tls_facts, ctx)).await;
+        }
+
         let backend = match Box::pin(policy.pool.connect(client)).await {
             Ok(b) => b,
             Err(error) => {
@@ -347,6 +366,7 @@ impl SessionHandler {
             // The client is on TLS already: the backend's STARTTLS advertisements go (T6).
             caps: starttls.then(|| Box::new(CapabilityFilter::new(s.protocol))),
             imap: (s.protocol == Protocol::Imap).then(|| Box::new(ImapState::new())),
+            swallow: None,
         };
         let goodbye_line: &'static [u8] = match s.protocol {
             // POP3 has no unsolicited response: it just closes.
@@ -360,6 +380,7 @@ impl SessionHandler {
             ok: &self.metrics.logins_ok,
             failed: &self.metrics.logins_failed,
             admission: &edge,
+            on_failure: None,
         };
         let prelogin = Prelogin {
             deadline: prelogin_deadline,
@@ -370,6 +391,7 @@ impl SessionHandler {
             greeting,
             // The client already had postern's greeting: the backend's is swallowed.
             swallow_greeting: starttls,
+            replay: b"",
             filters,
             idle_timeout: s.idle_timeout,
             leave: goodbye.requested(),
@@ -379,38 +401,7 @@ impl SessionHandler {
             prelogin: Some(prelogin),
         };
         let relayed = relay(&mut tls, &mut backend_stream, plan).await;
-        let outcome = match relayed.end {
-            RelayEnd::Closed => SessionOutcome::Closed,
-            RelayEnd::IdleTimeout => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                SessionOutcome::IdleTimeout
-            }
-            RelayEnd::Shutdown => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                SessionOutcome::Shutdown
-            }
-            RelayEnd::PreloginTimeout => {
-                debug!("no login within limits.prelogin_timeout");
-                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                SessionOutcome::PreloginTimeout
-            }
-            RelayEnd::ClientError(e) => {
-                debug!(error = %e, "client connection failed");
-                SessionOutcome::ClientError
-            }
-            RelayEnd::BackendError(e) => {
-                warn!(error = %e, backend = server.as_str(), "backend connection failed mid-session");
-                // The response the client was reading was cut: it must not look complete, so
-                // no close_notify, a reset.
-                reset(&tls);
-                SessionOutcome::BackendError
-            }
-            RelayEnd::GuardClosed(why) => {
-                warn!(reason = why.as_str(), "the login guard ended the session");
-                let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
-                SessionOutcome::ProtocolError
-            }
-        };
+        let outcome = finish(&mut tls, relayed.end, &server).await;
         SessionRecord {
             outcome,
             tls: Some(tls_facts),
@@ -442,6 +433,42 @@ impl SessionHandler {
                 debug!("TLS handshake timed out");
                 Err(HandshakeFailure::Timeout)
             }
+        }
+    }
+}
+
+/// Closes the client side the way the relay's end calls for, and names the outcome.
+async fn finish(tls: &mut TlsStream<TcpStream>, end: RelayEnd, server: &str) -> SessionOutcome {
+    match end {
+        RelayEnd::Closed => SessionOutcome::Closed,
+        RelayEnd::IdleTimeout => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+            SessionOutcome::IdleTimeout
+        }
+        RelayEnd::Shutdown => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+            SessionOutcome::Shutdown
+        }
+        RelayEnd::PreloginTimeout => {
+            debug!("no login within limits.prelogin_timeout");
+            let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+            SessionOutcome::PreloginTimeout
+        }
+        RelayEnd::ClientError(e) => {
+            debug!(error = %e, "client connection failed");
+            SessionOutcome::ClientError
+        }
+        RelayEnd::BackendError(e) => {
+            warn!(error = %e, backend = server, "backend connection failed mid-session");
+            // The response the client was reading was cut: it must not look complete, so
+            // no close_notify, a reset.
+            reset(tls);
+            SessionOutcome::BackendError
+        }
+        RelayEnd::GuardClosed(why) => {
+            warn!(reason = why.as_str(), "the login guard ended the session");
+            let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+            SessionOutcome::ProtocolError
         }
     }
 }

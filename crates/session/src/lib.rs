@@ -31,4 +31,4 @@ mod relay;
 mod starttls;
 
 pub use edge::EdgeState;
-pub use handler::{SessionHandler, SessionPolicy, SessionSettings};
+pub use handler::{SessionHandler, SessionPolicy, SessionSettings, UserRouting};

@@ -26,6 +26,8 @@ pub(crate) struct LoginSink<'a> {
     pub(crate) failed: &'a IntCounter,
     /// The session's place in the address table, where failed logins are counted.
     pub(crate) admission: &'a Admission,
+    /// Told of each refused login (a routed session then ends: see `handler::routed`).
+    pub(crate) on_failure: Option<&'a tokio::sync::Notify>,
 }
 
 impl LoginSink<'_> {
@@ -56,6 +58,9 @@ impl LoginSink<'_> {
                     backend = self.backend,
                     "login failed"
                 );
+                if let Some(n) = self.on_failure {
+                    n.notify_one();
+                }
             }
         }
     }

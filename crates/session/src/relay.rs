@@ -138,6 +138,9 @@ pub(crate) struct RelayPlan<'a, L> {
     /// The client already had postern's own greeting (STARTTLS): the backend's is not
     /// written (the filters still see it).
     pub(crate) swallow_greeting: bool,
+    /// `route = "user"`: the client's login bytes postern read before the backend was
+    /// chosen; they go through the filters first, as if just read (empty otherwise).
+    pub(crate) replay: &'a [u8],
     /// The inspections active at the start.
     pub(crate) filters: Filters,
     /// The relay ends after this long without a byte either way.
@@ -181,6 +184,7 @@ where
         greeting,
         greeting_len,
         swallow_greeting,
+        replay,
         mut filters,
         idle_timeout,
         leave,
@@ -203,6 +207,19 @@ where
         &mut down,
         logins,
     );
+    if !replay.is_empty() {
+        let mut out = Vec::new();
+        let mut own = Vec::new();
+        match filters.client(replay, &mut out, &mut own) {
+            Chunk::Unchanged => up.pending.extend_from_slice(replay),
+            Chunk::Rewritten => up.pending.append(&mut out),
+        }
+        if !own.is_empty() {
+            down.pending.extend_from_slice(&own);
+            down.own_pending = true;
+        }
+        up.bytes = replay.len() as u64;
+    }
     // The greeting handed over by the pool is relayed backend data: it counts.
     down.bytes = greeting.len() as u64;
     counters.down.inc_by(down.bytes);

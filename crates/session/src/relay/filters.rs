@@ -5,6 +5,7 @@
 use postern_proto::capfilter::CapabilityFilter;
 use postern_proto::imap_state::{Goodbye, ImapState};
 use postern_proto::login_guard::{LoginGuard, Passed};
+use postern_proto::prelogin::ReplySwallow;
 use postern_proto::Protocol;
 
 use crate::logins::LoginSink;
@@ -19,6 +20,9 @@ pub(crate) struct Filters {
     pub(crate) caps: Option<Box<CapabilityFilter>>,
     /// IMAP sessions: where a drain goodbye may go (response boundaries, literals, COMPRESS).
     pub(crate) imap: Option<Box<ImapState>>,
+    /// `route = "user"`: the server's answers to the replayed login that the client already
+    /// had from postern (after the guard, which must see them); gone once they went by.
+    pub(crate) swallow: Option<Box<ReplySwallow>>,
 }
 
 /// What a filter did with a chunk.
@@ -84,12 +88,22 @@ impl Filters {
             }
         }
         let data: &[u8] = if guard_wrote { &guarded } else { input };
+        let mut kept = Vec::new();
+        let swallowing = self.swallow.is_some();
+        if let Some(s) = self.swallow.as_mut() {
+            s.feed(data, &mut kept);
+            if s.done() {
+                self.swallow = None;
+            }
+        }
+        let data: &[u8] = if swallowing { &kept } else { data };
+        let changed = guard_wrote || swallowing;
         // `out` holds the bytes to write once `rewritten` is set; else `data` goes as it is.
         let mut rewritten = false;
         if let Some(f) = self.caps.as_mut() {
             f.feed(data, out);
             rewritten = true;
-        } else if guard_wrote {
+        } else if changed {
             out.extend_from_slice(data);
             rewritten = true;
         }

@@ -24,6 +24,7 @@ fn no_filters() -> Filters {
         guard: None,
         caps: None,
         imap: None,
+        swallow: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn imap_filters() -> Filters {
         guard: None,
         caps: None,
         imap: Some(Box::new(ImapState::new())),
+        swallow: None,
     }
 }
 
@@ -41,6 +43,7 @@ fn guard_filters(p: Protocol) -> Filters {
         guard: Some(Box::new(LoginGuard::new(p, 4096))),
         caps: None,
         imap: (p == Protocol::Imap).then(|| Box::new(ImapState::new())),
+        swallow: None,
     }
 }
 
@@ -61,6 +64,7 @@ fn plan<'a, L>(
             .position(|&b| b == b'\n')
             .map_or(0, |i| i + 1),
         swallow_greeting: false,
+        replay: b"",
         filters,
         idle_timeout: Duration::from_secs(60),
         leave,
