@@ -340,7 +340,7 @@ def render_kustomization(base: Path) -> list[dict]:
 
     images = {i["name"]: i for i in kust.get("images", [])}
     for obj in objects:
-        if obj["kind"] != "Deployment":
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
             continue
         pod = obj["spec"]["template"]["spec"]
         for vol in pod.get("volumes", []):
@@ -414,6 +414,74 @@ def test_kustomize_base_validates_against_kubernetes_schemas(tmp_path, rendered,
             "ServiceAccount",
         ]
     ), kinds
+
+
+DOVECOT_K8S = K8S / "dovecot"
+
+
+@pytest.fixture(scope="module")
+def dovecot_rendered() -> list[dict]:
+    return render_kustomization(DOVECOT_K8S)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_dovecot_backend_example_validates(tmp_path, dovecot_rendered, version):
+    """deploy/kubernetes/dovecot/: the headless Service + StatefulSet backend pattern."""
+    tool = need_tool(
+        "kubernetes-validate",
+        "pip install -r tests/requirements.txt (PyPI package kubernetes-validate)",
+    )
+    out = tmp_path / "rendered.yaml"
+    out.write_text(yaml.safe_dump_all(dovecot_rendered, sort_keys=False))
+    res = run([tool, "--strict", "-k", version, str(out)])
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, f"kubernetes-validate -k {version}:\n{text}"
+    assert "WARN" not in text and "ERROR" not in text, text
+    assert text.count("passed for resource") == len(dovecot_rendered), text
+    assert sorted(o["kind"] for o in dovecot_rendered) == ["ConfigMap", "Service", "StatefulSet"]
+    for o in dovecot_rendered:
+        assert "namespace" not in o["metadata"], f"{o['kind']}/{o['metadata']['name']}"
+
+
+def test_postern_backends_use_the_headless_service(dovecot_rendered, pod_config):
+    svc = one(dovecot_rendered, "Service", "dovecot")
+    sts = one(dovecot_rendered, "StatefulSet", "dovecot")
+    spec = svc["spec"]
+    assert spec["clusterIP"] == "None", "headless: the name resolves to every pod"
+    assert not spec.get("publishNotReadyAddresses", False), "only ready pods are offered"
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    pod = sts["spec"]["template"]
+    assert spec["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert "readinessProbe" in container, "readiness decides which pods are in DNS"
+    container_ports = {p["name"] for p in container["ports"]}
+    svc_ports = {p["name"]: p["port"] for p in spec["ports"]}
+    assert {p["targetPort"] for p in spec["ports"]} <= container_ports
+    # the generated ConfigMap is the one mounted, and holds the dovecot.conf below
+    cm = one(dovecot_rendered, "ConfigMap")
+    assert [v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v] == [cm["metadata"]["name"]]
+    assert cm["data"]["dovecot.conf"] == (DOVECOT_K8S / "dovecot.conf").read_text()
+
+    # postern.toml: each backend is the Service name (re-resolved) on its protocol's port
+    service_port = {"imap": svc_ports["imap"], "pop3": svc_ports["pop3"], "submission": svc_ports["submission"]}
+    backends = {b["name"]: b for b in pod_config["backend"]}
+    assert set(backends) == set(service_port)
+    for name, b in backends.items():
+        assert b["servers"] == [f"dovecot:{service_port[name]}"], b
+        assert 1 <= seconds(b["resolve_interval"]) <= 30, b
+        # the example Dovecot expects a PROXY header on every listener
+        assert b["forward_client"] == "proxy-v2", b
+    conf = (DOVECOT_K8S / "dovecot.conf").read_text()
+    listeners = re.findall(r"inet_listener (\w+) \{\s*port = (\d+)(\s*haproxy = yes)?", conf)
+    active = {name: bool(proxy) for name, port, proxy in listeners if port != "0"}
+    assert active == {"imap": True, "pop3": True, "submission": True}, active
+    assert re.search(r"^haproxy_trusted_networks = \S+", conf, re.M)
+
+
+def test_dovecot_example_config_parses():
+    tool = need_tool("doveconf", "apt-get install dovecot-core (tests/run installs it)")
+    res = run([tool, "-n", "-c", str(DOVECOT_K8S / "dovecot.conf")])
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_manifests_are_namespace_agnostic(rendered):
@@ -968,6 +1036,9 @@ def test_readme_sections_and_paths():
         "Deploy on Kubernetes",
         "Certificate rotation",
         "Upgrades without dropping clients",
+        "Behind a load balancer (PROXY protocol)",
+        "Remote backends over TLS",
+        "Kubernetes: Dovecot behind a headless Service",
     ):
         assert re.search(rf"^#+ {re.escape(heading)}\s*$", text, re.M), heading
     # Every repository path the README names exists.
