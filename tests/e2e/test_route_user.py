@@ -4,7 +4,9 @@ through either instance and any login spelling (IMAP LOGIN, AUTHENTICATE PLAIN w
 without SASL-IR, POP3 USER and AUTH PLAIN), lands on one Dovecot, as Dovecot's own login log
 shows; a stopped server moves only its users and its restart brings them home; `ctl server
 ... offline` ends its sessions with the goodbye; a wrong password gives the `login failed` line
-naming the server. XOAUTH2 and OAUTHBEARER against scripted servers that accept them."""
+naming the server. XOAUTH2 and OAUTHBEARER against scripted servers that accept them.
+Submission (EHLO replayed before AUTH PLAIN / AUTH LOGIN) and STARTTLS listeners (no second
+greeting after the upgrade) route the same way."""
 
 from __future__ import annotations
 
@@ -247,3 +249,71 @@ def test_xoauth2_and_oauthbearer_route_by_the_token_user(postern_factory, client
     finally:
         for s in made:
             s.stop()
+
+
+def smtp_session(p, ctx, user, how):
+    pw = USERS[user]
+    c = LineClient.tls(p.addr("submission"), ctx, server_hostname="localhost", source="127.0.0.4", read_greeting=True)
+    assert c.greeting.startswith(b"220 ") and b"(postern)" in c.greeting, c.greeting
+    ehlo = c.smtp("EHLO client.test")
+    assert any(b"AUTH PLAIN" in ln for ln in ehlo) and not any(b"STARTTLS" in ln for ln in ehlo), ehlo
+    if how == "plain-ir":
+        reply = c.smtp("AUTH PLAIN " + b64(f"\0{user}\0{pw}".encode()))
+    else:
+        assert c.smtp("AUTH LOGIN")[-1].startswith(b"334 ")
+        assert c.smtp(b64(user.encode()))[-1].startswith(b"334 "), "the server's password prompt"
+        reply = c.smtp(b64(pw.encode()))
+    assert reply[-1].startswith(b"235"), reply
+    assert c.smtp("NOOP")[-1].startswith(b"250")
+    return c
+
+
+def test_submission_routes_by_the_auth_user(postern_factory, dovecots, client_ctx):
+    a, b = start_pair(postern_factory, {"submission": ("smtp", [dv.server("submission") for dv in dovecots])})
+    for p in (a, b):
+        for user in USERS:
+            for how in ("plain-ir", "login"):
+                c = smtp_session(p, client_ctx, user, how)
+                c.smtp("QUIT")
+                c.close()
+
+    def all_logged():
+        seen = logins_by_dovecot(dovecots)
+        return seen if all(sum(seen[u].values()) == 4 for u in USERS) else None
+    seen = wait_for(all_logged, 15, "every submission login in Dovecot's logs")
+    for user in USERS:
+        assert len(seen[user]) == 1, f"{user} reached both Dovecots: {dict(seen[user])}"
+    assert {next(iter(seen[u])) for u in USERS} == {0, 1}
+
+
+def test_starttls_listeners_route_after_the_upgrade(postern_factory, dovecots, client_ctx):
+    cfg = route_user_config(postern_factory.config(), {"imap": ("imap", [dv.server("imap") for dv in dovecots]),
+                                                       "submission": ("smtp", [dv.server("submission") for dv in dovecots])},
+                            tls="starttls")
+    p = postern_factory.start(cfg)
+    wait_for(lambda: all(s["up"] for s in ctl_json(p, "servers")["data"]["servers"]), 15, "servers up")
+    user = "user07"
+    home = next(i for i, dv in enumerate(dovecots) if dv.server("imap") == placed(p, "imap", user))
+
+    c = LineClient.connect(p.addr("imap"), source="127.0.0.5", read_greeting=True)
+    assert b"STARTTLS" in c.greeting
+    c.send(b"s STARTTLS\r\n")
+    assert c.tagged("s")[-1].startswith(b"s OK")
+    c.start_tls(client_ctx)
+    caps = c.imap("c", "CAPABILITY")
+    assert b"AUTH=PLAIN" in caps[0] and b"STARTTLS" not in caps[0], caps
+    c.imap("a", f'LOGIN "{user}" "{USERS[user]}"')
+    c.imap("z", "LOGOUT")
+    c.close()
+
+    c = LineClient.connect(p.addr("submission"), source="127.0.0.5", read_greeting=True)
+    c.smtp("EHLO client.test")
+    assert c.smtp("STARTTLS")[-1].startswith(b"220")
+    c.start_tls(client_ctx)
+    c.smtp("EHLO client.test")
+    assert c.smtp("AUTH PLAIN " + b64(f"\0{user}\0{USERS[user]}".encode()))[-1].startswith(b"235")
+    c.smtp("QUIT")
+    c.close()
+    wait_for(lambda: {r["service"] for r in dovecots[home].logins(user)} >= {"imap-login", "submission-login"}, 10,
+             "both logins on the user's Dovecot")
+    assert dovecots[1 - home].logins(user) == []

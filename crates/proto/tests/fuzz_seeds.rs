@@ -24,6 +24,8 @@ mod login_guard;
 mod login_name;
 #[path = "../fuzz/targets/plain_phase.rs"]
 mod plain_phase;
+#[path = "../fuzz/targets/prelogin.rs"]
+mod prelogin;
 
 /// A cargo-fuzz target's name and its body.
 type Target = (&'static str, fn(&[u8]));
@@ -38,6 +40,7 @@ const TARGETS: &[Target] = &[
     ("login_guard", login_guard::fuzz_one),
     ("login_name", login_name::fuzz_one),
     ("plain_phase", plain_phase::fuzz_one),
+    ("prelogin", prelogin::fuzz_one),
 ];
 
 /// Mutated inputs per target: a second or two for all of them in a debug build.

@@ -1,10 +1,13 @@
 //! Property tests: no input panics any state machine, held buffers stay within their bounds,
 //! and how the input is split into reads never changes what comes out.
 
+use postern_proto::capabilities::Capabilities;
 use postern_proto::capfilter::{CapabilityFilter, MAX_FILTER_LINE};
+use postern_proto::login_guard::MAX_SASL_LINE;
 use postern_proto::login_guard::{
     LoginGuard, LoginVerdict, Passed, MAX_ID_COMMAND, MAX_OWN_BACKLOG, MAX_TAG, REPLY_HEAD,
 };
+use postern_proto::prelogin::{PreStep, Prelogin, PreloginLimits, ReplySwallow, MAX_COMMAND};
 use postern_proto::starttls::{PlainLimits, PlainPhase, PlainStep};
 use postern_proto::Protocol;
 use proptest::prelude::*;
@@ -221,6 +224,68 @@ fn filter(p: Protocol, chunks: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// What a pre-login dialogue did with `chunks`: the bytes written, and when it handed a
+/// login over, the user, the swallow count and the replay followed by every chunk not fed
+/// (so the split version compares equal: both are the input from the login on).
+type PreOut = (Vec<u8>, Option<(String, u32, Vec<u8>)>, bool);
+
+fn prelogin(p: Protocol, chunks: &[Vec<u8>]) -> PreOut {
+    let caps = Capabilities::new(
+        [
+            "IMAP4rev1",
+            "SASL-IR",
+            "LITERAL+",
+            "AUTH=PLAIN",
+            "AUTH=LOGIN",
+            "USER",
+            "SASL PLAIN LOGIN",
+            "AUTH PLAIN LOGIN",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let limits = PreloginLimits {
+        max_line_length: MAX_LINE,
+        max_commands: 40,
+    };
+    let mut pre = Prelogin::new(p, "mx.test", Some(&caps), limits);
+    let mut buf = Vec::new();
+    let mut written = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        buf.extend_from_slice(chunk);
+        loop {
+            match pre.step(&mut buf) {
+                PreStep::NeedMore => {
+                    assert!(
+                        buf.len() <= MAX_SASL_LINE.max(MAX_COMMAND),
+                        "NeedMore with {} bytes buffered",
+                        buf.len()
+                    );
+                    assert!(pre.held_len() <= MAX_COMMAND + MAX_LINE);
+                    break;
+                }
+                PreStep::Reply(r) => {
+                    assert!(r.is_empty() || r.ends_with(b"\r\n"));
+                    written.extend_from_slice(&r);
+                }
+                PreStep::Login(login) => {
+                    assert!(buf.is_empty(), "the buffer goes into the replay");
+                    let mut rest = login.replay.as_slice().to_vec();
+                    for c in &chunks[i + 1..] {
+                        rest.extend_from_slice(c);
+                    }
+                    return (written, Some((login.user, login.swallow, rest)), false);
+                }
+                PreStep::Close(r) => {
+                    written.extend_from_slice(&r);
+                    return (written, None, true);
+                }
+            }
+        }
+    }
+    (written, None, false)
+}
+
 proptest! {
     // 1000 cases each by default (about 25 s in a debug build); PROPTEST_CASES overrides.
     #![proptest_config(ProptestConfig {
@@ -233,6 +298,46 @@ proptest! {
         let once = plain(p, std::slice::from_ref(&input));
         let pieces = plain(p, &split(&input, &cuts));
         prop_assert_eq!(once, pieces);
+    }
+
+    #[test]
+    fn prelogin_bounded_split_invariant_and_replays_what_the_client_sent(
+        p in protocol(), input in wire(), cuts in prop::collection::vec(any::<usize>(), 0..20)
+    ) {
+        let once = prelogin(p, std::slice::from_ref(&input));
+        let pieces = prelogin(p, &split(&input, &cuts));
+        if let (_, Some((_, _, replay)), _) = &once {
+            // Byte for byte: what the server gets is the client's own bytes (SMTP: its
+            // EHLO line first, itself an earlier part of the input).
+            if p != Protocol::Smtp {
+                prop_assert!(input.ends_with(replay));
+            }
+        }
+        prop_assert_eq!(once, pieces);
+    }
+
+    #[test]
+    fn prelogin_arbitrary_bytes(p in protocol(), input in prop::collection::vec(any::<u8>(), 0..600)) {
+        let bytewise: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
+        prop_assert_eq!(prelogin(p, std::slice::from_ref(&input)), prelogin(p, &bytewise));
+    }
+
+    #[test]
+    fn swallow_split_invariant(p in protocol(), n in 0u32..4, input in replies(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let run = |chunks: &[Vec<u8>]| {
+            let mut s = ReplySwallow::new(p, n);
+            let mut out = Vec::new();
+            for c in chunks {
+                s.feed(c, &mut out);
+            }
+            (out, s.done())
+        };
+        let (out, done) = run(std::slice::from_ref(&input));
+        prop_assert!(out.len() <= input.len());
+        if n == 0 {
+            prop_assert_eq!(&out, &input);
+        }
+        prop_assert_eq!((out, done), run(&split(&input, &cuts)));
     }
 
     #[test]
