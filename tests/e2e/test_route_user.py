@@ -11,6 +11,7 @@ greeting after the upgrade) route the same way."""
 from __future__ import annotations
 
 import base64
+import time
 from collections import defaultdict
 
 import pytest
@@ -168,9 +169,16 @@ def test_a_stopped_server_moves_only_its_users_and_they_come_home(postern_factor
 
     # Back: the moved users' sessions get the goodbye (spread over drain_spread), nobody else's.
     dovecots[0].start()
+    back = time.monotonic()
+    byes = []
     for u in moved:
         got = open_[u].lines_until(lambda ln: ln.startswith(b"* BYE"))
         assert b"please reconnect" in got[-1], got
+        byes.append(open_[u].lines[-1][0])
+    # Two servers for one user only around the change: the goodbyes come within the health
+    # rise + one reconcile poll, spread over drain_spread (1 s).
+    assert max(byes) - min(byes) <= 2.5, byes
+    assert max(byes) - back <= 6, (back, byes)
     for u in stayed:
         open_[u].imap("n3", "NOOP")
     start = len(dovecots[0].logins())
@@ -317,3 +325,32 @@ def test_starttls_listeners_route_after_the_upgrade(postern_factory, dovecots, c
     wait_for(lambda: {r["service"] for r in dovecots[home].logins(user)} >= {"imap-login", "submission-login"}, 10,
              "both logins on the user's Dovecot")
     assert dovecots[1 - home].logins(user) == []
+
+
+def test_user_map_pins_sessions_and_kick_ends_them(postern_factory, dovecots, client_ctx):
+    users_file = postern_factory.root / f"route-users-{id(dovecots)}"
+    users_file.write_text(f"user05 {HOSTS[1]}\n@pinned.example {HOSTS[1]}\n")
+    cfg = route_user_config(postern_factory.config(), dovecot_backends(dovecots, ("imap",)), user_map=users_file)
+    cfg.data["server"]["drain_spread"] = "1s"
+    p = postern_factory.start(cfg)
+    wait_for(lambda: all(s["up"] for s in ctl_json(p, "servers")["data"]["servers"]), 15, "servers up")
+    c = imap_session(p, client_ctx, "user05", "login")
+    wait_for(lambda: dovecots[1].logins("user05"), 10, "user05 on the pinned Dovecot")
+    assert dovecots[0].logins("user05") == []
+    sessions = ctl_json(p, "user", "user05")["data"]["sessions"]
+    assert [s["server"] for s in sessions] == [dovecots[1].server("imap")], sessions
+
+    # The edit moves the user: the open session gets the goodbye, the next one lands anew.
+    users_file.write_text(f"user05 {HOSTS[0]}\n")
+    got = c.lines_until(lambda ln: ln.startswith(b"* BYE"))
+    assert b"please reconnect" in got[-1], got
+    c.close()
+    c = imap_session(p, client_ctx, "user05", "plain")
+    wait_for(lambda: dovecots[0].logins("user05"), 10, "user05 on the newly pinned Dovecot")
+
+    r = ctl(p, "kick", "user05")
+    assert r.rc == 0 and "1 session(s)" in r.out, r
+    got = c.lines_until(lambda ln: ln.startswith(b"* BYE"))
+    assert b"[UNAVAILABLE]" in got[-1], got
+    c.close()
+    wait_for(lambda: ctl_json(p, "user", "user05")["data"]["sessions"] == [], 10, "the kicked session unregistered")
