@@ -354,3 +354,23 @@ def test_user_map_pins_sessions_and_kick_ends_them(postern_factory, dovecots, cl
     assert b"[UNAVAILABLE]" in got[-1], got
     c.close()
     wait_for(lambda: ctl_json(p, "user", "user05")["data"]["sessions"] == [], 10, "the kicked session unregistered")
+
+
+def test_a_full_server_is_never_swapped_and_the_client_address_is_forwarded(postern_factory, dovecots, client_ctx):
+    cfg = route_user_config(postern_factory.config(), dovecot_backends(dovecots, ("imap",)),
+                            forward_client="protocol", max_connections_per_server=1)
+    p = postern_factory.start(cfg)
+    wait_for(lambda: all(s["up"] for s in ctl_json(p, "servers")["data"]["servers"]), 15, "servers up")
+    user = "user11"
+    home = next(i for i, dv in enumerate(dovecots) if dv.server("imap") == placed(p, "imap", user))
+    first = imap_session(p, client_ctx, user, "login")
+    rec = dovecots[home].wait_login(user)
+    assert rec["rip"] == "127.0.0.2", rec  # the ID exchange before the replayed login
+    # The home is up but full: the session gets the goodbye, never the other server.
+    c = imap(p, client_ctx)
+    c.send(f'a LOGIN "{user}" "{USERS[user]}"\r\n'.encode())
+    assert c.line().startswith(b"* BYE [UNAVAILABLE]")
+    c.close()
+    first.imap("n", "NOOP")
+    first.close()
+    assert dovecots[1 - home].logins(user) == []
