@@ -11,8 +11,12 @@
 //! - Fixed-size state, no allocation: per direction a few words of the line start (tag,
 //!   command or status, argument; at most `WORD_MAX` bytes each) and the last
 //!   `TAIL_MAX` bytes of the current line segment (enough to read `{n}`).
-//! - Line ends are found with `memchr` and literal bytes are skipped without being looked at,
-//!   so the cost per chunk is a few `memchr` calls per line.
+//! - Literal bytes are skipped without being looked at. Between responses the backend's
+//!   whole lines are read with a few `memchr`/`memmem` passes over the buffer (the last
+//!   line end, a `}` before a line end, a `* BYE` line start), nothing per line; the
+//!   per-line path (words of the line's head) runs only for a line that may announce a
+//!   literal, a line split across reads, and while a `COMPRESS` answer or a refused client
+//!   literal is pending.
 //! - Anything this tracker cannot follow (a literal over `LITERAL_MAX` bytes, an
 //!   overflowing length, a second `COMPRESS` while one is pending, a `COMPRESS` tag too long
 //!   to keep) makes the state unknown for good, and an unknown state answers
@@ -86,6 +90,12 @@ impl ImapState {
     pub fn backend(&mut self, input: &[u8]) {
         let mut rest = input;
         while self.mode == Mode::Plain && !rest.is_empty() {
+            if self.backend.at_boundary() && self.lines_are_plain() {
+                rest = &rest[self.plain_lines(rest)..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
             let (used, event) = self.backend.step(rest, Side::Backend);
             rest = &rest[used..];
             match event {
@@ -113,6 +123,45 @@ impl ImapState {
             Mode::Plain => Goodbye::Wait,
             Mode::Compressed | Mode::Unknown => Goodbye::Close,
         }
+    }
+
+    /// True when a backend line that announces no literal can change nothing but
+    /// [`Self::bye`]: no `COMPRESS` answer and no refusal of a client literal is awaited.
+    fn lines_are_plain(&self) -> bool {
+        self.compress_tag.is_none() && !self.client.awaits_go_ahead()
+    }
+
+    /// The fast path over whole backend lines, at a response boundary while
+    /// [`Self::lines_are_plain`]: a few `memchr`/`memmem` passes over the whole buffer,
+    /// nothing per line. Only two things in such lines matter: a `}` right before a line end
+    /// (a literal may follow) and a `* BYE` line start. Returns the bytes used: up to the
+    /// first line that may announce a literal, or to the start of an unterminated last
+    /// line; the per-line path reads from there. What it passes over leaves the state
+    /// exactly as [`Stream::step`] would: at a boundary, `bye` set if a line said it.
+    fn plain_lines(&mut self, input: &[u8]) -> usize {
+        let Some(last) = memchr::memrchr(b'\n', input) else {
+            return 0;
+        };
+        let whole = &input[..=last];
+        // The first `}` that ends a line's content (one CR trimmed, as `Tail::literal` reads
+        // it): its line goes to the per-line path.
+        let used = memchr::memchr_iter(b'}', whole)
+            .find(|&i| matches!(&whole[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+            .map_or(whole.len(), |i| {
+                memchr::memrchr(b'\n', &whole[..i]).map_or(0, |j| j + 1)
+            });
+        if !self.bye {
+            let lines = &whole[..used];
+            let line_at = |start: usize| {
+                let rest = &lines[start..];
+                &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())]
+            };
+            self.bye = (!lines.is_empty() && says_bye(line_at(0)))
+                || [&b"\n* B"[..], b"\n* b"].iter().any(|needle| {
+                    memchr::memmem::find_iter(lines, needle).any(|i| says_bye(line_at(i + 1)))
+                });
+        }
+        used
     }
 
     fn client_line(&mut self) {
@@ -153,6 +202,19 @@ impl ImapState {
             self.compress_tag = None;
         }
     }
+}
+
+/// Whether a whole line (its LF excluded) is `* BYE`, read as [`Head`] reads words: the
+/// second word, up to a SP or the line end, one trailing CR trimmed, in any case.
+fn says_bye(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(b"* ") else {
+        return false;
+    };
+    let Some((word, after)) = rest.split_at_checked(3) else {
+        return false;
+    };
+    word.eq_ignore_ascii_case(b"BYE")
+        && matches!(after, [] | [b' ', ..] | [b'\r'] | [b'\r', b' ', ..])
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -97,6 +97,53 @@ fn replies() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(token, 0..20).prop_map(|t| t.concat())
 }
 
+/// IMAP backend bytes rich in whole untagged lines (what the guard's fast path passes over)
+/// mixed with every line it must not pass over: statuses, BYE, CAPABILITY, tagged replies,
+/// continuations, literals, status text ending in braces, lines over 1 KiB.
+fn imap_lines() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"* 1 FETCH (UID 4711 FLAGS (\\Seen))\r\n".to_vec()),
+        Just(b"* 1 FETCH (UID 4711 FLAGS (\\Seen))\r\n".to_vec()),
+        Just(b"* 3 EXISTS\r\n".to_vec()),
+        Just(b"* FLAGS (\\Seen)\r\n".to_vec()),
+        Just(b"* SEARCH 1 2 3\n".to_vec()),
+        Just(b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n".to_vec()),
+        Just(b"* LIST () \"/\" {5}\r\nINBOX\r\n".to_vec()),
+        Just(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] {5}\r\n".to_vec()),
+        Just(b"* cApAbIlItY IMAP4rev1\r\n".to_vec()),
+        Just(b"* CAPABILITY IMAP4rev1 LITERAL+\r\n".to_vec()),
+        Just(b"* bye going\r\n".to_vec()),
+        Just(b"* BYE\r\n".to_vec()),
+        Just(b"* NO x\r\n".to_vec()),
+        Just(b"* PREAUTH\r\n".to_vec()),
+        Just(b"a OK done\r\n".to_vec()),
+        Just(b"b NO {5}\r\n".to_vec()),
+        Just(b"+ go\r\n".to_vec()),
+        Just(b"*\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"}".to_vec()),
+        Just(b"*".to_vec()),
+        Just(b" ".to_vec()),
+        prop::collection::vec(Just(b'x'), 1000..1100),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ];
+    prop::collection::vec(token, 0..40).prop_map(|t| t.concat())
+}
+
+/// Client commands for the IMAP session of [`imap_lines`].
+fn imap_commands() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"a LOGIN u p\r\n".to_vec()),
+        Just(b"b NOOP\r\n".to_vec()),
+        Just(b"c LOGIN {1}\r\n".to_vec()),
+        Just(b"u p\r\n".to_vec()),
+        Just(b"d ID (\"x-originating-ip\" \"1\")\r\n".to_vec()),
+        Just(b"e CAPABILITY\r\n".to_vec()),
+        Just(b"f LOGIN {1+}\r\nu p\r\n".to_vec()),
+    ];
+    prop::collection::vec(token, 0..4).prop_map(|t| t.concat())
+}
+
 /// A session: client (true) and backend (false) reads in the order they arrive.
 fn session() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
     let step = prop_oneof![
@@ -352,6 +399,20 @@ proptest! {
         let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
         let pieces: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, split(b, &cuts))).collect();
         prop_assert_eq!(guard_session(p, &whole), guard_session(p, &pieces));
+    }
+
+    #[test]
+    fn guard_imap_lines_whole_or_bytewise(
+        steps in prop::collection::vec(prop_oneof![
+            imap_commands().prop_map(|b| (true, b)),
+            imap_lines().prop_map(|b| (false, b)),
+        ], 0..8)) {
+        // Whole reads take the fast path over untagged lines; single bytes never can.
+        let mut steps = steps;
+        steps.insert(0, (false, b"* OK ready\r\n".to_vec()));
+        let whole: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, vec![b.clone()])).collect();
+        let bytewise: Vec<(bool, Vec<Vec<u8>>)> = steps.iter().map(|(c, b)| (*c, b.iter().map(|x| vec![*x]).collect())).collect();
+        prop_assert_eq!(guard_session(Protocol::Imap, &whole), guard_session(Protocol::Imap, &bytewise));
     }
 
     #[test]

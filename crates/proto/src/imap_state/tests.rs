@@ -430,6 +430,51 @@ proptest! {
     }
 
     #[test]
+    fn whole_lines_and_single_bytes_agree(
+        chunks in prop::collection::vec(
+            (any::<bool>(), prop::collection::vec(
+                prop_oneof![
+                    Just(b"* 1 FETCH (UID 4711)\r\n".to_vec()),
+                    Just(b"* 1 FETCH (UID 4711)\r\n".to_vec()),
+                    Just(b"* BYE\r\n".to_vec()),
+                    Just(b"* bYe later\r\n".to_vec()),
+                    Just(b"* BYE\r".to_vec()),
+                    Just(b"* BYEx\r\n".to_vec()),
+                    Just(b"*  BYE\r\n".to_vec()),
+                    Just(b"* 1 FETCH (BODY[] {3}\r\nab\n)\r\n".to_vec()),
+                    Just(b"* OK [x] {4}\r\n".to_vec()),
+                    Just(b"z1 COMPRESS DEFLATE\r\n".to_vec()),
+                    Just(b"z1 OK\r\n".to_vec()),
+                    Just(b"z1 NO\r\n".to_vec()),
+                    Just(b"c APPEND x {3}\r\n".to_vec()),
+                    Just(b"c NO\r\n".to_vec()),
+                    Just(b"}".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just(b"\n".to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..6),
+                ],
+                0..24,
+            ).prop_map(|t| t.concat())),
+            0..12,
+        )
+    ) {
+        // Whole chunks take the fast path over complete lines; single bytes never can.
+        let (mut whole, mut bytes) = (ImapState::new(), ImapState::new());
+        for (c, b) in &chunks {
+            if *c {
+                whole.client(b);
+                b.iter().for_each(|x| bytes.client(std::slice::from_ref(x)));
+            } else {
+                whole.backend(b);
+                b.iter().for_each(|x| bytes.backend(std::slice::from_ref(x)));
+            }
+            prop_assert_eq!(whole.goodbye(), bytes.goodbye());
+            prop_assert_eq!(whole.backend_said_bye(), bytes.backend_said_bye());
+            prop_assert_eq!(whole.compressed(), bytes.compressed());
+        }
+    }
+
+    #[test]
     fn literal_bytes_never_yield_now(body in prop::collection::vec(any::<u8>(), 0..200)) {
         let mut st = ImapState::new();
         st.backend(format!("* 1 FETCH (BODY[] {{{}}}\r\n", body.len()).as_bytes());

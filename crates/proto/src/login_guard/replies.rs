@@ -56,6 +56,14 @@ impl Tracker {
                 input = &input[k..];
                 continue;
             }
+            if self.plain_lines_pass(core) {
+                let used = plain_data_lines(input);
+                io.to_client.extend_from_slice(&input[..used]);
+                input = &input[used..];
+                if input.is_empty() {
+                    break;
+                }
+            }
             // Inside a POP3 multi-line body only `.` matters: keep three bytes of each line.
             let head_max = if self.reply.multi { 3 } else { REPLY_HEAD };
             let end = memchr::memchr(b'\n', input).map_or(input.len(), |i| i + 1);
@@ -72,6 +80,18 @@ impl Tracker {
             }
         }
         false
+    }
+
+    /// True when an IMAP untagged data line that announces no literal changes nothing here:
+    /// between responses after the greeting, no reply of postern's waiting for a boundary,
+    /// and no client bytes that a line end would let go on (parked ones stay blocked).
+    /// Such lines are passed over by [`plain_data_lines`] without the per-line reading.
+    fn plain_lines_pass(&self, core: &Core) -> bool {
+        self.protocol == Protocol::Imap
+            && self.reply.greeted
+            && self.reply.at_boundary()
+            && core.waiting.is_empty()
+            && (self.parked.is_empty() || self.blocked(core))
     }
 
     /// IMAP, logged in, nothing half-read on either side, none of postern's replies waiting.
@@ -366,4 +386,38 @@ fn verdict(core: &mut Core, ok: bool, user: Option<String>) {
     } else {
         core.verdicts.push_back(LoginVerdict::Failed { user });
     }
+}
+
+/// The length of the run of whole IMAP untagged data lines at the start of `input` (one
+/// `memchr` pass for the line ends): lines `* <word> ...` whose second word is no status or
+/// `CAPABILITY` (what [`Tracker::imap_line`] reads), that end in no `}` (no literal) and fit
+/// [`REPLY_HEAD`]. Every other line, and an unterminated last one, is left to the per-line
+/// path.
+fn plain_data_lines(input: &[u8]) -> usize {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', input) {
+        let line = &input[start..=end];
+        if line.len() > REPLY_HEAD || !is_plain_data_line(strip_eol(line)) {
+            break;
+        }
+        start = end + 1;
+    }
+    start
+}
+
+fn is_plain_data_line(content: &[u8]) -> bool {
+    let Some(rest) = content.strip_prefix(b"* ") else {
+        return false;
+    };
+    if content.last() == Some(&b'}') {
+        return false;
+    }
+    // `* 1 FETCH`, `* 3 EXISTS`: a number is no keyword.
+    if rest.first().is_some_and(u8::is_ascii_digit) {
+        return true;
+    }
+    let (second, _) = split_word(rest);
+    ![&b"OK"[..], b"NO", b"BAD", b"BYE", b"PREAUTH", b"CAPABILITY"]
+        .iter()
+        .any(|k| second.eq_ignore_ascii_case(k))
 }

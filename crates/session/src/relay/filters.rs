@@ -75,11 +75,16 @@ impl Filters {
         if let Some(state) = self.imap.as_mut() {
             state.backend(input);
         }
+        // `out` (empty on entry) holds the bytes to write once `rewritten` is set; else
+        // `input` goes as it is. With no other filter on the way the guard writes straight
+        // into `out` (one copy less).
+        let direct = self.caps.is_none() && self.swallow.is_none();
         let mut guarded = Vec::new();
         let mut guard_wrote = false;
         if let Some(g) = self.guard.as_mut() {
             if g.reads_backend() {
-                guard_wrote = g.backend(input, &mut guarded, to_backend) == Passed::Written;
+                let to_client = if direct { &mut *out } else { &mut guarded };
+                guard_wrote = g.backend(input, to_client, to_backend) == Passed::Written;
                 while let Some(v) = g.next_verdict() {
                     if let Some(sink) = logins {
                         sink.record(&v);
@@ -87,24 +92,24 @@ impl Filters {
                 }
             }
         }
-        let data: &[u8] = if guard_wrote { &guarded } else { input };
-        let mut kept = Vec::new();
-        let swallowing = self.swallow.is_some();
-        if let Some(s) = self.swallow.as_mut() {
-            s.feed(data, &mut kept);
-            if s.done() {
-                self.swallow = None;
+        let mut rewritten = direct && guard_wrote;
+        if !direct {
+            let data: &[u8] = if guard_wrote { &guarded } else { input };
+            let mut kept = Vec::new();
+            let swallowing = self.swallow.is_some();
+            if let Some(s) = self.swallow.as_mut() {
+                s.feed(data, &mut kept);
+                if s.done() {
+                    self.swallow = None;
+                }
             }
-        }
-        let data: &[u8] = if swallowing { &kept } else { data };
-        let changed = guard_wrote || swallowing;
-        // `out` holds the bytes to write once `rewritten` is set; else `data` goes as it is.
-        let mut rewritten = false;
-        if let Some(f) = self.caps.as_mut() {
-            f.feed(data, out);
-            rewritten = true;
-        } else if changed {
-            out.extend_from_slice(data);
+            let data: &[u8] = if swallowing { &kept } else { data };
+            if let Some(f) = self.caps.as_mut() {
+                f.feed(data, out);
+            } else {
+                // Swallowing: what is kept of the chunk goes on.
+                out.extend_from_slice(data);
+            }
             rewritten = true;
         }
         if let Some(g) = self.guard.as_mut() {
@@ -123,7 +128,7 @@ impl Filters {
         self.replies_at_boundary(&mut replies);
         if !replies.is_empty() {
             if !rewritten {
-                out.extend_from_slice(data);
+                out.extend_from_slice(input);
                 rewritten = true;
             }
             out.extend_from_slice(&replies);
