@@ -372,7 +372,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--postern", default=str(DEFAULT_POSTERN), help="postern binary (release build)")
     ap.add_argument("--proxies", default="postern,haproxy,hitch,stunnel",
-                    help="comma list of postern, postern-w2, haproxy, haproxy-t2, hitch, hitch-w2, stunnel")
+                    help="comma list of postern, postern-w2, haproxy, haproxy-t2, hitch, hitch-w2, stunnel; "
+                         "a postern name with -limits (postern-w2-limits) sends every connection "
+                         "through the address table (limits.exempt = [])")
     ap.add_argument("--sessions", type=int, default=3000, help="idle sessions held per proxy")
     ap.add_argument("--holders", type=int, default=2, help="client processes holding the idle sessions")
     ap.add_argument("--handshakes", type=int, default=2000, help="full (and resumed) handshakes per proxy per repetition")
@@ -426,8 +428,10 @@ def main() -> int:
     proxies: list[Proxy] = []
     for name in names:
         if name.startswith("postern"):
-            threads = int(name[len("postern-w"):]) if name.startswith("postern-w") else 1
-            proxies.append(Postern(work, backend_port, threads, args.postern, certs))
+            base = name.removesuffix("-limits")
+            threads = int(base[len("postern-w"):]) if base.startswith("postern-w") else 1
+            proxies.append(Postern(work, backend_port, threads, args.postern, certs,
+                                   limits=name.endswith("-limits")))
         elif name.startswith("haproxy"):
             threads = int(name[len("haproxy-t"):]) if name.startswith("haproxy-t") else 1
             proxies.append(Haproxy(work, backend_port, threads, certs))

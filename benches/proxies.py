@@ -140,9 +140,19 @@ class Proxy:
 
 
 class Postern(Proxy):
-    def __init__(self, workdir: Path, backend_port: int, threads: int, binary: str, certs: Path):
-        self.name = "postern" if threads == 1 else f"postern-w{threads}"
+    def __init__(self, workdir: Path, backend_port: int, threads: int, binary: str, certs: Path,
+                 limits: bool = False):
+        self.name = ("postern" if threads == 1 else f"postern-w{threads}") + ("-limits" if limits else "")
         super().__init__(workdir, backend_port, threads)
+        # `-limits`: every connection goes through the process-wide address table (the
+        # default `exempt` covers loopback, so the plain variant never touches it); limits
+        # high enough that nothing is refused, so only the table's cost differs.
+        limits_cfg = """
+[limits]
+exempt = []
+per_ip_connections = 1000000
+per_ip_rate = 100000
+""" if limits else ""
         self.binary = binary
         cfg = f"""
 [server]
@@ -153,6 +163,7 @@ state_dir = "{self.dir / 'state'}"
 listen = "127.0.0.1:0"
 [log]
 level = "warn"
+{limits_cfg}
 [tls]
 min_version = "1.3"
 watch = false
