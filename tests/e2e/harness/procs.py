@@ -1,5 +1,5 @@
 """Processes seen through /proc: postern's children (exec backends, zombies), the ids and
-capabilities of every thread (privilege drop), open descriptors."""
+capabilities of every thread (privilege drop), open descriptors, CPU time."""
 
 from __future__ import annotations
 
@@ -66,3 +66,24 @@ def proc_ids(pid: int) -> dict[str, dict[str, list[int]]]:
                 fields[key] = [int(value.strip(), 16)]
         out[task.name] = fields
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process `pid` has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # the fields after the command name, which may hold spaces and parentheses
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` have spent runnable but waiting for a CPU so far
+    (schedstat's second field, summed over the threads alive now): on a shared machine, how
+    much of a latency is other processes' doing."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9

@@ -52,6 +52,23 @@ def connect(
         raise
 
 
+def connect_nonblocking(addr: tuple[str, int], source: Source = None) -> socket.socket:
+    """A non-blocking TCP socket bound to `source` whose connect to addr is under way (the
+    flood generator waits for it with `selectors`)."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        src = source_address(source)
+        if src is not None:
+            sock.bind(src)
+        sock.setblocking(False)
+        sock.connect_ex(addr)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def tls_connect(
     addr: tuple[str, int],
     ctx: ssl.SSLContext,
