@@ -60,6 +60,8 @@ pub struct Pool {
     pub(crate) tls: Option<TlsClient>,
     /// `resolve_interval`: how often host names in `servers` are re-resolved.
     pub(crate) resolve_interval: Duration,
+    /// The runtimes that keep warm spares (set by `spawn_background_on`).
+    spare_runtimes: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 #[derive(Debug)]
@@ -149,6 +151,7 @@ impl Pool {
             learn_caps: matches!(config.route, postern_config::Route::User(_)),
             tls,
             resolve_interval: config.resolve_interval,
+            spare_runtimes: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -160,11 +163,28 @@ impl Pool {
     /// Starts active health checks (and warm-connection refill, if configured) as tasks on the current
     /// tokio runtime until `shutdown` is cancelled or the pool is dropped. Exec backends have no
     /// health checks (always up). Until this is called, session failures only fail over and
-    /// never mark a server down (nothing could bring it back).
+    /// never mark a server down (nothing could bring it back). Spares are kept for sessions
+    /// on this runtime: see [`Pool::spawn_background_on`].
     pub fn spawn_background(self: &Arc<Self>, shutdown: CancellationToken) {
+        self.spawn_background_on(shutdown, &[tokio::runtime::Handle::current()]);
+    }
+
+    /// [`Pool::spawn_background`], with the warm spares of each server kept on each of
+    /// `workers` (the runtimes whose sessions take them; each keeps `ceil(warm / workers)`):
+    /// a spare is connected by, and only handed to, the runtime that drives it. Health
+    /// checks and DNS re-resolution run on the current runtime.
+    pub fn spawn_background_on(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+        workers: &[tokio::runtime::Handle],
+    ) {
         let Target::Servers(list) = &self.target else {
             return;
         };
+        *self
+            .spare_runtimes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = workers.to_vec();
         self.checks_running.store(true, Ordering::Release);
         for server in list.load().iter() {
             self.spawn_server_tasks(server, &shutdown);
@@ -174,7 +194,8 @@ impl Pool {
         }
     }
 
-    /// One server's probes (and spare refill), until shutdown or its retirement.
+    /// One server's probes (on the current runtime) and spare refills (one per worker
+    /// runtime), until shutdown or its retirement.
     pub(crate) fn spawn_server_tasks(
         self: &Arc<Self>,
         server: &Arc<Server>,
@@ -185,11 +206,21 @@ impl Pool {
             Arc::clone(server),
             shutdown.clone(),
         ));
-        if self.warm > 0 {
-            tokio::spawn(warm_loop(
+        if self.warm == 0 {
+            return;
+        }
+        let workers = self
+            .spare_runtimes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let keep = self.warm.div_ceil(workers.len().max(1));
+        for worker in &workers {
+            worker.spawn(warm_loop(
                 Arc::downgrade(self),
                 Arc::clone(server),
                 shutdown.clone(),
+                keep,
             ));
         }
     }

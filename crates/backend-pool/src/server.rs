@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::caps::LearnedCaps;
 use crate::health::Health;
-use crate::warm::WarmQueue;
+use crate::warm::Spares;
 
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -28,7 +28,7 @@ pub(crate) struct Server {
     /// stop, its open sessions run on.
     pub(crate) retired: CancellationToken,
     pub(crate) metrics: ServerMetrics,
-    pub(crate) warm: WarmQueue,
+    pub(crate) warm: Spares,
     pub(crate) health: Health,
     /// `route = "user"`: what the server offers before login, from its health probes.
     pub(crate) caps: LearnedCaps,
@@ -51,7 +51,7 @@ impl Server {
             retired: CancellationToken::new(),
             health: Health::new(metrics.up.clone()),
             metrics,
-            warm: WarmQueue::default(),
+            warm: Spares::default(),
             caps: LearnedCaps::default(),
             active: AtomicUsize::new(0),
         }

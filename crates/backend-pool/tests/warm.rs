@@ -74,6 +74,71 @@ async fn warm_is_ignored_when_the_client_address_must_be_forwarded() {
     );
 }
 
+/// Which connection (in accept order) carried `line`, and how many there were before.
+fn connection_of(server: &FakeServer, line: &str) -> Option<usize> {
+    server
+        .seen
+        .lock()
+        .unwrap()
+        .lines
+        .iter()
+        .position(|l| l.iter().any(|x| x == line))
+}
+
+/// The spares are connected on the worker runtime they are kept for, and only its sessions
+/// get them: a session on another runtime dials afresh.
+#[tokio::test]
+async fn spares_belong_to_the_worker_that_keeps_them() {
+    let server = FakeServer::spawn(Behavior::greeting("* OK warm\r\n")).await;
+    let mut cfg = backend("perworker", vec![server.server_addr()], Balance::RoundRobin);
+    cfg.warm = 1;
+    cfg.health = health(60_000);
+    let (pool, _metrics) = pool(&cfg, Protocol::Imap);
+
+    // A worker: a current-thread runtime on a thread of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = runtime.handle().clone();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || runtime.block_on(stopped.cancelled()));
+
+    let shutdown = CancellationToken::new();
+    pool.spawn_background_on(shutdown.clone(), std::slice::from_ref(&worker));
+    let greeted = || server.seen.lock().unwrap().lines.len();
+    // The probe plus the worker's one spare.
+    assert!(wait_for(Duration::from_secs(2), || greeted() >= 2).await);
+
+    // Here (not the worker): no spare, a fresh connection.
+    let before = greeted();
+    let mut conn = pool.connect(client("192.0.2.1:1")).await.unwrap();
+    conn.stream.write_all(b"here NOOP\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    read_until_contains(&mut conn.stream, &mut buf, b"echo here NOOP").await;
+    assert!(connection_of(&server, "here NOOP").is_some_and(|i| i >= before));
+    drop(conn);
+
+    // On the worker: the spare it connected.
+    let before = greeted();
+    let p = std::sync::Arc::clone(&pool);
+    let on_worker = worker.spawn(async move {
+        let mut conn = p.connect(client("192.0.2.1:2")).await.unwrap();
+        conn.stream.write_all(b"there NOOP\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        read_until_contains(&mut conn.stream, &mut buf, b"echo there NOOP").await;
+    });
+    on_worker.await.unwrap();
+    assert!(
+        connection_of(&server, "there NOOP").is_some_and(|i| i < before),
+        "the worker's session used its spare"
+    );
+    shutdown.cancel();
+    stop.cancel();
+    thread.join().unwrap();
+}
+
 /// Time from `connect()` to greeting, cold vs warm, against a local synthetic server.
 /// Run: `cargo test -p postern-backend-pool --test warm -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,8 @@ impl std::fmt::Debug for WorkerListener {
 #[derive(Debug)]
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each worker's runtime, for work that must run where the sessions run (warm spares).
+    runtimes: Vec<tokio::runtime::Handle>,
     shared: Arc<Shared>,
     stop_accepting: CancellationToken,
     hard_stop: CancellationToken,
@@ -129,10 +131,12 @@ impl Workers {
         }
 
         let mut threads = Vec::with_capacity(count);
+        let mut runtimes = Vec::with_capacity(count);
         for (index, sockets) in per_worker.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            runtimes.push(runtime.handle().clone());
             let ctx = WorkerCtx {
                 shared: Arc::clone(&shared),
                 stop_accepting: stop_accepting.clone(),
@@ -146,11 +150,18 @@ impl Workers {
         }
         Ok(Workers {
             threads,
+            runtimes,
             shared,
             stop_accepting,
             hard_stop,
             drain,
         })
+    }
+
+    /// Each worker's runtime. A task spawned on one runs on that worker's thread, between
+    /// its sessions' tasks, and every socket it opens is driven by that worker's reactor.
+    pub fn runtimes(&self) -> &[tokio::runtime::Handle] {
+        &self.runtimes
     }
 
     /// Sessions open right now, across all workers.

@@ -247,7 +247,6 @@ impl Gateway {
             }
         };
         let draining = Arc::new(AtomicBool::new(false));
-        live.start();
         tokio::spawn(Arc::clone(&director).run(control.child_token()));
         if let Some(socket) = control_socket {
             info!(path = %socket.path().display(), "control socket listening");
@@ -285,6 +284,8 @@ impl Gateway {
 
         let workers = Workers::spawn(workers, worker_listeners, config.server.max_connections)
             .map_err(StartError::Runtime)?;
+        // After the workers exist: their runtimes keep the warm spares their sessions take.
+        live.start(workers.runtimes());
         for (name, addr) in &bound {
             info!(listener = %name, addr = %addr, "listening");
         }
@@ -396,7 +397,7 @@ impl Gateway {
             .update(&next.config, &next.pool_list())
             .map_err(ReloadError::Director)?;
         // Everything is built: from here on nothing fails.
-        next.start();
+        next.start(self.workers.runtimes());
         for (index, handler) in self.handlers.iter().enumerate() {
             handler.set_policy(next.policy(index, &self.hostname, &self.director));
         }

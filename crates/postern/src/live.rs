@@ -70,10 +70,13 @@ impl Live {
         })
     }
 
-    /// Starts the background tasks of every pool that is new.
-    pub(crate) fn start(&self) {
+    /// Starts the background tasks of every pool that is new: health checks and DNS on the
+    /// current (control) runtime, warm spares on each worker's runtime.
+    pub(crate) fn start(&self, workers: &[tokio::runtime::Handle]) {
         for entry in self.pools.iter().filter(|p| !p.reused) {
-            entry.pool.spawn_background(entry.background.clone());
+            entry
+                .pool
+                .spawn_background_on(entry.background.clone(), workers);
         }
     }
 
