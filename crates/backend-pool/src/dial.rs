@@ -267,7 +267,7 @@ where
         }
     };
     // SMTP answers XCLIENT with a fresh greeting, which replaces the first one (the session
-    // relays or swallows exactly one greeting). IMAP and POP3 replies are dropped.
+    // relays or swallows exactly one greeting). IMAP, POP3 and ManageSieve replies are dropped.
     if hs.protocol == Protocol::Smtp && reply.starts_with(b"220") {
         return Ok(reply);
     }
@@ -354,6 +354,7 @@ pub(crate) fn probe_goodbye(protocol: Protocol) -> &'static [u8] {
     match protocol {
         Protocol::Imap => b"postern-probe LOGOUT\r\n",
         Protocol::Pop3 | Protocol::Smtp => b"QUIT\r\n",
+        Protocol::Sieve => b"LOGOUT\r\n",
     }
 }
 

@@ -8,11 +8,14 @@
 //!   passed on; the TLS engine reads only what arrives after them. Capabilities are asked
 //!   again over TLS (IMAP: the greeting handed to the session carries the post-TLS
 //!   `CAPABILITY` code; POP3 and SMTP have no greeting after the upgrade, and their
-//!   clients' `CAPA`/`EHLO`, like the capability probe of `route = "user"`, run over TLS).
+//!   clients' `CAPA`/`EHLO`, like the capability probe of `route = "user"`, run over TLS;
+//!   a ManageSieve server lists its capabilities again, unasked (RFC 5804), and that list
+//!   is the greeting the session gets).
 //! - B3 is the certificate check in [`crate::tls`]; B4 (the PROXY header before any
 //!   protocol byte) is the order in [`crate::dial`].
 
 use postern_proto::capabilities::{self, Capabilities, Probe, Reply, MAX_REPLY};
+use postern_proto::greeting::{parse_greeting, Greeting};
 use postern_proto::lex::starts_with_ci;
 use postern_proto::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -44,7 +47,7 @@ where
     *stage = "capabilities before STARTTLS";
     let command_name = match protocol {
         Protocol::Pop3 => "STLS",
-        Protocol::Imap | Protocol::Smtp => "STARTTLS",
+        Protocol::Imap | Protocol::Smtp | Protocol::Sieve => "STARTTLS",
     };
     let offered = match capabilities::probe(protocol, greeting) {
         Probe::Known(caps) => Some(caps),
@@ -70,7 +73,7 @@ where
     let command: &[u8] = match protocol {
         Protocol::Imap => b"postern-tls STARTTLS\r\n",
         Protocol::Pop3 => b"STLS\r\n",
-        Protocol::Smtp => b"STARTTLS\r\n",
+        Protocol::Smtp | Protocol::Sieve => b"STARTTLS\r\n",
     };
     send(stream, command, server, "STARTTLS").await?;
     let mut buf = Vec::with_capacity(256);
@@ -119,6 +122,25 @@ pub(crate) async fn after_tls<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if protocol == Protocol::Sieve {
+        *stage = "capabilities after STARTTLS";
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            match parse_greeting(protocol, &buf) {
+                Greeting::Ok { len } => {
+                    buf.truncate(len);
+                    return Ok(buf);
+                }
+                Greeting::Refused { .. } | Greeting::Invalid => {
+                    return Err(ServerError::StarttlsRefused {
+                        server: server.to_owned(),
+                        line: quote(last_line(&buf)),
+                    })
+                }
+                Greeting::Incomplete => read_more(stream, &mut buf, server, stage).await?,
+            }
+        }
+    }
     if protocol != Protocol::Imap {
         return Ok(plain_greeting.to_vec());
     }
@@ -210,7 +232,7 @@ enum GoAhead {
 }
 
 /// The reply to STARTTLS/STLS: IMAP `postern-tls OK` (untagged lines before it are
-/// skipped), POP3 `+OK`, SMTP `220` (multi-line allowed).
+/// skipped), POP3 `+OK`, SMTP `220` (multi-line allowed), ManageSieve `OK`.
 fn go_ahead(protocol: Protocol, buf: &[u8]) -> GoAhead {
     let mut pos = 0;
     while let Some(rel) = buf[pos..].iter().position(|&b| b == b'\n') {
@@ -226,6 +248,13 @@ fn go_ahead(protocol: Protocol, buf: &[u8]) -> GoAhead {
                     .and_then(|rest| rest.strip_prefix(b" "))
                     .is_some_and(|status| starts_with_ci(status, b"OK"));
                 return if ok {
+                    GoAhead::Yes { len: pos }
+                } else {
+                    GoAhead::No
+                };
+            }
+            Protocol::Sieve => {
+                return if postern_proto::greeting::is_sieve_ok(line) {
                     GoAhead::Yes { len: pos }
                 } else {
                     GoAhead::No

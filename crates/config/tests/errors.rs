@@ -121,7 +121,7 @@ fn bad_enum_values_list_the_allowed_ones() {
         (with_table("[tls]\nmin_version = \"1.1\""), "postern.toml:10: tls.min_version: \"1.1\" is not allowed; use one of: \"1.2\", \"1.3\""),
         (with_table("[tls]\nkey_permissions = \"ignore\""), "postern.toml:10: tls.key_permissions: \"ignore\" is not allowed; use one of: \"warn\", \"strict\""),
         (listener_with("tls = \"sometimes\""), "postern.toml:6: listener[0].tls: \"sometimes\" is not allowed; use one of: \"implicit\", \"starttls\""),
-        (listener_with("").replace("\"imap\"\nlisten", "\"imap4\"\nlisten"), "postern.toml:3: listener[0].protocol: \"imap4\" is not allowed; use one of: \"imap\", \"pop3\", \"smtp\""),
+        (listener_with("").replace("\"imap\"\nlisten", "\"imap4\"\nlisten"), "postern.toml:3: listener[0].protocol: \"imap4\" is not allowed; use one of: \"imap\", \"pop3\", \"smtp\", \"sieve\""),
         (backend_with("balance = \"random\""), "postern.toml:9: backend[0].balance: \"random\" is not allowed; use one of: \"least-connections\", \"round-robin\", \"client-hash\""),
         (backend_with("forward_client = \"proxy\""), "postern.toml:9: backend[0].forward_client: \"proxy\" is not allowed; use one of: \"none\", \"proxy-v1\", \"proxy-v2\", \"protocol\""),
     ];

@@ -5,6 +5,9 @@
 //! - IMAP: the `[CAPABILITY ...]` code of the greeting, else the reply to `CAPABILITY`.
 //! - POP3: the reply to `CAPA` (RFC 2449).
 //! - SMTP: the reply to `EHLO` (its keyword lines after the first).
+//! - ManageSieve: the greeting's capability lines (RFC 5804 sends them before `OK`), else
+//!   the reply to `CAPABILITY`; each item is the name and its value, unquoted
+//!   (`SASL PLAIN LOGIN`, `STARTTLS`).
 //!
 //! [`probe`] says what to send after the greeting, [`parse_reply`] reads the answer.
 
@@ -17,7 +20,7 @@ pub const MAX_REPLY: usize = 16 * 1024;
 const TAG: &[u8] = b"postern-caps";
 
 /// A server's pre-login capabilities: IMAP capability atoms, POP3 `CAPA` lines, SMTP EHLO
-/// keyword lines, in the server's order and spelling.
+/// keyword lines, ManageSieve capability lines, in the server's order and spelling.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
     items: Vec<String>,
@@ -40,8 +43,8 @@ impl Capabilities {
         self.items.iter().any(|i| keyword_is(i, name))
     }
 
-    /// The SASL mechanisms offered: IMAP `AUTH=X` atoms, the POP3 `SASL` line, the SMTP
-    /// `AUTH` line; upper-cased.
+    /// The SASL mechanisms offered: IMAP `AUTH=X` atoms, the POP3 and ManageSieve `SASL`
+    /// line, the SMTP `AUTH` line; upper-cased.
     pub fn sasl_mechanisms(&self) -> Vec<String> {
         let mut mechs = Vec::new();
         for item in &self.items {
@@ -88,6 +91,10 @@ pub fn probe(protocol: Protocol, greeting: &[u8]) -> Probe {
         },
         Protocol::Pop3 => Probe::Ask(b"CAPA\r\n"),
         Protocol::Smtp => Probe::Ask(b"EHLO postern.invalid\r\n"),
+        Protocol::Sieve => match parse_reply(Protocol::Sieve, greeting) {
+            Reply::Done(caps) => Probe::Known(caps),
+            _ => Probe::Ask(b"CAPABILITY\r\n"),
+        },
     }
 }
 
@@ -138,6 +145,19 @@ pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> Reply {
                 // Dot-stuffing (RFC 1939): a line starting with "." has one added.
                 lines.push(text.strip_prefix('.').unwrap_or(&text).to_owned());
             }
+            Protocol::Sieve => {
+                if let Some(ok) = crate::greeting::sieve_status(line) {
+                    return if ok && !lines.is_empty() {
+                        Reply::Done(Capabilities::new(lines))
+                    } else {
+                        Reply::Refused
+                    };
+                }
+                match sieve_capability(line) {
+                    Some(item) => lines.push(item),
+                    None => return Reply::Refused,
+                }
+            }
             Protocol::Smtp => {
                 if text.len() < 3 || !text.starts_with("250") {
                     return Reply::Refused;
@@ -154,6 +174,44 @@ pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> Reply {
         }
     }
     Reply::Incomplete
+}
+
+/// One ManageSieve capability line (`"NAME"` or `"NAME" "value"`, quoted strings only) as
+/// `NAME` or `NAME value`; None for anything else.
+fn sieve_capability(line: &[u8]) -> Option<String> {
+    let mut rest = line;
+    let mut parts = Vec::new();
+    while !rest.is_empty() && parts.len() < 2 {
+        let body = rest.strip_prefix(b"\"")?;
+        let mut text = Vec::new();
+        let mut i = 0;
+        loop {
+            match *body.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    text.push(*body.get(i + 1)?);
+                    i += 2;
+                }
+                c => {
+                    text.push(c);
+                    i += 1;
+                }
+            }
+        }
+        parts.push(String::from_utf8_lossy(&text).into_owned());
+        rest = &body[i + 1..];
+        if let Some(r) = rest.strip_prefix(b" ") {
+            rest = r;
+        }
+    }
+    if !rest.is_empty() || parts.first().is_none_or(String::is_empty) {
+        return None;
+    }
+    Some(match &parts[..] {
+        [name, value] if !value.is_empty() => format!("{name} {value}"),
+        [name, ..] => name.clone(),
+        [] => return None,
+    })
 }
 
 /// The `[CAPABILITY ...]` response code of an IMAP greeting.
@@ -249,6 +307,46 @@ mod tests {
         assert_eq!(
             parse_reply(Protocol::Smtp, b"250 mail.test\r\n"),
             Reply::Done(Capabilities::default())
+        );
+    }
+
+    #[test]
+    fn sieve_greeting_carries_the_capabilities() {
+        let greeting = b"\"IMPLEMENTATION\" \"Dovecot Pigeonhole\"\r\n\"SIEVE\" \"fileinto reject\"\r\n\"SASL\" \"PLAIN LOGIN\"\r\n\"STARTTLS\"\r\n\"VERSION\" \"1.0\"\r\nOK \"Dovecot ready.\"\r\n";
+        let Probe::Known(caps) = probe(Protocol::Sieve, greeting) else {
+            panic!()
+        };
+        assert_eq!(
+            caps.items(),
+            [
+                "IMPLEMENTATION Dovecot Pigeonhole",
+                "SIEVE fileinto reject",
+                "SASL PLAIN LOGIN",
+                "STARTTLS",
+                "VERSION 1.0"
+            ]
+        );
+        assert!(caps.has("STARTTLS") && caps.has("sasl"));
+        assert_eq!(caps.sasl_mechanisms(), ["PLAIN", "LOGIN"]);
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"\"SASL\" \"\"\r\nOK\r\n"),
+            Reply::Done(Capabilities::new(vec!["SASL".into()]))
+        );
+        assert_eq!(
+            probe(Protocol::Sieve, b"OK \"no list\"\r\n"),
+            Probe::Ask(b"CAPABILITY\r\n")
+        );
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"\"SASL\" {5}\r\n"),
+            Reply::Refused
+        );
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"\"a\\\"b\"\r\n"),
+            Reply::Incomplete
+        );
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"NO \"x\"\r\n"),
+            Reply::Refused
         );
     }
 

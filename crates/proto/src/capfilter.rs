@@ -12,6 +12,11 @@
 //!   the dropped line was the last one, the line before it becomes the last (`250-` -> `250 `).
 //!   The first line of a reply (the domain) is never dropped. To do this the latest `250-`
 //!   line is held until the next line arrives (the client waits for the last line anyway).
+//! - ManageSieve: a `"STARTTLS"` capability line (any case) is dropped, in the greeting that
+//!   follows the upgrade (RFC 5804 has the server list its capabilities again after TLS:
+//!   postern passes the backend's on) and in `CAPABILITY` replies. Literal bytes (`{n}` at a
+//!   line end) are passed untouched, never parsed. Before login no other reply holds a line
+//!   that is only a quoted `STARTTLS` (script listings come after login).
 //!
 //! At most one partial line ([`MAX_FILTER_LINE`] bytes) and, for SMTP, one pending line are
 //! held. A longer line is passed through unchanged.
@@ -141,7 +146,18 @@ impl CapabilityFilter {
             Protocol::Imap => self.imap(line, to_client),
             Protocol::Pop3 => self.pop3(line, to_client),
             Protocol::Smtp => self.smtp(line, to_client),
+            Protocol::Sieve => self.sieve(line, to_client),
         }
+    }
+
+    fn sieve(&mut self, line: &[u8], to_client: &mut Vec<u8>) {
+        let content = &line[..content_len(line)];
+        if let Some(lit) = trailing_literal(content) {
+            self.literal_left = lit.len.unwrap_or(u64::MAX);
+        } else if trim_blanks(content).eq_ignore_ascii_case(b"\"STARTTLS\"") {
+            return;
+        }
+        to_client.extend_from_slice(line);
     }
 
     fn imap(&mut self, line: &[u8], to_client: &mut Vec<u8>) {
@@ -375,8 +391,21 @@ mod tests {
     }
 
     #[test]
+    fn t6_sieve_capabilities_after_upgrade() {
+        check(
+            Protocol::Sieve,
+            b"\"IMPLEMENTATION\" \"Dovecot\"\r\n\"SASL\" \"PLAIN\"\r\n\"STARTTLS\"\r\n\"VERSION\" \"1.0\"\r\nOK \"ready\"\r\n",
+            b"\"IMPLEMENTATION\" \"Dovecot\"\r\n\"SASL\" \"PLAIN\"\r\n\"VERSION\" \"1.0\"\r\nOK \"ready\"\r\n",
+        );
+        check(Protocol::Sieve, b"\"starttls\"\nOK\n", b"OK\n");
+        // Inside a literal nothing is a capability; a value that merely says STARTTLS stays.
+        let same = b"{12}\r\n\"STARTTLS\"\r\n\r\nOK\r\n\"X\" \"STARTTLS\"\r\nNO \"STARTTLS\"\r\n";
+        check(Protocol::Sieve, same, same);
+    }
+
+    #[test]
     fn over_long_line_passes_unchanged() {
-        for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        for p in Protocol::ALL {
             let mut input = b"250-x\r\n* CAPABILITY STARTTLS ".to_vec();
             input.extend(std::iter::repeat_n(b'x', 2 * MAX_FILTER_LINE));
             input.extend_from_slice(b"\r\n");

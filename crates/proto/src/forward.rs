@@ -12,6 +12,8 @@
 //! - SMTP: `XCLIENT ADDR=… PORT=…` (Postfix XCLIENT, also Dovecot submission-login); IPv6
 //!   addresses carry the `IPV6:` prefix the Postfix spec requires. Reply: a fresh `220`
 //!   greeting (possibly multi-line), or `4xx`/`5xx`.
+//! - ManageSieve: `XCLIENT ADDR=… PORT=…` (Dovecot managesieve-login, from
+//!   `login_trusted_networks`). Reply: `OK …`, or `NO …` / `BYE …`.
 //!
 //! Addresses are written canonically: an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`)
 //! becomes plain IPv4, so backends see the same form as for a native IPv4 client.
@@ -32,7 +34,7 @@ pub const MAX_REPLY: usize = 16 * 1024;
 pub fn forward_command(protocol: Protocol, peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
     match protocol {
         Protocol::Imap => imap_id_command(peer, local),
-        Protocol::Pop3 => pop3_xclient_command(peer),
+        Protocol::Pop3 | Protocol::Sieve => pop3_xclient_command(peer),
         Protocol::Smtp => smtp_xclient_command(peer),
     }
 }
@@ -52,7 +54,8 @@ pub fn imap_id_command(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `XCLIENT ADDR=<peer ip> PORT=<peer port>` as Dovecot's pop3-login parses it (plain IPv6).
+/// `XCLIENT ADDR=<peer ip> PORT=<peer port>` as Dovecot's pop3-login and managesieve-login
+/// parse it (plain IPv6).
 pub fn pop3_xclient_command(peer: SocketAddr) -> Vec<u8> {
     format!(
         "XCLIENT ADDR={} PORT={}\r\n",
@@ -96,6 +99,19 @@ pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> ForwardReply {
         Protocol::Imap => imap_reply(buf),
         Protocol::Pop3 => pop3_reply(buf),
         Protocol::Smtp => smtp_reply(buf),
+        Protocol::Sieve => sieve_reply(buf),
+    }
+}
+
+fn sieve_reply(buf: &[u8]) -> ForwardReply {
+    let Some(rel) = memchr::memchr(b'\n', buf) else {
+        return incomplete(buf);
+    };
+    let len = rel + 1;
+    match crate::greeting::sieve_status(&buf[..len]) {
+        Some(true) => ForwardReply::Accepted { len },
+        Some(false) => ForwardReply::Refused { len },
+        None => ForwardReply::Invalid,
     }
 }
 
@@ -340,6 +356,27 @@ mod tests {
     }
 
     #[test]
+    fn sieve_command_and_replies() {
+        let local = addr("127.0.0.1:4190");
+        assert_eq!(
+            forward_command(Protocol::Sieve, addr("[2001:db8::7]:1"), local),
+            b"XCLIENT ADDR=2001:db8::7 PORT=1\r\n"
+        );
+        assert_eq!(
+            parse_incrementally(Protocol::Sieve, b"OK \"Updated\"\r\n"),
+            ForwardReply::Accepted { len: 14 }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"NO \"You are not from trusted IP\"\r\n"),
+            ForwardReply::Refused { len: 34 }
+        );
+        assert_eq!(
+            parse_reply(Protocol::Sieve, b"\"SASL\" \"PLAIN\"\r\n"),
+            ForwardReply::Invalid
+        );
+    }
+
+    #[test]
     fn smtp_replies() {
         let greeting = b"220-mail.test ESMTP\r\n220 ready\r\n";
         assert_eq!(
@@ -366,7 +403,7 @@ mod tests {
     #[test]
     fn unbounded_replies_are_invalid() {
         let junk = vec![b'x'; MAX_REPLY + 1];
-        for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        for p in Protocol::ALL {
             assert_eq!(parse_reply(p, &junk), ForwardReply::Invalid);
         }
         let mut untagged = Vec::new();

@@ -11,12 +11,13 @@ use crate::Protocol;
 pub enum Greeting {
     /// No complete greeting yet; read more (unless `buf.len()` passed the caller's bound).
     Incomplete,
-    /// A positive greeting (`* OK`, `* PREAUTH`, `+OK`, `220`) of `len` bytes, CRLF included.
+    /// A positive greeting (`* OK`, `* PREAUTH`, `+OK`, `220`, ManageSieve's capability
+    /// lines and `OK`) of `len` bytes, CRLF included.
     Ok {
         /// Length of the greeting in bytes.
         len: usize,
     },
-    /// The server refused service (`* BYE`, `-ERR`, `421`/`554`...) in `len` bytes.
+    /// The server refused service (`* BYE`, `-ERR`, `421`/`554`, `BYE`/`NO`...) in `len` bytes.
     Refused {
         /// Length of the refusal in bytes.
         len: usize,
@@ -62,6 +63,7 @@ pub fn parse_greeting(protocol: Protocol, buf: &[u8]) -> Greeting {
                 None => Greeting::Invalid,
             }
         }
+        Protocol::Sieve => sieve(buf),
         Protocol::Smtp => {
             // Multi-line replies: "220-..." continuation lines, then "220 ..." (or "220\r\n").
             let mut pos = 0;
@@ -90,6 +92,51 @@ pub fn parse_greeting(protocol: Protocol, buf: &[u8]) -> Greeting {
                 }
             }
         }
+    }
+}
+
+/// RFC 5804: capability lines (each starting with a quoted string), then `OK`; `BYE` or
+/// `NO` instead is a refusal. A literal in the greeting is not something a server sends.
+fn sieve(buf: &[u8]) -> Greeting {
+    let mut pos = 0;
+    loop {
+        let Some(rel) = line_end(&buf[pos..]) else {
+            return incomplete(buf);
+        };
+        let line = &buf[pos..pos + rel];
+        pos += rel;
+        if pos > MAX_GREETING {
+            return Greeting::Invalid;
+        }
+        if line.starts_with(b"\"") {
+            continue;
+        }
+        return match sieve_status(line) {
+            Some(true) => Greeting::Ok { len: pos },
+            Some(false) => Greeting::Refused { len: pos },
+            None => Greeting::Invalid,
+        };
+    }
+}
+
+/// True for a ManageSieve `OK` line (a go-ahead, a greeting's end).
+pub fn is_sieve_ok(line: &[u8]) -> bool {
+    sieve_status(line) == Some(true)
+}
+
+/// `Some(true)` for a ManageSieve `OK` line, `Some(false)` for `NO`/`BYE`, else None.
+pub(crate) fn sieve_status(line: &[u8]) -> Option<bool> {
+    let word_end = line
+        .iter()
+        .position(|&c| matches!(c, b' ' | b'\r' | b'\n'))
+        .unwrap_or(line.len());
+    let word = &line[..word_end];
+    if word.eq_ignore_ascii_case(b"OK") {
+        Some(true)
+    } else if word.eq_ignore_ascii_case(b"NO") || word.eq_ignore_ascii_case(b"BYE") {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -162,6 +209,37 @@ mod tests {
             parse_greeting(Protocol::Smtp, b"* OK imap\r\n"),
             Greeting::Invalid
         );
+    }
+
+    #[test]
+    fn sieve_capability_lines_then_ok() {
+        let g = b"\"IMPLEMENTATION\" \"Dovecot Pigeonhole\"\r\n\"SASL\" \"PLAIN\"\r\n\"STARTTLS\"\r\nOK \"Dovecot ready.\"\r\nrest";
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, g),
+            Greeting::Ok { len: g.len() - 4 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, &g[..40]),
+            Greeting::Incomplete
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, b"BYE (TRYLATER) \"busy\"\r\n"),
+            Greeting::Refused { len: 23 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, b"ok\n"),
+            Greeting::Ok { len: 3 }
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, b"* OK imap\r\n"),
+            Greeting::Invalid
+        );
+        assert_eq!(
+            parse_greeting(Protocol::Sieve, b"OKAY\r\n"),
+            Greeting::Invalid
+        );
+        let junk = b"\"x\"\r\n".repeat(MAX_GREETING);
+        assert_eq!(parse_greeting(Protocol::Sieve, &junk), Greeting::Invalid);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Sans-I/O edge logic for IMAP, POP3 and SMTP submission.
+//! Sans-I/O edge logic for IMAP, POP3, SMTP submission and ManageSieve.
 //!
 //! Fed bytes, returns decisions and bytes to write. Owns every wire string postern
 //! sends on its own behalf (greetings, refusals, goodbyes).
@@ -41,7 +41,7 @@
 //!   go-ahead, and the phase reads nothing after it; the caller must start TLS on bytes read
 //!   after that point only (session crate).
 //! - T4 (auth refused pre-TLS, STARTTLS only once): `PlainPhase` refuses LOGIN/AUTHENTICATE,
-//!   USER/PASS/APOP/AUTH, AUTH/MAIL; the phase ends at `Upgrade`; `LoginGuard` refuses
+//!   USER/PASS/APOP/AUTH, AUTH/MAIL, ManageSieve AUTHENTICATE; the phase ends at `Upgrade`; `LoginGuard` refuses
 //!   STARTTLS/STLS inside TLS. `starttls::tests::t4_*`,
 //!   `login_guard::tests::imap::t4_starttls_and_compress_before_login_are_refused`.
 //! - T5 (state discarded after upgrade): structural: nothing of `PlainPhase` survives the
@@ -56,9 +56,10 @@
 //!   `PlainPhase::timeout_goodbye`): `starttls::tests::t9_*`.
 //! - T10 (ALPN), T11 (no plaintext fallback): TLS and listener crates; nothing here.
 //! - T12 (client-supplied address claims): `LoginGuard` refuses IMAP `ID` reserved fields in
-//!   any spelling (quoted escapes, literals, atoms, case), POP3/SMTP `XCLIENT`, SMTP
+//!   any spelling (quoted escapes, literals, atoms, case), POP3/SMTP/ManageSieve `XCLIENT`, SMTP
 //!   `XFORWARD`, before and after login, whatever `forward_client` is.
-//!   `login_guard::tests::claims::t12_*`, `::smtp::t12_*`, `::post_login::t12_*`.
+//!   `login_guard::tests::claims::t12_*`, `::smtp::t12_*`, `::post_login::t12_*`,
+//!   `::sieve::t12_*`.
 //! - T13 (SMTP DATA smuggling): the guard reads message text only to find its end, which it
 //!   takes at the earliest point any backend could (`.` after CRLF or a bare LF), so no line
 //!   after it passes unread. `login_guard::tests::smtp::t13_*`.

@@ -57,6 +57,7 @@ mod imap_string;
 mod post_login;
 mod replies;
 pub(crate) mod sasl;
+pub(crate) mod sieve;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -148,7 +149,7 @@ struct Core {
 }
 
 enum Stage {
-    /// Everything tracked: IMAP before login, POP3 and SMTP for the whole session.
+    /// Everything tracked: IMAP before login, POP3, SMTP and ManageSieve for the whole session.
     Full(Box<Tracker>),
     /// IMAP after login: client bytes only, literal-skipping.
     ImapPostLogin(Box<PostLogin>),
@@ -243,6 +244,15 @@ impl LoginGuard {
     pub fn replies_at_boundary(&mut self, to_client: &mut Vec<u8>) {
         if !self.reads_backend() {
             to_client.append(&mut self.core.waiting);
+        }
+    }
+
+    /// True while the backend stream is inside a literal (or the rest of the line after
+    /// one) of a stage that reads it: a line start there is data, no place for a goodbye.
+    pub fn backend_in_literal(&self) -> bool {
+        match &self.stage {
+            Stage::Full(t) => t.reply.literal_left > 0 || t.reply.continued,
+            Stage::ImapPostLogin(_) | Stage::Off => false,
         }
     }
 
@@ -462,6 +472,8 @@ enum Data {
     Pass,
     /// Passed, and recorded as the IMAP LOGIN user name.
     CaptureUser,
+    /// Passed, and read for the login name (a ManageSieve SASL response sent as a literal).
+    Sasl,
     /// Dropped (the command was refused).
     Drop,
     /// Collected into the `ID` being assembled.

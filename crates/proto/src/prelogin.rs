@@ -13,6 +13,11 @@
 //!   refused; anything else `-ERR`.
 //! - SMTP `EHLO`/`HELO`, `NOOP`, `RSET`, `QUIT`; `MAIL`/`RCPT`/`DATA` get `530`;
 //!   `XCLIENT`/`XFORWARD`/`STARTTLS` refused; `BDAT` closes (its chunk follows unannounced).
+//! - ManageSieve: the greeting is the capability list (also after STARTTLS, as RFC 5804
+//!   has it), `CAPABILITY`, `NOOP`, `LOGOUT`; `XCLIENT`, `STARTTLS` refused; anything else
+//!   `NO`. Literals (`{n}` and `{n+}` alike: the protocol has no go-ahead) are read as part
+//!   of their command; a SASL response after postern's `""` challenge must be a quoted
+//!   string (a literal one closes the session: postern cannot follow it).
 //!
 //! The capability lists are the servers' own, learned by the health probe
 //! ([`crate::capabilities`]), minus what postern does not pass on: STARTTLS/STLS (the client
@@ -229,7 +234,41 @@ impl Prelogin {
             .into_bytes(),
             Protocol::Pop3 => format!("+OK {h} POP3 ready (postern)\r\n").into_bytes(),
             Protocol::Smtp => format!("220 {h} ESMTP ready (postern)\r\n").into_bytes(),
+            Protocol::Sieve => format!(
+                "{}OK \"{} ready (postern)\"\r\n",
+                self.sieve_caps(),
+                h.replace(['"', '\\'], "-")
+            )
+            .into_bytes(),
         }
+    }
+
+    /// ManageSieve capability lines: `"NAME" "value"` (the value may be empty for the
+    /// ones RFC 5804 gives a value), else `"NAME"`.
+    fn sieve_caps(&self) -> String {
+        let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::new();
+        for item in &self.caps {
+            let (name, value) = item.split_once(' ').unwrap_or((item, ""));
+            let valued = [
+                "IMPLEMENTATION",
+                "SASL",
+                "SIEVE",
+                "NOTIFY",
+                "MAXREDIRECTS",
+                "LANGUAGE",
+                "OWNER",
+                "VERSION",
+            ]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n));
+            if valued || !value.is_empty() {
+                out.push_str(&format!("\"{}\" \"{}\"\r\n", quote(name), quote(value)));
+            } else {
+                out.push_str(&format!("\"{}\"\r\n", quote(name)));
+            }
+        }
+        out
     }
 
     /// Bytes held (the command being assembled); bounded by [`MAX_COMMAND`] plus a SASL line.
@@ -282,7 +321,7 @@ impl Prelogin {
                         }
                     }
                     let segment_end = start + content;
-                    if self.protocol == Protocol::Imap {
+                    if matches!(self.protocol, Protocol::Imap | Protocol::Sieve) {
                         match self.literal(segment_end) {
                             Lit::Absent => {}
                             Lit::Read => continue,
@@ -300,7 +339,7 @@ impl Prelogin {
         let line = &self.cmd[..self.first];
         let args = match self.protocol {
             Protocol::Imap => split_word(line).1.unwrap_or_default(),
-            Protocol::Pop3 | Protocol::Smtp => line,
+            Protocol::Pop3 | Protocol::Smtp | Protocol::Sieve => line,
         };
         let kw = keyword(args).0;
         kw.eq_ignore_ascii_case(b"AUTHENTICATE") || kw.eq_ignore_ascii_case(b"AUTH")
@@ -312,9 +351,28 @@ impl Prelogin {
         let Some(lit) = trailing_literal(&self.cmd[..end]) else {
             return Lit::Absent;
         };
-        let tag = self.tag();
         let room = MAX_COMMAND.saturating_sub(self.cmd.len());
         let n = lit.len.and_then(|n| usize::try_from(n).ok());
+        if self.protocol == Protocol::Sieve {
+            // No go-ahead in ManageSieve: the bytes of `{n}` and `{n+}` follow at once.
+            if !lit.delimited {
+                return Lit::Absent;
+            }
+            return match n.filter(|&n| n <= room) {
+                Some(n) => {
+                    self.state = State::Literal { left: n };
+                    Lit::Read
+                }
+                None => {
+                    self.finish();
+                    Lit::Answer(PreStep::Close(
+                        b"NO \"Literal too large\"\r\nBYE \"The mail gateway cannot follow this command, closing connection\"\r\n"
+                            .to_vec(),
+                    ))
+                }
+            };
+        }
+        let tag = self.tag();
         if lit.sync {
             match n.filter(|&n| n <= room) {
                 Some(n) => {
@@ -362,7 +420,35 @@ impl Prelogin {
             Protocol::Imap => self.imap(buf),
             Protocol::Pop3 => self.pop3(buf),
             Protocol::Smtp => self.smtp(buf),
+            Protocol::Sieve => self.sieve(buf),
         }
+    }
+
+    fn sieve(&mut self, buf: &mut Vec<u8>) -> PreStep {
+        let line = &self.cmd[..self.first];
+        let (kw, args) = keyword(line);
+        let kw = kw.to_ascii_uppercase();
+        let no_args = trim_blanks(args).is_empty();
+        let reply: Vec<u8> = match &kw[..] {
+            b"CAPABILITY" if no_args => {
+                format!("{}OK \"Capability completed.\"\r\n", self.sieve_caps()).into_bytes()
+            }
+            b"NOOP" if no_args => b"OK \"NOOP completed.\"\r\n".to_vec(),
+            b"LOGOUT" if no_args => {
+                self.finish();
+                return PreStep::Close(b"OK \"Logout completed.\"\r\n".to_vec());
+            }
+            b"AUTHENTICATE" => return self.login(buf),
+            b"XCLIENT" => Refused::Xclient.reply(Protocol::Sieve, b""),
+            b"STARTTLS" => Refused::Starttls.reply(Protocol::Sieve, b""),
+            b"" => Refused::EmptyLine.reply(Protocol::Sieve, b""),
+            b"CAPABILITY" | b"NOOP" | b"LOGOUT" => {
+                b"NO \"Command takes no arguments\"\r\n".to_vec()
+            }
+            _ => b"NO \"Command unknown or not allowed before login\"\r\n".to_vec(),
+        };
+        self.reset();
+        PreStep::Reply(reply)
     }
 
     fn imap(&mut self, buf: &mut Vec<u8>) -> PreStep {
@@ -537,12 +623,28 @@ impl Prelogin {
         content: usize,
         buf: &mut Vec<u8>,
     ) -> PreStep {
+        let sieve = self.protocol == Protocol::Sieve;
+        if sieve && trailing_literal(&line[..content]).is_some() {
+            // Its bytes follow at once; postern reads a quoted response only.
+            scrub(&mut line);
+            self.finish();
+            return PreStep::Close(
+                b"NO \"Send the SASL response as a quoted string\"\r\nBYE \"The mail gateway cannot follow this command, closing connection\"\r\n"
+                    .to_vec(),
+            );
+        }
         let response = trim_blanks(&line[..content]);
+        let response = if sieve {
+            crate::login_guard::sieve::unquote(response)
+        } else {
+            response
+        };
         if response == b"*" {
             let reply = match self.protocol {
                 Protocol::Imap => format!("{} BAD Authentication cancelled\r\n", self.tag()),
                 Protocol::Pop3 => "-ERR Authentication cancelled\r\n".to_owned(),
                 Protocol::Smtp => "501 5.7.0 Authentication cancelled\r\n".to_owned(),
+                Protocol::Sieve => "NO \"Authentication cancelled\"\r\n".to_owned(),
             };
             scrub(&mut line);
             self.reset();
@@ -592,6 +694,7 @@ impl Prelogin {
         match self.protocol {
             Protocol::Imap | Protocol::Pop3 => format!("+ {prompt}\r\n"),
             Protocol::Smtp => format!("334 {prompt}\r\n"),
+            Protocol::Sieve => format!("\"{prompt}\"\r\n"),
         }
         .into_bytes()
     }
@@ -607,6 +710,9 @@ impl Prelogin {
             Protocol::Pop3 => "-ERR [AUTH] The mail gateway could not read a login name\r\n".to_owned(),
             Protocol::Smtp => {
                 "535 5.7.8 The mail gateway could not read a login name\r\n".to_owned()
+            }
+            Protocol::Sieve => {
+                "NO \"The mail gateway could not read a login name\"\r\n".to_owned()
             }
         }
         .into_bytes()
@@ -651,6 +757,10 @@ impl Prelogin {
             (Protocol::Smtp, Violation::TooManyCommands) => {
                 format!("421 4.7.0 {h} Too many commands before login, closing connection\r\n")
             }
+            (Protocol::Sieve, Violation::LineTooLong) => "BYE \"Line too long\"\r\n".to_owned(),
+            (Protocol::Sieve, Violation::TooManyCommands) => {
+                "BYE \"Too many commands before login\"\r\n".to_owned()
+            }
         };
         PreStep::Close(msg.into_bytes())
     }
@@ -688,6 +798,12 @@ fn shown_caps(protocol: Protocol, learned: Option<&Capabilities>) -> (Vec<String
         Protocol::Imap => &["IMAP4rev1", "AUTH=PLAIN"],
         Protocol::Pop3 => &["USER", "SASL PLAIN"],
         Protocol::Smtp => &["ENHANCEDSTATUSCODES", "AUTH PLAIN"],
+        Protocol::Sieve => &[
+            "IMPLEMENTATION postern",
+            "SASL PLAIN",
+            "SIEVE",
+            "VERSION 1.0",
+        ],
     };
     let items: Vec<String> = match learned {
         Some(c) if !c.items().is_empty() => c.items().to_vec(),
@@ -704,8 +820,10 @@ fn shown_caps(protocol: Protocol, learned: Option<&Capabilities>) -> (Vec<String
                     shown.push(item);
                 }
             }
-            (Protocol::Pop3, "STLS") | (Protocol::Smtp, "STARTTLS" | "XCLIENT" | "XFORWARD") => {}
-            (Protocol::Pop3, "SASL") | (Protocol::Smtp, "AUTH") => {
+            (Protocol::Pop3, "STLS")
+            | (Protocol::Smtp, "STARTTLS" | "XCLIENT" | "XFORWARD")
+            | (Protocol::Sieve, "STARTTLS" | "XCLIENT") => {}
+            (Protocol::Pop3 | Protocol::Sieve, "SASL") | (Protocol::Smtp, "AUTH") => {
                 let mechs: Vec<String> = rest
                     .map(|r| String::from_utf8_lossy(r).into_owned())
                     .unwrap_or_default()
@@ -715,6 +833,9 @@ fn shown_caps(protocol: Protocol, learned: Option<&Capabilities>) -> (Vec<String
                     .collect();
                 if !mechs.is_empty() {
                     shown.push(format!("{word} {}", mechs.join(" ")));
+                } else if protocol == Protocol::Sieve {
+                    // RFC 5804: SASL is always listed, empty when no mechanism is offered.
+                    shown.push(word.clone());
                 }
             }
             _ => shown.push(item),

@@ -1,4 +1,4 @@
-//! The three mail protocols postern fronts, and the fixed wire strings of each.
+//! The mail protocols postern fronts, and the fixed wire strings of each.
 
 use std::fmt;
 
@@ -11,15 +11,26 @@ pub enum Protocol {
     Pop3,
     /// SMTP message submission (RFC 6409).
     Smtp,
+    /// ManageSieve (RFC 5804): Sieve script management, port 4190.
+    Sieve,
 }
 
 impl Protocol {
-    /// The config spelling (`imap`, `pop3`, `smtp`), also used as a metric label.
+    /// Every protocol, in the order the docs list them.
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Imap,
+        Protocol::Pop3,
+        Protocol::Smtp,
+        Protocol::Sieve,
+    ];
+
+    /// The config spelling (`imap`, `pop3`, `smtp`, `sieve`), also used as a metric label.
     pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::Imap => "imap",
             Protocol::Pop3 => "pop3",
             Protocol::Smtp => "smtp",
+            Protocol::Sieve => "sieve",
         }
     }
 
@@ -29,13 +40,17 @@ impl Protocol {
             "imap" => Some(Protocol::Imap),
             "pop3" => Some(Protocol::Pop3),
             "smtp" => Some(Protocol::Smtp),
+            "sieve" => Some(Protocol::Sieve),
             _ => None,
         }
     }
 
-    /// The ALPN protocol identifier (IANA registry: `imap`, `pop3`, `smtp`).
+    /// The ALPN protocol identifier (IANA registry: `imap`, `pop3`, `smtp`, `managesieve`).
     pub const fn alpn(self) -> &'static [u8] {
-        self.as_str().as_bytes()
+        match self {
+            Protocol::Sieve => b"managesieve",
+            p => p.as_str().as_bytes(),
+        }
     }
 
     /// The goodbye sent when no backend server can be reached (README.md).
@@ -46,6 +61,9 @@ impl Protocol {
             }
             Protocol::Pop3 => b"-ERR [SYS/TEMP] no mail server is available, try again later\r\n",
             Protocol::Smtp => b"421 4.3.0 no mail server is available, try again later\r\n",
+            Protocol::Sieve => {
+                b"BYE (TRYLATER) \"no mail server is available, try again later\"\r\n"
+            }
         }
     }
 
@@ -55,6 +73,7 @@ impl Protocol {
             Protocol::Imap => b"* BYE [UNAVAILABLE] shutting down\r\n",
             Protocol::Pop3 => b"-ERR [SYS/TEMP] shutting down\r\n",
             Protocol::Smtp => b"421 4.3.2 shutting down\r\n",
+            Protocol::Sieve => b"BYE (TRYLATER) \"shutting down\"\r\n",
         }
     }
 
@@ -64,6 +83,7 @@ impl Protocol {
             Protocol::Imap => b"* BYE [UNAVAILABLE] too many connections, try again later\r\n",
             Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
             Protocol::Smtp => b"421 4.7.0 too many connections, try again later\r\n",
+            Protocol::Sieve => b"BYE (TRYLATER) \"too many connections, try again later\"\r\n",
         }
     }
 }
@@ -75,6 +95,7 @@ impl Protocol {
             Protocol::Imap => b"* BYE Autologout; timeout waiting for login\r\n",
             Protocol::Pop3 => b"-ERR Timeout waiting for login, closing connection\r\n",
             Protocol::Smtp => b"421 4.4.2 Timeout waiting for login, closing connection\r\n",
+            Protocol::Sieve => b"BYE \"Timeout waiting for login, closing connection\"\r\n",
         }
     }
 
@@ -86,6 +107,7 @@ impl Protocol {
             Protocol::Imap => b"* BYE [UNAVAILABLE] connection refused\r\n",
             Protocol::Pop3 => b"-ERR [IN-USE] connection refused\r\n",
             Protocol::Smtp => b"421 4.7.0 connection refused\r\n",
+            Protocol::Sieve => b"BYE \"connection refused\"\r\n",
         }
     }
 }
@@ -102,13 +124,17 @@ mod tests {
 
     #[test]
     fn spellings_round_trip() {
-        for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        for p in Protocol::ALL {
             assert_eq!(Protocol::parse(p.as_str()), Some(p));
+            assert!(p.busy_goodbye().ends_with(b"\r\n"));
             assert!(p.unavailable_goodbye().ends_with(b"\r\n"));
             assert!(p.shutdown_goodbye().ends_with(b"\r\n"));
             assert!(p.refused_goodbye().ends_with(b"\r\n"));
             assert!(p.prelogin_goodbye().ends_with(b"\r\n"));
         }
         assert_eq!(Protocol::parse("submission"), None);
+        assert_eq!(Protocol::parse("managesieve"), None);
+        assert_eq!(Protocol::Sieve.alpn(), b"managesieve");
+        assert_eq!(Protocol::Imap.alpn(), b"imap");
     }
 }

@@ -8,11 +8,12 @@
 //! - **T1/T2**: on STARTTLS/STLS every byte already buffered after the command line is removed
 //!   from `buf` and reported as [`PlainStep::Upgrade::discarded`]; nothing is answered for it.
 //! - **T4**: authentication is refused (IMAP `NO [PRIVACYREQUIRED]`, POP3 `-ERR [AUTH]`, SMTP
-//!   `530 5.7.0`); after `Upgrade` or `Close` the phase is over: any further [`PlainPhase::step`]
+//!   `530 5.7.0`, ManageSieve `NO (ENCRYPT-NEEDED)`); after `Upgrade` or `Close` the phase is over: any further [`PlainPhase::step`]
 //!   returns `Close` with nothing to write, so a second STARTTLS can never be honoured. The
 //!   caller must not call `step` again after `Upgrade`/`Close`.
 //! - **T6/T7**: postern's own greeting and capability lists advertise STARTTLS/STLS (and IMAP
-//!   `LOGINDISABLED`), never `AUTH`, `PREAUTH` or `[ALERT]`.
+//!   `LOGINDISABLED`), never `AUTH`, `PREAUTH` or `[ALERT]`; ManageSieve's lists `"SASL" ""`
+//!   (no mechanism before TLS).
 //! - **T8**: one line splitter ([`crate::lex::split_line`], CRLF or bare LF) and one
 //!   dispatcher decide every command, STARTTLS included. The upgrade command must be exactly
 //!   `tag SP STARTTLS` / `STLS` / `STARTTLS` (keyword case-insensitive, no arguments, no
@@ -20,7 +21,9 @@
 //!   synchronizing literal `{n}` gets `BAD` and the connection is closed (the client would
 //!   wait for a `+` that never comes, and a client that sends the bytes anyway must not have
 //!   them parsed); a non-synchronizing literal `{n+}` gets `BAD` and its `n` bytes, plus the
-//!   rest of that command, are skipped unread. SMTP `BDAT` (chunk bytes follow the line) closes.
+//!   rest of that command, are skipped unread. ManageSieve has no go-ahead: the bytes of
+//!   `{n}` and `{n+}` both follow at once (as Dovecot reads them), so both get `NO` and are
+//!   skipped. SMTP `BDAT` (chunk bytes follow the line) closes.
 //! - **T9**: a line longer than `max_line_length` (terminator included) and command number
 //!   `max_commands + 1` each get the protocol's error and `Close`. `step` never waits for more
 //!   input while `buf` holds `max_line_length` bytes without a line end, so the caller's buffer
@@ -118,6 +121,10 @@ impl PlainPhase {
             }
             Protocol::Pop3 => format!("+OK {h} POP3 ready (postern)\r\n").into_bytes(),
             Protocol::Smtp => format!("220 {h} ESMTP ready (postern)\r\n").into_bytes(),
+            // RFC 5804: the greeting is the capability list, then OK.
+            Protocol::Sieve => {
+                format!("{SIEVE_CAPS}OK \"{} ready (postern)\"\r\n", sieve_text(h)).into_bytes()
+            }
         }
     }
 
@@ -170,6 +177,7 @@ impl PlainPhase {
                         Protocol::Imap => self.imap(content, buf),
                         Protocol::Pop3 => self.pop3(content, buf),
                         Protocol::Smtp => self.smtp(content, buf),
+                        Protocol::Sieve => self.sieve(content, buf),
                     };
                 }
             }
@@ -182,6 +190,7 @@ impl PlainPhase {
             Protocol::Imap => b"* BYE Autologout; timeout waiting for STARTTLS\r\n",
             Protocol::Pop3 => b"-ERR Timeout waiting for STLS, closing connection\r\n",
             Protocol::Smtp => b"421 4.4.2 Timeout waiting for STARTTLS, closing connection\r\n",
+            Protocol::Sieve => b"BYE \"Timeout waiting for STARTTLS, closing connection\"\r\n",
         }
     }
 
@@ -299,22 +308,56 @@ impl PlainPhase {
         PlainStep::Reply(reply.into_bytes())
     }
 
-    /// `Some(step)` when `content` ends with an IMAP literal (never for POP3/SMTP): the refusal
+    fn sieve(&mut self, content: &[u8], buf: &mut Vec<u8>) -> PlainStep {
+        // Literals first: whatever the command, its literal bytes must never be parsed.
+        if let Some(step) = self.refuse_literal(content, b"", false) {
+            return step;
+        }
+        let (cmd, args) = split_word(content);
+        let cmd = cmd.to_ascii_uppercase();
+        let has_arg = args.is_some_and(|a| a.iter().any(|&c| c != b' '));
+        let reply: String = match &cmd[..] {
+            b"CAPABILITY" if !has_arg => format!("{SIEVE_CAPS}OK \"Capability completed.\"\r\n"),
+            b"NOOP" if !has_arg => "OK \"NOOP completed.\"\r\n".to_owned(),
+            b"LOGOUT" if !has_arg => {
+                self.state = State::Finished;
+                return PlainStep::Close(b"OK \"Logout completed.\"\r\n".to_vec());
+            }
+            b"STARTTLS" if !has_arg => {
+                return self.upgrade(String::from("OK \"Begin TLS negotiation now.\"\r\n"), buf);
+            }
+            b"AUTHENTICATE" => "NO (ENCRYPT-NEEDED) \"Plaintext authentication is disabled, use STARTTLS first\"\r\n".to_owned(),
+            b"CAPABILITY" | b"NOOP" | b"LOGOUT" | b"STARTTLS" => {
+                "NO \"Command takes no arguments\"\r\n".to_owned()
+            }
+            _ => "NO \"Command unknown or not allowed before STARTTLS\"\r\n".to_owned(),
+        };
+        PlainStep::Reply(reply.into_bytes())
+    }
+
+    /// `Some(step)` when `content` ends with an IMAP or ManageSieve literal (never for POP3/SMTP): the refusal
     /// to send, with the state set to skip the literal or finished. `tag` is echoed; `silent`
     /// is for continuation lines of a command already refused (no second BAD).
     fn refuse_literal(&mut self, content: &[u8], tag: &[u8], silent: bool) -> Option<PlainStep> {
-        if self.protocol != Protocol::Imap {
-            return None;
-        }
+        let sieve = match self.protocol {
+            Protocol::Imap => false,
+            Protocol::Sieve => true,
+            Protocol::Pop3 | Protocol::Smtp => return None,
+        };
         let lit = trailing_literal(content)?;
-        let tag = String::from_utf8_lossy(tag);
-        let bad = format!("{tag} BAD Literals are not accepted before STARTTLS\r\n");
+        let bad = if sieve {
+            "NO \"Literals are not accepted before STARTTLS\"\r\n".to_owned()
+        } else {
+            let tag = String::from_utf8_lossy(tag);
+            format!("{tag} BAD Literals are not accepted before STARTTLS\r\n")
+        };
         let fits = lit
             .len
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= self.limits.max_line_length);
         match fits {
-            Some(n) if !lit.sync => {
+            // ManageSieve has no go-ahead: the bytes follow whatever the announcement.
+            Some(n) if !lit.sync || sieve => {
                 self.state = State::SkipLiteral { remaining: n };
                 Some(PlainStep::Reply(if silent {
                     Vec::new()
@@ -324,7 +367,11 @@ impl PlainPhase {
             }
             _ => {
                 self.state = State::Finished;
-                let bye = "* BYE Literals are not accepted before STARTTLS, closing connection\r\n";
+                let bye = if sieve {
+                    "BYE \"Literals are not accepted before STARTTLS, closing connection\"\r\n"
+                } else {
+                    "* BYE Literals are not accepted before STARTTLS, closing connection\r\n"
+                };
                 Some(PlainStep::Close(if silent {
                     bye.into()
                 } else {
@@ -371,6 +418,13 @@ impl PlainPhase {
             (Protocol::Smtp, Violation::TooManyCommands) => {
                 format!("421 4.7.0 {h} Too many commands before STARTTLS, closing connection\r\n")
             }
+            (Protocol::Sieve, Violation::Binary) => {
+                "BYE \"Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\"\r\n".to_owned()
+            }
+            (Protocol::Sieve, Violation::LineTooLong) => "BYE \"Line too long\"\r\n".to_owned(),
+            (Protocol::Sieve, Violation::TooManyCommands) => {
+                "BYE \"Too many commands before STARTTLS\"\r\n".to_owned()
+            }
         };
         PlainStep::Close(msg.into_bytes())
     }
@@ -390,6 +444,15 @@ fn is_binary(c: u8) -> bool {
 
 /// The capabilities postern honours before TLS: no `AUTH=`, no `ID` (rule T6).
 const IMAP_CAPS: &str = "IMAP4rev1 STARTTLS LOGINDISABLED";
+
+/// ManageSieve capabilities before TLS (RFC 5804 section 1.7): no SASL mechanism, since
+/// authentication waits for TLS; the Sieve extensions are the backend's, listed after TLS.
+const SIEVE_CAPS: &str = "\"IMPLEMENTATION\" \"postern\"\r\n\"SASL\" \"\"\r\n\"SIEVE\" \"\"\r\n\"STARTTLS\"\r\n\"VERSION\" \"1.0\"\r\n";
+
+/// `text` fit for a ManageSieve quoted string: `"` and `\\` (which would need escapes) become `-`.
+fn sieve_text(text: &str) -> String {
+    text.replace(['"', '\\'], "-")
+}
 
 /// POP3 CAPA before TLS: `STLS` and the response codes postern itself uses.
 const POP3_CAPA: &[u8] =

@@ -18,7 +18,8 @@ fn protocol() -> impl Strategy<Value = Protocol> {
     prop_oneof![
         Just(Protocol::Imap),
         Just(Protocol::Pop3),
-        Just(Protocol::Smtp)
+        Just(Protocol::Smtp),
+        Just(Protocol::Sieve)
     ]
 }
 

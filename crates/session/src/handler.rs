@@ -389,8 +389,10 @@ impl SessionHandler {
         let plan = RelayPlan {
             greeting_len: greeting_len(s.protocol, &greeting),
             greeting,
-            // The client already had postern's greeting: the backend's is swallowed.
-            swallow_greeting: starttls,
+            // The client already had postern's greeting: the backend's is swallowed, except
+            // ManageSieve's, which is its capability list, what RFC 5804 has a server send
+            // again after STARTTLS (the capability filter takes STARTTLS out of it).
+            swallow_greeting: starttls && s.protocol != Protocol::Sieve,
             replay: b"",
             filters,
             idle_timeout: s.idle_timeout,

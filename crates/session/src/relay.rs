@@ -281,7 +281,9 @@ where
                 // so the session just closes at its turn.
                 Some(Goodbye::Close) if leaving => return Poll::Ready(left(prelogin_expired)),
                 Some(Goodbye::Close) => false,
-                None => down.pending.is_empty() && down.at_line_start,
+                None => {
+                    down.pending.is_empty() && down.at_line_start && !filters.backend_in_literal()
+                }
             };
             if leaving && !goodbye_queued && safe {
                 if goodbye.is_empty() {
@@ -476,7 +478,11 @@ fn start(
         if let Some(state) = filters.imap.as_mut() {
             state.backend(head);
         }
-        down.pending.extend_from_slice(head);
+        match filters.caps.as_mut() {
+            // A greeting relayed after an upgrade (ManageSieve's capability list): filtered.
+            Some(f) => f.feed(head, &mut down.pending),
+            None => down.pending.extend_from_slice(head),
+        }
     }
     // What the backend sent after its greeting goes through every filter, like any read.
     let mut out = Vec::new();

@@ -86,7 +86,7 @@ impl Validator<'_> {
                 &format!("{key}.protocol"),
                 Kind::BadEnum {
                     value: l.protocol.clone(),
-                    allowed: "\"imap\", \"pop3\", \"smtp\"".to_owned(),
+                    allowed: "\"imap\", \"pop3\", \"smtp\", \"sieve\"".to_owned(),
                 },
             );
             Protocol::Imap

@@ -8,7 +8,7 @@ use postern_proto::Protocol;
 /// One fuzz input: panics on a broken invariant.
 pub(crate) fn fuzz_one(data: &[u8]) {
     let [p, size, input @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
+    let protocol = Protocol::ALL[usize::from(*p) % Protocol::ALL.len()];
     let size = usize::from(*size).max(1);
     let whole = run(protocol, &[input]);
     let chunks: Vec<&[u8]> = input.chunks(size).collect();

@@ -8,7 +8,7 @@ use postern_proto::Protocol;
 /// One fuzz input: panics on a broken invariant.
 pub(crate) fn fuzz_one(data: &[u8]) {
     let [p, buf @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
+    let protocol = Protocol::ALL[usize::from(*p) % Protocol::ALL.len()];
     let whole = parse_greeting(protocol, buf);
     if let Greeting::Ok { len } | Greeting::Refused { len } = whole {
         assert!(len > 0 && len <= buf.len());

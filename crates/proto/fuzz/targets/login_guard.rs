@@ -17,7 +17,7 @@ const MAX_BACKEND_HELD: usize = REPLY_HEAD + 32 + 64 * (MAX_TAG + 256) + MAX_OWN
 pub(crate) fn fuzz_one(data: &[u8]) {
     let [p, size, input @ ..] = data else { return };
     let mut rest: &[u8] = input;
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
+    let protocol = Protocol::ALL[usize::from(*p) % Protocol::ALL.len()];
     let size = usize::from(*size).max(1);
     let mut steps = Vec::new();
     while let [head, tail @ ..] = rest {

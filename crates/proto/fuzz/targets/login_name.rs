@@ -17,14 +17,14 @@ fn check(name: &str) {
 /// One fuzz input: panics on a broken invariant.
 pub(crate) fn fuzz_one(data: &[u8]) {
     let [p, line @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
+    let protocol = Protocol::ALL[usize::from(*p) % Protocol::ALL.len()];
     let mech = [
         SaslMech::Plain,
         SaslMech::Login,
         SaslMech::XOAuth2,
         SaslMech::OAuthBearer,
         SaslMech::Other,
-    ][usize::from(*p / 3 % 5)];
+    ][usize::from(*p) / Protocol::ALL.len() % 5];
     if let LoginLine::Name(name) = login_line(protocol, line) {
         check(&name);
     }

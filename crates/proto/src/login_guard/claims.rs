@@ -7,7 +7,7 @@ use crate::Protocol;
 /// A client command postern answers itself instead of passing it on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// POP3/SMTP `XCLIENT` (an address claim).
+    /// POP3/SMTP/ManageSieve `XCLIENT` (an address claim).
     Xclient,
     /// SMTP `XFORWARD` (an address claim).
     Xforward,
@@ -21,7 +21,7 @@ pub(crate) enum Refused {
     TagInUse,
     /// IMAP: a non-synchronizing literal the backend did not advertise (LITERAL+/LITERAL-).
     NonSyncLiteral,
-    /// POP3/SMTP: an empty command line (servers differ on whether it gets a reply).
+    /// POP3/SMTP/ManageSieve: an empty command line (servers differ on whether it gets a reply).
     EmptyLine,
     /// SMTP `BDAT` before authentication.
     BdatBeforeAuth,
@@ -72,10 +72,16 @@ impl Refused {
             (Protocol::Smtp, Refused::BdatWithoutChunking) => {
                 "502 5.5.1 BDAT refused: the server did not advertise CHUNKING\r\n".to_owned()
             }
+            (Protocol::Sieve, Refused::Xclient) => {
+                "NO \"XCLIENT is not accepted from clients\"\r\n".to_owned()
+            }
+            (Protocol::Sieve, Refused::Starttls) => "NO \"TLS is already active\"\r\n".to_owned(),
+            (Protocol::Sieve, Refused::EmptyLine) => "NO \"Empty command\"\r\n".to_owned(),
             // Combinations the guard never produces; still a protocol-correct error.
             (Protocol::Imap, _) => format!("{t} BAD Command refused by the mail gateway\r\n"),
             (Protocol::Pop3, _) => "-ERR Command refused by the mail gateway\r\n".to_owned(),
             (Protocol::Smtp, _) => "502 5.5.1 Command refused by the mail gateway\r\n".to_owned(),
+            (Protocol::Sieve, _) => "NO \"Command refused by the mail gateway\"\r\n".to_owned(),
         };
         text.into_bytes()
     }
@@ -134,6 +140,15 @@ impl GuardClose {
             (Protocol::Smtp, GuardClose::CannotFollow) => {
                 b"421 4.7.0 The mail gateway cannot follow this command, closing connection\r\n"
             }
+            (Protocol::Sieve, GuardClose::TooManyClaims) => {
+                b"BYE \"Too many refused commands, closing connection\"\r\n"
+            }
+            (Protocol::Sieve, GuardClose::LineTooLong) => {
+                b"BYE \"Line too long, closing connection\"\r\n"
+            }
+            (Protocol::Sieve, GuardClose::CannotFollow) => {
+                b"BYE \"The mail gateway cannot follow this command, closing connection\"\r\n"
+            }
         }
     }
 }
@@ -159,7 +174,7 @@ mod tests {
             Refused::BdatBeforeAuth,
             Refused::BdatWithoutChunking,
         ];
-        for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        for p in Protocol::ALL {
             for r in all {
                 let reply = r.reply(p, b"a\r\nb");
                 assert!(reply.ends_with(b"\r\n"));

@@ -40,13 +40,13 @@ impl Tracker {
                 }
                 &head[sp + 1..]
             }
-            Protocol::Pop3 | Protocol::Smtp => head,
+            Protocol::Pop3 | Protocol::Smtp | Protocol::Sieve => head,
         };
         let (kw, args) = keyword(rest);
         let kw = kw.to_ascii_uppercase();
         let sasl = match self.protocol {
-            Protocol::Imap => &kw[..] == b"AUTHENTICATE",
-            _ => &kw[..] == b"AUTH",
+            Protocol::Imap | Protocol::Sieve => &kw[..] == b"AUTHENTICATE",
+            Protocol::Pop3 | Protocol::Smtp => &kw[..] == b"AUTH",
         };
         if self.protocol == Protocol::Imap && &kw[..] == b"ID" {
             return Head::Id;
@@ -67,6 +67,7 @@ impl Tracker {
             Protocol::Imap => self.imap_command(core, seg, content, true, io),
             Protocol::Pop3 => self.pop3_command(core, seg, content, true, io),
             Protocol::Smtp => self.smtp_command(core, seg, content, true, io),
+            Protocol::Sieve => self.sieve_command(core, seg, content, true, io),
         }
     }
 
@@ -76,6 +77,7 @@ impl Tracker {
             Protocol::Imap => self.imap_command(core, head, head, false, io),
             Protocol::Pop3 => self.pop3_command(core, head, head, false, io),
             Protocol::Smtp => self.smtp_command(core, head, head, false, io),
+            Protocol::Sieve => self.sieve_command(core, head, head, false, io),
         }
     }
 
@@ -171,7 +173,7 @@ impl Tracker {
     /// `AUTHENTICATE`/`AUTH mech [initial-response]`; `complete` is false for the start of an
     /// over-long line (its rest is streamed).
     #[allow(clippy::too_many_arguments)]
-    fn sasl_start(
+    pub(super) fn sasl_start(
         &mut self,
         core: &mut Core,
         tag: &[u8],
@@ -186,20 +188,31 @@ impl Tracker {
             return self.refused_literal(core, lit, io);
         }
         let (mech_name, ir) = first_word(args);
-        let mech = SaslMech::parse(mech_name);
+        let sieve = self.protocol == Protocol::Sieve;
+        let mech = if sieve {
+            // ManageSieve names the mechanism with a string: `"PLAIN"`.
+            SaslMech::parse(super::sieve::unquote(mech_name))
+        } else {
+            SaslMech::parse(mech_name)
+        };
         let ir = ir.map(trim_leading_blanks).filter(|ir| !ir.is_empty());
         io.to_backend.extend_from_slice(seg);
         let responses = u8::from(ir.is_some());
         self.push(Entry::new(tag, Kind::Auth { mech, responses }));
         self.window_on = ir.is_some() && mech.name_in_first_response();
-        if self.window_on {
+        // A ManageSieve initial response sent as a literal: the name is in its bytes.
+        let ir_literal = sieve && complete && lit.is_some();
+        if self.window_on && !ir_literal {
             self.window.feed(ir.unwrap_or_default());
         }
         if !complete {
             return self.start_stream(Stream::SaslCommand, seg);
         }
+        if ir_literal && self.window_on {
+            return self.follow_literal(core, RestOf::Auth, lit, Data::Sasl, io);
+        }
         self.finish_window();
-        if self.protocol == Protocol::Imap {
+        if matches!(self.protocol, Protocol::Imap | Protocol::Sieve) {
             self.follow_literal(core, RestOf::Auth, lit, Data::Pass, io);
         } else {
             self.wait = Some(Wait::Sasl);

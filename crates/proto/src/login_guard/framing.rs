@@ -287,6 +287,10 @@ impl Tracker {
                 self.user_literal
                     .extend_from_slice(&chunk[..room.min(chunk.len())]);
             }
+            Data::Sasl => {
+                io.to_backend.extend_from_slice(chunk);
+                self.window.feed(chunk);
+            }
             Data::Drop => {}
             Data::Id => {
                 if let Some(id) = self.id.as_mut() {
@@ -304,6 +308,9 @@ impl Tracker {
     }
 
     fn literal_done(&mut self, data: Data) {
+        if data == Data::Sasl {
+            self.finish_window();
+        }
         if data == Data::CaptureUser {
             let name = clean_user(&self.user_literal);
             scrub(&mut self.user_literal);
@@ -377,7 +384,6 @@ impl Tracker {
                 }
             }
             Stream::SaslResponse => {
-                self.finish_window();
                 if let Some(Entry {
                     kind: Kind::Auth { responses, .. },
                     ..
@@ -385,17 +391,34 @@ impl Tracker {
                 {
                     *responses = responses.saturating_add(1);
                 }
+                let lit = match self.protocol {
+                    Protocol::Sieve => trailing_literal(strip_eol(&self.tail)),
+                    _ => None,
+                };
                 scrub(&mut self.tail);
                 self.state = ClientState::Line;
                 self.line = LineKind::Command;
+                if lit.is_some() {
+                    // A ManageSieve response sent as a literal: its bytes follow at once and
+                    // hold the name (not the announcement the window saw).
+                    let data = if self.window_on {
+                        // Empties (and zeroes) the window; no name is read.
+                        let _ = self.window.finish(super::SaslMech::Other);
+                        Data::Sasl
+                    } else {
+                        Data::Pass
+                    };
+                    return self.follow_literal(core, RestOf::Auth, lit, data, io);
+                }
+                self.finish_window();
                 self.wait = Some(Wait::Sasl);
             }
             Stream::SaslCommand => {
                 self.finish_window();
                 let tail = mem::take(&mut self.tail);
                 let lit = match self.protocol {
-                    Protocol::Imap => trailing_literal(strip_eol(&tail)),
-                    _ => None,
+                    Protocol::Imap | Protocol::Sieve => trailing_literal(strip_eol(&tail)),
+                    Protocol::Pop3 | Protocol::Smtp => None,
                 };
                 self.state = ClientState::Line;
                 if self.literal_plan(lit) == Plan::Unsupported {
@@ -418,6 +441,10 @@ impl Tracker {
             }) => *mech,
             _ => return,
         };
+        if self.protocol == Protocol::Sieve {
+            // ManageSieve sends SASL data as strings: `"base64"`.
+            self.window.unquote();
+        }
         let name = self.window.finish(mech);
         if let (Some(name), Some(e)) = (name, self.in_flight.back_mut()) {
             e.user = Some(name);
@@ -438,6 +465,9 @@ impl Tracker {
         let Some(lit) = lit else {
             return Plan::None;
         };
+        if self.protocol == Protocol::Sieve {
+            return super::sieve::literal_plan(lit);
+        }
         if lit.sync {
             return Plan::Sync(lit.len);
         }
@@ -485,7 +515,9 @@ impl Tracker {
     /// postern refused a command whose segment announced `lit`: the client's next bytes.
     pub(super) fn refused_literal(&mut self, core: &mut Core, lit: Option<Literal>, io: &mut Io) {
         self.line = LineKind::Command;
-        let Some(lit) = lit.filter(|l| !l.sync && l.delimited) else {
+        // ManageSieve has no go-ahead: the bytes of `{n}` follow as those of `{n+}` do.
+        let sieve = self.protocol == Protocol::Sieve;
+        let Some(lit) = lit.filter(|l| (!l.sync || sieve) && l.delimited) else {
             // No literal, or a synchronizing one: the client got a tagged reply instead of
             // `+` and sends no literal bytes.
             return;
@@ -596,7 +628,7 @@ impl Tracker {
                     core.waiting.extend_from_slice(&reply);
                 }
             }
-            Protocol::Pop3 | Protocol::Smtp => {
+            Protocol::Pop3 | Protocol::Smtp | Protocol::Sieve => {
                 if self.in_flight.is_empty() && self.reply.at_boundary() {
                     self.own_unwritten += reply.len();
                     io.to_client.extend_from_slice(&reply);

@@ -1,5 +1,6 @@
-//! The backend's replies: read line by line (IMAP literals skipped unread), matched to the
-//! commands that caused them (IMAP by tag, POP3 and SMTP in order), and turned into login
+//! The backend's replies: read line by line (IMAP and ManageSieve literals skipped unread),
+//! matched to the commands that caused them (IMAP by tag, POP3, SMTP and ManageSieve in
+//! order; ManageSieve's in `sieve`), and turned into login
 //! outcomes, continuations the tracker waits for, and points where postern's own replies
 //! may be written.
 //!
@@ -115,9 +116,13 @@ impl Tracker {
                 Protocol::Imap => self.imap_line(core, line, strip_eol(&tail), io),
                 Protocol::Pop3 => self.pop3_line(core, line, whole, io),
                 Protocol::Smtp => self.smtp_line(core, line, io),
+                Protocol::Sieve => self.sieve_line(core, line, strip_eol(&tail), io),
             }
         }
-        self.reply.greeted = true;
+        if self.protocol != Protocol::Sieve {
+            // A ManageSieve greeting is many lines: `sieve_line` knows when it ended.
+            self.reply.greeted = true;
+        }
         head.clear();
         tail.clear();
         self.reply.head = head;
@@ -182,7 +187,7 @@ impl Tracker {
     }
 
     /// IMAP `+`, POP3 `+ `, SMTP `334`: the backend asks for what the client waits to send.
-    fn continuation(&mut self, core: &mut Core, io: &mut Io<'_>) {
+    pub(super) fn continuation(&mut self, core: &mut Core, io: &mut Io<'_>) {
         match self.wait {
             Some(Wait::Literal { len, data }) => {
                 self.wait = None;
@@ -210,7 +215,7 @@ impl Tracker {
     }
 
     /// The awaited answer was a final reply: the client's next line is a command.
-    fn end_wait(&mut self) {
+    pub(super) fn end_wait(&mut self) {
         self.wait = None;
         self.line = LineKind::Command;
         self.state = ClientState::Line;
@@ -332,7 +337,7 @@ impl Tracker {
         if self.reply.at_boundary() {
             match self.protocol {
                 Protocol::Imap => io.to_client.append(&mut core.waiting),
-                Protocol::Pop3 | Protocol::Smtp => {
+                Protocol::Pop3 | Protocol::Smtp | Protocol::Sieve => {
                     while let Some(Entry {
                         kind: Kind::Own(_), ..
                     }) = self.in_flight.front()
@@ -378,7 +383,7 @@ impl Tracker {
 }
 
 /// Records a login outcome.
-fn verdict(core: &mut Core, ok: bool, user: Option<String>) {
+pub(super) fn verdict(core: &mut Core, ok: bool, user: Option<String>) {
     if ok {
         core.logged_in = true;
         core.user.clone_from(&user);

@@ -83,6 +83,7 @@ pub enum LoginLine {
 ///   `tag AUTHENTICATE mech [initial-response]`.
 /// - POP3 `USER name`, `APOP name digest`, `AUTH mech [initial-response]`.
 /// - SMTP `AUTH mech [initial-response]`.
+/// - ManageSieve `AUTHENTICATE "mech" ["initial-response" | {n+} CRLF initial-response]`.
 ///
 /// For PLAIN the name is the authentication identity, or the authorization identity when
 /// the former is empty ([`sasl_plain_identities`] gives both).
@@ -99,6 +100,7 @@ pub fn login_line(protocol: Protocol, line: &[u8]) -> LoginLine {
             &content[sp + 1..]
         }
         Protocol::Pop3 | Protocol::Smtp => content,
+        Protocol::Sieve => return super::sieve::login_line(line),
     };
     let (kw, rest) = keyword(args);
     match (protocol, &kw.to_ascii_uppercase()[..]) {
@@ -195,6 +197,15 @@ impl NameWindow {
 
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Drops the quotes around a ManageSieve quoted string (blanks around it too).
+    pub(crate) fn unquote(&mut self) {
+        let range = super::sieve::unquoted_range(&self.buf);
+        let len = range.len();
+        self.buf.copy_within(range, 0);
+        self.buf[len..].fill(0);
+        self.buf.truncate(len);
     }
 }
 

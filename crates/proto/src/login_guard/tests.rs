@@ -5,6 +5,7 @@ mod claims;
 mod imap;
 mod pop3;
 mod post_login;
+mod sieve;
 mod smtp;
 
 use super::*;
@@ -159,3 +160,4 @@ pub(super) const IMAP_GREETING: &[u8] =
 pub(super) const IMAP_GREETING_NO_CAPS: &[u8] = b"* OK ready\r\n";
 pub(super) const POP3_GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
 pub(super) const SMTP_GREETING: &[u8] = b"220 mx.test ESMTP Postfix\r\n";
+pub(super) const SIEVE_GREETING: &[u8] = b"\"IMPLEMENTATION\" \"Dovecot Pigeonhole\"\r\n\"SIEVE\" \"fileinto reject\"\r\n\"SASL\" \"PLAIN LOGIN\"\r\n\"VERSION\" \"1.0\"\r\nOK \"Dovecot ready.\"\r\n";

@@ -7,7 +7,7 @@ use crate::Protocol;
 ///
 /// - IMAP: continuation lines (`+ ...`). Untagged lines pass; a tagged line passes and ends
 ///   the swallowing (the command finished early, e.g. a `NO` in place of a continuation).
-/// - POP3: one line each.
+/// - POP3, ManageSieve (the challenge of a SASL exchange): one line each.
 /// - SMTP: one reply each, its `NNN-` lines included.
 ///
 /// Holds four bytes of the current line at most.
@@ -56,7 +56,7 @@ impl ReplySwallow {
                             self.tagged = !matches!(input[0], b'+' | b'*');
                             input[0] == b'+'
                         }
-                        Protocol::Pop3 | Protocol::Smtp => true,
+                        Protocol::Pop3 | Protocol::Smtp | Protocol::Sieve => true,
                     };
                     self.line = Some(drop);
                     self.head_len = 0;
@@ -77,7 +77,7 @@ impl ReplySwallow {
                     Protocol::Imap if drop => self.left = self.left.saturating_sub(1),
                     Protocol::Imap if self.tagged => self.left = 0,
                     Protocol::Imap => {}
-                    Protocol::Pop3 => self.left = self.left.saturating_sub(1),
+                    Protocol::Pop3 | Protocol::Sieve => self.left = self.left.saturating_sub(1),
                     Protocol::Smtp => {
                         if !(self.head_len == 4 && self.head[3] == b'-') {
                             self.left = self.left.saturating_sub(1);

@@ -315,3 +315,48 @@ fn swallow_drops_only_what_the_client_had() {
         );
     }
 }
+
+#[test]
+fn sieve_greets_with_the_servers_list_and_reads_authenticate() {
+    let caps = Capabilities::new(
+        [
+            "IMPLEMENTATION Dovecot Pigeonhole",
+            "SIEVE fileinto reject",
+            "SASL PLAIN CRAM-MD5",
+            "STARTTLS",
+            "VERSION 1.0",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let p = Prelogin::new(Protocol::Sieve, "mx.test", Some(&caps), limits());
+    assert_eq!(
+        String::from_utf8_lossy(&p.greeting()),
+        "\"IMPLEMENTATION\" \"Dovecot Pigeonhole\"\r\n\"SIEVE\" \"fileinto reject\"\r\n\"SASL\" \"PLAIN\"\r\n\"VERSION\" \"1.0\"\r\nOK \"mx.test ready (postern)\"\r\n"
+    );
+    let ir = b64(b"\0alice\0secret1");
+    let literal = format!("AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{ir}\r\n", ir.len());
+    let quoted = format!("AUTHENTICATE \"PLAIN\" \"{ir}\"\r\n");
+    for (login, chunk) in [(&literal, 1), (&literal, 0), (&quoted, 3)] {
+        let mut p = Prelogin::new(Protocol::Sieve, "mx.test", Some(&caps), limits());
+        let input = format!("NOOP\r\nXCLIENT ADDR=192.0.2.1\r\n{login}LISTSCRIPTS\r\n");
+        let (out, l, closed) = run(&mut p, input.as_bytes(), chunk);
+        let l = l.expect("a login");
+        assert!(!closed);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "OK \"NOOP completed.\"\r\nNO \"XCLIENT is not accepted from clients\"\r\n"
+        );
+        assert_eq!(l.user, "alice");
+        // The login byte for byte, then whatever had been read after it.
+        assert!(l.replay.as_slice().starts_with(login.as_bytes()));
+        assert_eq!(l.swallow, 0);
+    }
+    // Without an initial response: postern's empty challenge, then a quoted response.
+    let mut p = Prelogin::new(Protocol::Sieve, "mx.test", Some(&caps), limits());
+    let input = format!("AUTHENTICATE \"PLAIN\"\r\n\"{}\"\r\n", b64(b"\0bob\0pw"));
+    let (out, l, _) = run(&mut p, input.as_bytes(), 0);
+    assert_eq!(out, b"\"\"\r\n");
+    let l = l.expect("a login");
+    assert_eq!((l.user.as_str(), l.swallow), ("bob", 1));
+}

@@ -1,5 +1,7 @@
 use super::*;
 
+mod sieve;
+
 const LIMITS: PlainLimits = PlainLimits {
     max_line_length: 1024,
     max_commands: 20,

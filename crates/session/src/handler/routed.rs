@@ -98,8 +98,9 @@ impl SessionHandler {
             },
         );
         // postern's greeting is due on implicit TLS; a STARTTLS client had the plaintext
-        // phase's.
-        let greet = s.tls == TlsMode::Implicit;
+        // phase's, except that ManageSieve lists the capabilities again after the upgrade
+        // (RFC 5804), and its greeting is that list.
+        let greet = s.tls == TlsMode::Implicit || s.protocol == Protocol::Sieve;
         let remaining = prelogin_deadline.saturating_duration_since(Instant::now());
         let dialogue = tokio::time::timeout(
             s.plaintext_timeout.min(remaining),
@@ -311,6 +312,7 @@ fn reconnect_goodbye(protocol: Protocol) -> &'static [u8] {
         // POP3 has no unsolicited response: it just closes.
         Protocol::Pop3 => b"",
         Protocol::Smtp => b"421 4.3.2 please reconnect\r\n",
+        Protocol::Sieve => b"BYE (TRYLATER) \"please reconnect\"\r\n",
     }
 }
 
@@ -320,5 +322,6 @@ fn timeout_goodbye(protocol: Protocol) -> &'static [u8] {
         Protocol::Imap => b"* BYE Autologout; timeout waiting for login\r\n",
         Protocol::Pop3 => b"-ERR Timeout waiting for login, closing connection\r\n",
         Protocol::Smtp => b"421 4.4.2 Timeout waiting for authentication, closing connection\r\n",
+        Protocol::Sieve => b"BYE \"Timeout waiting for login, closing connection\"\r\n",
     }
 }

@@ -202,6 +202,12 @@ impl Filters {
         self.guard.as_ref().is_none_or(|g| g.wants_client())
     }
 
+    /// The backend stream is inside a literal (a ManageSieve script, a string): a line start
+    /// there is no place for a drain goodbye.
+    pub(crate) fn backend_in_literal(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.backend_in_literal())
+    }
+
     /// A backend reset after this is a close: the backend said goodbye.
     pub(crate) fn backend_said_goodbye(&self) -> bool {
         self.guard

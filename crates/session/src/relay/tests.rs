@@ -468,6 +468,34 @@ async fn goodbye_never_lands_inside_an_imap_literal() {
 }
 
 #[tokio::test]
+async fn goodbye_never_lands_inside_a_sieve_script() {
+    let bye = Protocol::Sieve.shutdown_goodbye();
+    let Harness {
+        mut client,
+        mut backend,
+        mut leave,
+        task,
+    } = spawn_relay(1024, b"", guard_filters(Protocol::Sieve), bye);
+    let greeting = b"\"SASL\" \"PLAIN\"\r\nOK \"ready\"\r\n";
+    backend.write_all(greeting).await.unwrap();
+    client.write_all(b"GETSCRIPT \"s\"\r\n").await.unwrap();
+    let mut cmd = [0u8; 15];
+    backend.read_exact(&mut cmd).await.unwrap();
+    // A script is a literal made of lines: a line start in it is no place for a BYE.
+    let head = b"{8}\r\nab\r\ncd\r\n";
+    backend.write_all(head).await.unwrap();
+    let mut buf = vec![0u8; greeting.len() + head.len()];
+    client.read_exact(&mut buf).await.unwrap();
+    leave.take().unwrap().send(()).unwrap();
+    tokio::task::yield_now().await;
+    backend.write_all(b"ef\r\nOK \"done\"\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, [&b"ef\r\nOK \"done\"\r\n"[..], bye].concat());
+    assert!(matches!(task.await.unwrap().end, RelayEnd::Shutdown));
+}
+
+#[tokio::test]
 async fn a_compressed_imap_session_closes_without_a_word() {
     let Harness {
         mut client,
