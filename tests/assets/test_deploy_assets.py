@@ -64,7 +64,7 @@ INSTALLED_BINARY = "/usr/local/bin/postern"
 # target) and the newest schema set kubernetes-validate 1.37 ships.
 K8S_VERSIONS = ["1.31", "1.37"]
 
-# The six mail ports: Service port -> (listener name, protocol, tls mode).
+# The seven mail ports: Service port -> (listener name, protocol, tls mode).
 MAIL_PORTS = {
     993: ("imaps", "imap", "implicit"),
     995: ("pop3s", "pop3", "implicit"),
@@ -72,6 +72,7 @@ MAIL_PORTS = {
     143: ("imap", "imap", "starttls"),
     110: ("pop3", "pop3", "starttls"),
     587: ("submission", "smtp", "starttls"),
+    4190: ("sieve", "sieve", "starttls"),
 }
 
 SUBPROCESS_TIMEOUT = 120
@@ -463,7 +464,7 @@ def test_postern_backends_use_the_headless_service(dovecot_rendered, pod_config)
     assert cm["data"]["dovecot.conf"] == (DOVECOT_K8S / "dovecot.conf").read_text()
 
     # postern.toml: each backend is the Service name (re-resolved) on its protocol's port
-    service_port = {"imap": svc_ports["imap"], "pop3": svc_ports["pop3"], "submission": svc_ports["submission"]}
+    service_port = {name: svc_ports[name] for name in ("imap", "pop3", "submission", "sieve")}
     backends = {b["name"]: b for b in pod_config["backend"]}
     assert set(backends) == set(service_port)
     for name, b in backends.items():
@@ -474,7 +475,7 @@ def test_postern_backends_use_the_headless_service(dovecot_rendered, pod_config)
     conf = (DOVECOT_K8S / "dovecot.conf").read_text()
     listeners = re.findall(r"inet_listener (\w+) \{\s*port = (\d+)(\s*haproxy = yes)?", conf)
     active = {name: bool(proxy) for name, port, proxy in listeners if port != "0"}
-    assert active == {"imap": True, "pop3": True, "submission": True}, active
+    assert active == {"imap": True, "pop3": True, "submission": True, "sieve": True}, active
     assert re.search(r"^haproxy_trusted_networks = \S+", conf, re.M)
 
 
@@ -581,7 +582,7 @@ def test_services(rendered, deployment, container, pod_config):
     assert spec["externalTrafficPolicy"] == "Local", "client addresses must survive"
     assert spec["selector"].items() <= pod_labels.items()
     by_port = {p["port"]: p for p in spec["ports"]}
-    assert set(by_port) == set(MAIL_PORTS), "exactly the six mail ports, no admin port"
+    assert set(by_port) == set(MAIL_PORTS), "exactly the seven mail ports, no admin port"
     for port, (name, protocol, tls) in MAIL_PORTS.items():
         target = by_port[port]["targetPort"]
         # Service port -> named container port -> postern listener of the same name.

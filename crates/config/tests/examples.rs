@@ -99,7 +99,7 @@ fn example_fronts_dovecot_on_high_loopback_ports() {
         .iter()
         .filter(|l| l.tls == TlsMode::Starttls)
         .collect();
-    assert_eq!(starttls.len(), 3);
+    assert_eq!(starttls.len(), 4);
     for l in &starttls {
         let BackendTarget::Servers(servers) = &l.backend(&config).target else {
             panic!("servers")
@@ -142,6 +142,20 @@ fn embedded_default_is_the_spec_single_host_case() {
         );
         assert_eq!(b.protocol, protocol);
     }
+    let sieve = by_name("sieve");
+    assert_eq!(
+        (sieve.protocol, sieve.tls),
+        (Protocol::Sieve, TlsMode::Starttls)
+    );
+    let listen: Vec<String> = sieve.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(listen, ["[::]:4190", "0.0.0.0:4190"]);
+    assert_eq!(
+        sieve.backend(&config).target,
+        BackendTarget::Servers(vec![postern_config::ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 14190
+        }])
+    );
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9190");
     assert!(
         config.tls.certificates.is_empty(),
