@@ -280,7 +280,12 @@ impl LoginGuard {
 
     /// The next login outcome, in the order the backend gave them.
     pub fn next_verdict(&mut self) -> Option<LoginVerdict> {
-        self.core.verdicts.pop_front()
+        let verdict = self.core.verdicts.pop_front();
+        if verdict.is_some() && self.core.verdicts.is_empty() {
+            // Verdicts come once or twice a session: an idle session keeps no grown queue.
+            self.core.verdicts = VecDeque::new();
+        }
+        verdict
     }
 
     /// True once the backend confirmed a login (or greeted with IMAP `PREAUTH`).

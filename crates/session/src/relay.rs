@@ -220,8 +220,11 @@ where
         }
         up.bytes = replay.len() as u64;
     }
-    // The greeting handed over by the pool is relayed backend data: it counts.
+    // The greeting handed over by the pool is relayed backend data: it counts. Its buffer
+    // (the pool reads with at least 1 KiB of room) is freed now, not held by the relay's
+    // future for the whole session: an idle session keeps nothing it no longer needs.
     down.bytes = greeting.len() as u64;
+    drop(greeting);
     counters.down.inc_by(down.bytes);
     let mut last_activity = Instant::now();
     let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
