@@ -14,7 +14,12 @@ const LIMITS: PreloginLimits = PreloginLimits {
 /// One fuzz input: panics on a broken invariant.
 pub(crate) fn fuzz_one(data: &[u8]) {
     let [p, size, input @ ..] = data else { return };
-    let protocol = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp][usize::from(*p % 3)];
+    let protocol = [
+        Protocol::Imap,
+        Protocol::Pop3,
+        Protocol::Smtp,
+        Protocol::Sieve,
+    ][usize::from(*p % 4)];
     let size = usize::from(*size).max(1);
     let whole = run(protocol, &[input]);
     let chunks: Vec<&[u8]> = input.chunks(size).collect();
@@ -36,6 +41,7 @@ fn run(protocol: Protocol, chunks: &[&[u8]]) -> (Vec<u8>, Option<Vec<u8>>) {
             "USER",
             "SASL PLAIN LOGIN",
             "AUTH PLAIN LOGIN",
+            "\"SASL\" \"PLAIN\"",
         ]
         .map(str::to_owned)
         .to_vec(),
