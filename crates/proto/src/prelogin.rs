@@ -741,28 +741,11 @@ impl Prelogin {
 
     fn close(&mut self, why: Violation) -> PreStep {
         self.finish();
-        let h = &self.hostname;
-        let msg = match (self.protocol, why) {
-            (Protocol::Imap, Violation::LineTooLong) => "* BYE Line too long\r\n".to_owned(),
-            (Protocol::Imap, Violation::TooManyCommands) => {
-                "* BYE Too many commands before login\r\n".to_owned()
-            }
-            (Protocol::Pop3, Violation::LineTooLong) => "-ERR Line too long\r\n".to_owned(),
-            (Protocol::Pop3, Violation::TooManyCommands) => {
-                "-ERR Too many commands before login\r\n".to_owned()
-            }
-            (Protocol::Smtp, Violation::LineTooLong) => {
-                format!("421 4.7.0 {h} Line too long, closing connection\r\n")
-            }
-            (Protocol::Smtp, Violation::TooManyCommands) => {
-                format!("421 4.7.0 {h} Too many commands before login, closing connection\r\n")
-            }
-            (Protocol::Sieve, Violation::LineTooLong) => "BYE \"Line too long\"\r\n".to_owned(),
-            (Protocol::Sieve, Violation::TooManyCommands) => {
-                "BYE \"Too many commands before login\"\r\n".to_owned()
-            }
+        let text = match why {
+            Violation::LineTooLong => "Line too long",
+            Violation::TooManyCommands => "Too many commands before login",
         };
-        PreStep::Close(msg.into_bytes())
+        PreStep::Close(self.protocol.closing_goodbye(&self.hostname, text, false))
     }
 }
 

@@ -53,6 +53,32 @@ impl Protocol {
         }
     }
 
+    /// The command that starts TLS: `STLS` for POP3, `STARTTLS` for the others.
+    pub const fn starttls_command(self) -> &'static str {
+        match self {
+            Protocol::Pop3 => "STLS",
+            _ => "STARTTLS",
+        }
+    }
+
+    /// postern's goodbye when it ends a session itself before login, saying `text`: `* BYE`,
+    /// `-ERR`, `421 4.7.0 <host> … , closing connection` (SMTP always says it closes), `BYE "…"`.
+    /// `say_closing` adds ", closing connection" in the other protocols too.
+    pub fn closing_goodbye(self, host: &str, text: &str, say_closing: bool) -> Vec<u8> {
+        let closing = if say_closing {
+            ", closing connection"
+        } else {
+            ""
+        };
+        match self {
+            Protocol::Imap => format!("* BYE {text}{closing}\r\n"),
+            Protocol::Pop3 => format!("-ERR {text}{closing}\r\n"),
+            Protocol::Smtp => format!("421 4.7.0 {host} {text}, closing connection\r\n"),
+            Protocol::Sieve => format!("BYE \"{text}{closing}\"\r\n"),
+        }
+        .into_bytes()
+    }
+
     /// The goodbye sent when no backend server can be reached (README.md).
     pub const fn unavailable_goodbye(self) -> &'static [u8] {
         match self {

@@ -393,40 +393,19 @@ impl PlainPhase {
 
     fn close(&mut self, why: Violation) -> PlainStep {
         self.state = State::Finished;
-        let h = &self.hostname;
-        let msg = match (self.protocol, why) {
-            (Protocol::Imap, Violation::Binary) => {
-                "* BYE Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\r\n".to_owned()
-            }
-            (Protocol::Pop3, Violation::Binary) => {
-                "-ERR Binary data before STLS (a TLS client on the STLS port?), closing connection\r\n".to_owned()
-            }
-            (Protocol::Smtp, Violation::Binary) => format!(
-                "421 4.7.0 {h} Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\r\n"
+        let starttls = self.protocol.starttls_command();
+        let (text, say_closing) = match why {
+            Violation::Binary => (
+                format!("Binary data before {starttls} (a TLS client on the {starttls} port?)"),
+                true,
             ),
-            (Protocol::Imap, Violation::LineTooLong) => "* BYE Line too long\r\n".to_owned(),
-            (Protocol::Imap, Violation::TooManyCommands) => {
-                "* BYE Too many commands before STARTTLS\r\n".to_owned()
-            }
-            (Protocol::Pop3, Violation::LineTooLong) => "-ERR Line too long\r\n".to_owned(),
-            (Protocol::Pop3, Violation::TooManyCommands) => {
-                "-ERR Too many commands before STLS\r\n".to_owned()
-            }
-            (Protocol::Smtp, Violation::LineTooLong) => {
-                format!("421 4.7.0 {h} Line too long, closing connection\r\n")
-            }
-            (Protocol::Smtp, Violation::TooManyCommands) => {
-                format!("421 4.7.0 {h} Too many commands before STARTTLS, closing connection\r\n")
-            }
-            (Protocol::Sieve, Violation::Binary) => {
-                "BYE \"Binary data before STARTTLS (a TLS client on the STARTTLS port?), closing connection\"\r\n".to_owned()
-            }
-            (Protocol::Sieve, Violation::LineTooLong) => "BYE \"Line too long\"\r\n".to_owned(),
-            (Protocol::Sieve, Violation::TooManyCommands) => {
-                "BYE \"Too many commands before STARTTLS\"\r\n".to_owned()
-            }
+            Violation::LineTooLong => ("Line too long".to_owned(), false),
+            Violation::TooManyCommands => (format!("Too many commands before {starttls}"), false),
         };
-        PlainStep::Close(msg.into_bytes())
+        PlainStep::Close(
+            self.protocol
+                .closing_goodbye(&self.hostname, &text, say_closing),
+        )
     }
 }
 
