@@ -19,10 +19,9 @@ use postern_proto::Protocol;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::client_tls::{self, ClientTls};
 use crate::edge::{Admission, EdgeState};
 use crate::logins::LoginSink;
 use crate::proxy::{self, Addresses};
@@ -88,7 +87,8 @@ pub struct SessionPolicy {
 /// Runs sessions for one listener; plugged into the listener crate's workers.
 pub struct SessionHandler {
     policy: ArcSwap<SessionPolicy>,
-    acceptor: TlsAcceptor,
+    /// The listener's TLS configuration, its certificate resolver wrapped to learn the SNI.
+    tls: Arc<rustls::ServerConfig>,
     metrics: ListenerMetrics,
     /// The listener's byte counters, resolved once for all its sessions.
     counters: Counters,
@@ -119,7 +119,7 @@ impl SessionHandler {
         };
         SessionHandler {
             policy: ArcSwap::from_pointee(policy),
-            acceptor: TlsAcceptor::from(tls),
+            tls: client_tls::recording_sni(tls),
             metrics,
             counters,
             refusals: RefusalLog::new(),
@@ -417,9 +417,9 @@ impl SessionHandler {
         &self,
         stream: TcpStream,
         deadline: Duration,
-    ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    ) -> Result<ClientTls<TcpStream>, HandshakeFailure> {
         let started = Instant::now();
-        match tokio::time::timeout(deadline, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(deadline, client_tls::accept(stream, self.tls.clone())).await {
             Ok(Ok(tls)) => {
                 self.metrics
                     .handshake_duration
@@ -440,7 +440,7 @@ impl SessionHandler {
 }
 
 /// Closes the client side the way the relay's end calls for, and names the outcome.
-async fn finish(tls: &mut TlsStream<TcpStream>, end: RelayEnd, server: &str) -> SessionOutcome {
+async fn finish(tls: &mut ClientTls<TcpStream>, end: RelayEnd, server: &str) -> SessionOutcome {
     match end {
         RelayEnd::Closed => SessionOutcome::Closed,
         RelayEnd::IdleTimeout => {
@@ -506,9 +506,8 @@ fn classify_handshake_error(e: &io::Error) -> HandshakeFailure {
 
 /// Makes the close of `tls`'s socket a TCP reset (SO_LINGER 0): nothing more is written,
 /// no close_notify.
-fn reset(tls: &TlsStream<TcpStream>) {
-    let (tcp, _) = tls.get_ref();
-    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+fn reset(tls: &ClientTls<TcpStream>) {
+    let _ = socket2::SockRef::from(tls.get_ref()).set_linger(Some(Duration::ZERO));
 }
 
 /// TCP_NODELAY (mail greetings and replies are small; Nagle would delay each by up to

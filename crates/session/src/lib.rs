@@ -21,6 +21,7 @@
 //!   environment): behind a load balancer it comes from the PROXY header, read before any
 //!   admission check, TLS byte or greeting.
 
+mod client_tls;
 mod edge;
 mod handler;
 mod logins;

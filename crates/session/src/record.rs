@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::client_tls::ClientTls;
 use postern_metrics::{ListenerMetrics, SessionOutcome};
-use tokio_rustls::server::TlsStream;
 use tracing::info;
 
 use crate::relay::Totals;
@@ -34,8 +34,7 @@ pub(crate) struct TlsFacts {
 }
 
 impl TlsFacts {
-    pub(crate) fn of<S>(tls: &TlsStream<S>) -> Self {
-        let (_, conn) = tls.get_ref();
+    pub(crate) fn of<S>(conn: &ClientTls<S>) -> Self {
         TlsFacts {
             version: conn.protocol_version().map(version_name),
             sni: conn.server_name().map(str::to_owned),

@@ -18,10 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use super::{SessionHandler, SessionPolicy, CLOSE_GRACE};
+use crate::client_tls::ClientTls;
 use crate::edge::Admission;
 use crate::logins::LoginSink;
 use crate::record::{SessionRecord, TlsFacts};
@@ -62,7 +62,7 @@ impl SessionHandler {
     /// Runs a routed session on an established TLS connection.
     pub(super) async fn routed(
         &self,
-        mut tls: TlsStream<TcpStream>,
+        mut tls: ClientTls<TcpStream>,
         tls_facts: TlsFacts,
         ctx: Context<'_>,
     ) -> SessionRecord {
@@ -240,7 +240,7 @@ async fn connect(route: &UserRouting, user: &str, client: ClientInfo) -> Option<
 
 /// Runs the pre-login dialogue to the login (the caller bounds its time).
 async fn prelogin(
-    tls: &mut TlsStream<TcpStream>,
+    tls: &mut ClientTls<TcpStream>,
     pre: &mut Prelogin,
     greet: bool,
     goodbye: &postern_listener::Goodbye,
@@ -283,7 +283,7 @@ async fn prelogin(
     }
 }
 
-async fn write(tls: &mut TlsStream<TcpStream>, bytes: &[u8]) -> Result<(), PreEnd> {
+async fn write(tls: &mut ClientTls<TcpStream>, bytes: &[u8]) -> Result<(), PreEnd> {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -294,7 +294,7 @@ async fn write(tls: &mut TlsStream<TcpStream>, bytes: &[u8]) -> Result<(), PreEn
 }
 
 /// Writes `bytes` (if any), then closes the TLS session, within [`CLOSE_GRACE`].
-async fn close_with(tls: &mut TlsStream<TcpStream>, bytes: &[u8]) {
+async fn close_with(tls: &mut ClientTls<TcpStream>, bytes: &[u8]) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if !bytes.is_empty() {
             let _ = tls.write_all(bytes).await;
