@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use postern_backend_pool::{ClientInfo, Pool};
+use postern_backend_pool::{BackendConn, ClientInfo, Pool};
 use postern_config::{LimitsConfig, NetworkSet, ProxyConfig, TlsMode};
 use postern_listener::{Connection, Handler};
 use postern_metrics::{HandshakeFailure, ListenerMetrics, RejectReason, SessionOutcome};
@@ -155,8 +155,37 @@ impl Handler for SessionHandler {
         } else {
             span.record("client.addr", tracing::field::display(conn.peer));
         }
-        Box::pin(async move { self.run(conn, policy).await }.instrument(span))
+        // Boxed: a value an async fn receives keeps its slot in the future for the session's
+        // whole life, even after it is moved on (here, into `admit`).
+        Box::pin(self.run(Box::new(conn), policy).instrument(span))
     }
+}
+
+/// A session after its TLS handshake (see [`SessionHandler::drive`]).
+struct Handshaken {
+    tls: ClientTls<TcpStream>,
+    tls_facts: TlsFacts,
+    client: ClientInfo,
+    /// Held to the session's end: its place under the per-address limits.
+    edge: Admission,
+    /// `limits.prelogin_timeout` from the accept.
+    prelogin_deadline: Instant,
+}
+
+/// What a balanced session keeps for its whole life: one allocation.
+struct Connected {
+    hs: Handshaken,
+    backend: BackendConn,
+}
+
+/// How the setup ended.
+enum Setup {
+    /// Before a relay: the session's record.
+    Ended(SessionRecord),
+    /// `route = "user"`: the login decides the server.
+    Routed(Box<Handshaken>),
+    /// Connected to a backend; the relay is next.
+    Relay(Box<Connected>),
 }
 
 /// The connection after the client's address is known and admission passed.
@@ -168,10 +197,12 @@ struct Admitted {
 }
 
 impl SessionHandler {
-    async fn run(self: Arc<Self>, conn: Connection, policy: Arc<SessionPolicy>) {
+    async fn run(self: Arc<Self>, conn: Box<Connection>, policy: Arc<SessionPolicy>) {
         let started = Instant::now();
         let goodbye = conn.goodbye.clone();
-        let Some(admitted) = self.admit(conn, &policy).await else {
+        // Boxed like the setup: the PROXY header and refusal buffers are not kept for the
+        // session.
+        let Some(admitted) = Box::pin(self.admit(conn, &policy)).await else {
             // Refused: counted and logged (at a bounded rate) instead of a session line.
             return;
         };
@@ -192,13 +223,13 @@ impl SessionHandler {
     /// Admission checks that need the client address (`allow`/`deny`, the `[limits]`
     /// per-address limits) belong right here, after [`proxy::read_header`] and before the
     /// first byte postern sends, and read their policy from `policy`.
-    async fn admit(&self, conn: Connection, policy: &SessionPolicy) -> Option<Admitted> {
+    async fn admit(&self, conn: Box<Connection>, policy: &SessionPolicy) -> Option<Box<Admitted>> {
         let Connection {
             mut stream,
             peer,
             local,
             ..
-        } = conn;
+        } = *conn;
         let s = &policy.settings;
         tune_client_socket(&stream, s.keepalive);
         let addresses = match &policy.proxy {
@@ -240,14 +271,14 @@ impl SessionHandler {
                 return None;
             }
         };
-        Some(Admitted {
+        Some(Box::new(Admitted {
             edge,
             stream,
             client: ClientInfo {
                 peer: addresses.client,
                 local: addresses.local,
             },
-        })
+        }))
     }
 
     async fn refuse(
@@ -263,18 +294,60 @@ impl SessionHandler {
 
     /// Runs the session to its end and returns its record. `accepted`: when the connection
     /// was accepted, where `limits.prelogin_timeout` counts from.
+    ///
+    /// An async fn's state is as large as its largest await point, and a value it moved on
+    /// keeps its slot: so the setup (plaintext phase, handshake, backend connect) runs in a
+    /// box of its own, freed when it ends, and a session keeps for its hours of IDLE only
+    /// what it uses, in one allocation ([`Connected`]).
     async fn drive(
         &self,
-        admitted: Admitted,
+        admitted: Box<Admitted>,
         goodbye: postern_listener::Goodbye,
         policy: &SessionPolicy,
         accepted: Instant,
     ) -> SessionRecord {
+        match Box::pin(self.setup(admitted, &goodbye, policy, accepted)).await {
+            Setup::Ended(record) => record,
+            Setup::Routed(h) => {
+                let Handshaken {
+                    tls,
+                    tls_facts,
+                    client,
+                    edge,
+                    prelogin_deadline,
+                } = *h;
+                // `setup` hands over a routed session only when the policy routes.
+                let Some(route) = &policy.route else {
+                    return SessionRecord::ended(SessionOutcome::Closed);
+                };
+                let ctx = routed::Context {
+                    client,
+                    goodbye: &goodbye,
+                    policy,
+                    route,
+                    edge: &edge,
+                    prelogin_deadline,
+                };
+                Box::pin(self.routed(tls, tls_facts, ctx)).await
+            }
+            Setup::Relay(c) => self.relay_session(c, &goodbye, policy).await,
+        }
+    }
+
+    /// Everything before the relay: the plaintext phase, the handshake and (unless the
+    /// backend routes by user) the backend connection.
+    async fn setup(
+        &self,
+        admitted: Box<Admitted>,
+        goodbye: &postern_listener::Goodbye,
+        policy: &SessionPolicy,
+        accepted: Instant,
+    ) -> Setup {
         let Admitted {
             mut stream,
             client,
             edge,
-        } = admitted;
+        } = *admitted;
         let s = &policy.settings;
         // Every step before the login (plaintext phase, handshake, relay until the backend
         // confirms it) ends by this deadline.
@@ -306,15 +379,21 @@ impl SessionHandler {
                         .inc_by(discarded as u64);
                     warn!(discarded, "starttls injection: bytes pipelined after the STARTTLS command were discarded");
                 }
-                PlainEnd::Closed => return SessionRecord::ended(SessionOutcome::Closed),
-                PlainEnd::Timeout if remaining < s.plaintext_timeout => {
-                    return SessionRecord::ended(SessionOutcome::PreloginTimeout)
+                PlainEnd::Closed => {
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::Closed))
                 }
-                PlainEnd::Timeout => return SessionRecord::ended(SessionOutcome::PlaintextTimeout),
-                PlainEnd::Shutdown => return SessionRecord::ended(SessionOutcome::Shutdown),
+                PlainEnd::Timeout if remaining < s.plaintext_timeout => {
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::PreloginTimeout))
+                }
+                PlainEnd::Timeout => {
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::PlaintextTimeout))
+                }
+                PlainEnd::Shutdown => {
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::Shutdown))
+                }
                 PlainEnd::Io(e) => {
                     debug!(error = %e, "client left during the plaintext phase");
-                    return SessionRecord::ended(SessionOutcome::ClientError);
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::ClientError));
                 }
             }
         }
@@ -326,23 +405,21 @@ impl SessionHandler {
             Err(reason) => {
                 self.metrics.handshake_failure(reason);
                 if reason == HandshakeFailure::Timeout && remaining < s.handshake_timeout {
-                    return SessionRecord::ended(SessionOutcome::PreloginTimeout);
+                    return Setup::Ended(SessionRecord::ended(SessionOutcome::PreloginTimeout));
                 }
-                return SessionRecord::ended(SessionOutcome::TlsError);
+                return Setup::Ended(SessionRecord::ended(SessionOutcome::TlsError));
             }
         };
         let tls_facts = TlsFacts::of(&tls);
 
-        if let Some(route) = &policy.route {
-            let ctx = routed::Context {
+        if policy.route.is_some() {
+            return Setup::Routed(Box::new(Handshaken {
+                tls,
+                tls_facts,
                 client,
-                goodbye: &goodbye,
-                policy,
-                route,
-                edge: &edge,
+                edge,
                 prelogin_deadline,
-            };
-            return Box::pin(self.routed(tls, tls_facts, ctx)).await;
+            }));
         }
 
         let backend = match Box::pin(policy.pool.connect(client)).await {
@@ -351,15 +428,34 @@ impl SessionHandler {
                 warn!(%error, "no backend server reachable; sending the goodbye");
                 let _ = tls.write_all(s.protocol.unavailable_goodbye()).await;
                 let _ = tls.shutdown().await;
-                return SessionRecord {
+                return Setup::Ended(SessionRecord {
                     tls: Some(tls_facts),
                     ..SessionRecord::ended(SessionOutcome::BackendUnavailable)
-                };
+                });
             }
         };
-        let server = backend.server;
-        let greeting = backend.greeting;
-        let mut backend_stream = backend.stream;
+        Setup::Relay(Box::new(Connected {
+            hs: Handshaken {
+                tls,
+                tls_facts,
+                client,
+                edge,
+                prelogin_deadline,
+            },
+            backend,
+        }))
+    }
+
+    /// The relay, from the backend's greeting to the session's end. Uses `c`'s fields in
+    /// place (moving them out would give each a second slot in this future).
+    async fn relay_session(
+        &self,
+        mut c: Box<Connected>,
+        goodbye: &postern_listener::Goodbye,
+        policy: &SessionPolicy,
+    ) -> SessionRecord {
+        let s = &policy.settings;
+        let greeting = std::mem::take(&mut c.backend.greeting);
         let starttls = s.tls == TlsMode::Starttls;
         let filters = Filters {
             guard: Some(Box::new(LoginGuard::new(s.protocol, s.max_line_length))),
@@ -373,17 +469,18 @@ impl SessionHandler {
             Protocol::Pop3 => b"",
             p => p.shutdown_goodbye(),
         };
+        let Connected { hs, backend } = &mut *c;
         let logins = LoginSink {
             listener: &s.listener,
-            peer: client.peer,
-            backend: &server,
+            peer: hs.client.peer,
+            backend: &backend.server,
             ok: &self.metrics.logins_ok,
             failed: &self.metrics.logins_failed,
-            admission: &edge,
+            admission: &hs.edge,
             on_failure: None,
         };
         let prelogin = Prelogin {
-            deadline: prelogin_deadline,
+            deadline: hs.prelogin_deadline,
             goodbye: s.protocol.prelogin_goodbye(),
         };
         let plan = RelayPlan {
@@ -402,12 +499,12 @@ impl SessionHandler {
             logins: Some(&logins),
             prelogin: Some(prelogin),
         };
-        let relayed = relay(&mut tls, &mut backend_stream, plan).await;
-        let outcome = finish(&mut tls, relayed.end, &server).await;
+        let relayed = relay(&mut hs.tls, &mut backend.stream, plan).await;
+        let outcome = finish(&mut hs.tls, relayed.end, &backend.server).await;
         SessionRecord {
             outcome,
-            tls: Some(tls_facts),
-            backend: Some(server),
+            tls: Some(std::mem::take(&mut hs.tls_facts)),
+            backend: Some(std::mem::take(&mut backend.server)),
             user: relayed.user,
             totals: relayed.totals,
         }

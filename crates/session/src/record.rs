@@ -25,7 +25,7 @@ pub(crate) struct SessionRecord {
 }
 
 /// What the TLS handshake settled.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct TlsFacts {
     /// `TLSv1.3`, `TLSv1.2` (or `other`).
     pub(crate) version: Option<&'static str>,
