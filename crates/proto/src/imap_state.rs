@@ -8,9 +8,12 @@
 //! [`Goodbye`].
 //!
 //! # Invariants
-//! - Fixed-size state, no allocation: per direction a few words of the line start (tag,
-//!   command or status, argument; at most `WORD_MAX` bytes each) and the last
-//!   `TAIL_MAX` bytes of the current line segment (enough to read `{n}`).
+//! - Fixed-size state of 64 bytes, no allocation (the session keeps one for the whole life
+//!   of every IMAP session, idle ones included): per direction the current line's tag (its
+//!   first `TAG_MAX` bytes and its length), a few bits for its second word, matched as it
+//!   passes against the handful of keywords acted on (`OK`, `NO`, `BAD`, `BYE`, `PREAUTH`,
+//!   `COMPRESS`), and a small automaton that reads `{n}` at the end of each line segment;
+//!   plus the pending `COMPRESS` tag. No other byte of a line is kept.
 //! - Literal bytes are skipped without being looked at. Between responses the backend's
 //!   whole lines are read with a few `memchr`/`memmem` passes over the buffer (the last
 //!   line end, a `}` before a line end, a `* BYE` line start), nothing per line; the
@@ -19,7 +22,9 @@
 //!   literal is pending.
 //! - Anything this tracker cannot follow (a literal over `LITERAL_MAX` bytes, an
 //!   overflowing length, a second `COMPRESS` while one is pending, a `COMPRESS` tag too long
-//!   to keep) makes the state unknown for good, and an unknown state answers
+//!   to keep, a refusal while a client literal awaits the backend's go-ahead when the two
+//!   tags are too long to tell apart) makes the state unknown for good, and an unknown state
+//!   answers
 //!   [`Goodbye::Close`]: closing without a goodbye is always safe, a BYE in the wrong place
 //!   corrupts mail.
 //! - Ordering: the relay must feed backend bytes no later than it writes them to the client,
@@ -32,11 +37,15 @@
 //!   a tagged status (`tag OK|NO|BAD ...`) and an untagged status (`* OK|NO|BAD|BYE|PREAUTH`)
 //!   carry free text (RFC 9051 `resp-text`), where an echoed mailbox name may well end in
 //!   `{5}` without announcing anything.
+//! - Tags compare byte for byte (the server echoes them); keywords in any case. A word's one
+//!   trailing CR is not part of it, as the line terminator's CR is not.
 //! - A client's synchronizing literal (`{n}`) that the backend refuses with a tagged `NO` or
 //!   `BAD` before the client sent any of it is cancelled (RFC 9051 §7.5: the client then must
 //!   not send it), so the next command is still read as a command.
 
-use memchr::memchr;
+use line::{Event, Kw, Side, Stream, Tag};
+
+mod line;
 
 /// What the relay may do toward the client right now, during a drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +59,15 @@ pub enum Goodbye {
 }
 
 /// Tracks both directions of one IMAP session (after TLS) to find safe goodbye points.
+///
+/// 64 bytes (a unit test holds it there): every IMAP session keeps one for its whole life.
 #[derive(Debug, Default)]
 pub struct ImapState {
     mode: Mode,
     client: Stream,
     backend: Stream,
     /// Tag of a `COMPRESS` command the backend has not answered yet.
-    compress_tag: Option<Word>,
+    compress_tag: Option<Tag>,
     /// The backend sent `* BYE` (a reset after it is a close, not a failure).
     bye: bool,
 }
@@ -143,8 +154,8 @@ impl ImapState {
             return 0;
         };
         let whole = &input[..=last];
-        // The first `}` that ends a line's content (one CR trimmed, as `Tail::literal` reads
-        // it): its line goes to the per-line path.
+        // The first `}` that ends a line's content (one CR trimmed, as the literal automaton
+        // reads it): its line goes to the per-line path.
         let used = memchr::memchr_iter(b'}', whole)
             .find(|&i| matches!(&whole[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
             .map_or(whole.len(), |i| {
@@ -165,38 +176,44 @@ impl ImapState {
     }
 
     fn client_line(&mut self) {
-        let head = &self.client.head;
         // Any mechanism counts: a server that accepted one we do not know would still
         // compress, and a refusal just clears the pending tag.
-        if !head.words[1].eq_ci(b"COMPRESS") {
+        if !self.client.said(Kw::Compress) {
             return;
         }
-        if self.compress_tag.is_some() || head.words[0].complete().is_none() {
+        if self.compress_tag.is_some() || !self.client.tag.fits() {
             self.mode = Mode::Unknown;
             return;
         }
-        self.compress_tag = Some(head.words[0]);
+        self.compress_tag = Some(self.client.tag);
     }
 
     fn backend_line(&mut self) {
-        let head = &self.backend.head;
-        if head.words[0].eq_ci(b"*") && head.words[1].eq_ci(b"BYE") {
+        let line = &self.backend;
+        if line.tag.is(b"*") && line.said(Kw::Bye) {
             self.bye = true;
         }
-        let refused = head.words[1].eq_ci(b"NO") || head.words[1].eq_ci(b"BAD");
-        if refused
-            && self.client.awaits_go_ahead()
-            && head.words[0].same(&self.client.head.words[0])
-        {
-            self.client.cancel_literal();
+        let refused = line.said(Kw::No) || line.said(Kw::Bad);
+        if refused && self.client.awaits_go_ahead() {
+            match line.tag.same(&self.client.tag) {
+                Some(true) => self.client.cancel_literal(),
+                Some(false) => {}
+                // Cancelling a literal the client then sends, or waiting for one it never
+                // sends, would both lose the client's commands: give up instead.
+                None => {
+                    self.mode = Mode::Unknown;
+                    return;
+                }
+            }
         }
         let Some(tag) = &self.compress_tag else {
             return;
         };
-        if !head.words[0].same(tag) {
+        // A kept `COMPRESS` tag fits whole, so this is exact.
+        if line.tag.same(tag) != Some(true) {
             return;
         }
-        if head.words[1].eq_ci(b"OK") {
+        if line.said(Kw::Ok) {
             self.mode = Mode::Compressed;
         } else if refused {
             self.compress_tag = None;
@@ -204,7 +221,7 @@ impl ImapState {
     }
 }
 
-/// Whether a whole line (its LF excluded) is `* BYE`, read as [`Head`] reads words: the
+/// Whether a whole line (its LF excluded) is `* BYE`, read as [`Stream`] reads words: the
 /// second word, up to a SP or the line end, one trailing CR trimmed, in any case.
 fn says_bye(line: &[u8]) -> bool {
     let Some(rest) = line.strip_prefix(b"* ") else {
@@ -227,283 +244,9 @@ enum Mode {
     Unknown,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Client,
-    Backend,
-}
-
-impl Side {
-    /// Whether a `{n}` at the end of a line of this kind announces a literal.
-    fn literals_allowed(self, head: &Head) -> bool {
-        match self {
-            Side::Client => true,
-            Side::Backend => {
-                let [first, second, _] = &head.words;
-                let status: &[&[u8]] = if first.eq_ci(b"*") {
-                    &[b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"]
-                } else if first.eq_ci(b"+") {
-                    return false;
-                } else {
-                    &[b"OK", b"NO", b"BAD"]
-                };
-                !status.iter().any(|s| second.eq_ci(s))
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Event {
-    /// Input used up mid-line or mid-literal.
-    More,
-    /// A logical line (literals included) just ended; its head is still readable.
-    Line,
-    /// A literal length this tracker refuses to follow.
-    Absurd,
-}
-
-/// One direction: where we are in the line / literal structure.
-#[derive(Debug, Default)]
-struct Stream {
-    /// Literal bytes still to pass over.
-    skip: u64,
-    /// The pending literal is synchronizing and none of it has been seen yet.
-    sync: bool,
-    /// A logical line has started and not ended.
-    open: bool,
-    /// The current logical line resumed after a literal (its head is already known).
-    continued: bool,
-    head: Head,
-    tail: Tail,
-}
-
-impl Stream {
-    /// Consumes `input` up to the end of the next logical line (or all of it); returns the
-    /// bytes used and why it stopped.
-    fn step(&mut self, input: &[u8], side: Side) -> (usize, Event) {
-        let mut pos = 0;
-        loop {
-            let rest = &input[pos..];
-            if rest.is_empty() {
-                return (pos, Event::More);
-            }
-            if self.skip > 0 {
-                let n = usize::try_from(self.skip).map_or(rest.len(), |s| s.min(rest.len()));
-                self.skip -= n as u64;
-                self.sync = false;
-                pos += n;
-                continue;
-            }
-            if !self.open {
-                self.open = true;
-                self.continued = false;
-                self.head.clear();
-            }
-            let Some(i) = memchr(b'\n', rest) else {
-                self.absorb(rest);
-                return (input.len(), Event::More);
-            };
-            self.absorb(&rest[..i]);
-            pos += i + 1;
-            let literal = if side.literals_allowed(&self.head) {
-                self.tail.literal()
-            } else {
-                Ok(None)
-            };
-            self.tail.clear();
-            match literal {
-                Err(Absurd) => return (pos, Event::Absurd),
-                Ok(Some((len, sync))) => {
-                    self.skip = len;
-                    self.sync = sync && len > 0;
-                    self.continued = true;
-                }
-                Ok(None) => {
-                    self.open = false;
-                    return (pos, Event::Line);
-                }
-            }
-        }
-    }
-
-    fn absorb(&mut self, segment: &[u8]) {
-        if !self.continued {
-            self.head.feed(segment);
-        }
-        self.tail.push(segment);
-    }
-
-    fn at_boundary(&self) -> bool {
-        self.skip == 0 && !self.open
-    }
-
-    /// Waiting for the backend's `+` before a synchronizing literal.
-    fn awaits_go_ahead(&self) -> bool {
-        self.skip > 0 && self.sync
-    }
-
-    /// The backend refused the command before its literal: the command is over.
-    fn cancel_literal(&mut self) {
-        self.skip = 0;
-        self.sync = false;
-        self.open = false;
-        self.continued = false;
-    }
-}
-
-/// The first three space-separated words of a line: tag, command or status, argument.
-#[derive(Debug, Default)]
-struct Head {
-    words: [Word; 3],
-    /// Index of the word being filled; 3 once all are known.
-    at: usize,
-}
-
-impl Head {
-    fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| w.len = 0);
-        self.at = 0;
-    }
-
-    fn feed(&mut self, mut segment: &[u8]) {
-        while let Some(word) = self.words.get_mut(self.at) {
-            match memchr(b' ', segment) {
-                Some(i) => {
-                    word.push(&segment[..i]);
-                    segment = &segment[i + 1..];
-                    self.at += 1;
-                }
-                None => {
-                    word.push(segment);
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A word's first [`WORD_MAX`] bytes and its true length.
-#[derive(Clone, Copy)]
-struct Word {
-    buf: [u8; WORD_MAX],
-    len: usize,
-}
-
-impl Word {
-    fn push(&mut self, bytes: &[u8]) {
-        let kept = self.len.min(WORD_MAX);
-        let n = bytes.len().min(WORD_MAX - kept);
-        self.buf[kept..kept + n].copy_from_slice(&bytes[..n]);
-        self.len = self.len.saturating_add(bytes.len());
-    }
-
-    /// The whole word (a CR of the line terminator trimmed), if it fitted.
-    fn complete(&self) -> Option<&[u8]> {
-        let w = self.buf.get(..self.len)?;
-        Some(w.strip_suffix(b"\r").unwrap_or(w))
-    }
-
-    fn eq_ci(&self, s: &[u8]) -> bool {
-        self.complete().is_some_and(|w| w.eq_ignore_ascii_case(s))
-    }
-
-    /// Tags compare exactly (the server echoes them byte for byte).
-    fn same(&self, other: &Word) -> bool {
-        matches!((self.complete(), other.complete()), (Some(a), Some(b)) if a == b)
-    }
-}
-
-impl Default for Word {
-    fn default() -> Self {
-        Self {
-            buf: [0; WORD_MAX],
-            len: 0,
-        }
-    }
-}
-
-impl std::fmt::Debug for Word {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = &self.buf[..self.len.min(WORD_MAX)];
-        write!(f, "{:?}/{}", String::from_utf8_lossy(kept), self.len)
-    }
-}
-
-/// The last [`TAIL_MAX`] bytes of the current line segment, and how long the segment is.
-#[derive(Debug, Default)]
-struct Tail {
-    buf: [u8; TAIL_MAX],
-    len: usize,
-    total: u64,
-}
-
-/// A literal length this tracker refuses to follow.
-#[derive(Debug)]
-struct Absurd;
-
-impl Tail {
-    fn clear(&mut self) {
-        self.len = 0;
-        self.total = 0;
-    }
-
-    fn push(&mut self, segment: &[u8]) {
-        self.total = self.total.saturating_add(segment.len() as u64);
-        if segment.len() >= TAIL_MAX {
-            self.buf
-                .copy_from_slice(&segment[segment.len() - TAIL_MAX..]);
-            self.len = TAIL_MAX;
-            return;
-        }
-        let keep = (TAIL_MAX - segment.len()).min(self.len);
-        self.buf.copy_within(self.len - keep..self.len, 0);
-        self.buf[keep..keep + segment.len()].copy_from_slice(segment);
-        self.len = keep + segment.len();
-    }
-
-    /// The literal (`{n}`, `{n+}`, `~{n}`) announced at the end of the segment, with whether it
-    /// is synchronizing.
-    fn literal(&self) -> Result<Option<(u64, bool)>, Absurd> {
-        let s = &self.buf[..self.len];
-        let s = s.strip_suffix(b"\r").unwrap_or(s);
-        let Some(s) = s.strip_suffix(b"}") else {
-            return Ok(None);
-        };
-        let (s, sync) = match s.strip_suffix(b"+") {
-            Some(s) => (s, false),
-            None => (s, true),
-        };
-        let digits = s.iter().rev().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return Ok(None);
-        }
-        let (before, digits) = s.split_at(s.len() - digits);
-        if before.is_empty() && self.total > self.len as u64 {
-            // The digits run past what we kept: far more than any sane length.
-            return Err(Absurd);
-        }
-        if before.last() != Some(&b'{') {
-            return Ok(None);
-        }
-        let len = digits
-            .iter()
-            .try_fold(0u64, |acc, &d| {
-                acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-            })
-            .filter(|&n| n <= LITERAL_MAX)
-            .ok_or(Absurd)?;
-        Ok(Some((len, sync)))
-    }
-}
-
-/// Bytes kept of each of the first words of a line; a longer `COMPRESS` tag makes the
-/// state unknown.
-const WORD_MAX: usize = 64;
-/// Bytes kept of a line's end: `~{` + 13 digits (2^40) + `+}` + CR fit with room to spare.
-const TAIL_MAX: usize = 24;
-/// Largest literal followed (1 TiB); a larger one means we no longer understand the stream.
-const LITERAL_MAX: u64 = 1 << 40;
-
+#[cfg(test)]
+mod oracle;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;
