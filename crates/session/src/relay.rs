@@ -170,15 +170,15 @@ pub(crate) struct Relayed {
 }
 
 /// Relays until both sides are done, an error, the idle timeout or a completed goodbye.
-pub(crate) async fn relay<C, B, L>(
-    client: &mut C,
-    backend: &mut B,
-    plan: RelayPlan<'_, L>,
-) -> Relayed
+pub(crate) fn relay<'a, C, B, L>(
+    client: &'a mut C,
+    backend: &'a mut B,
+    plan: RelayPlan<'a, L>,
+) -> impl Future<Output = Relayed> + 'a
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-    L: Future<Output = ()>,
+    C: AsyncRead + AsyncWrite + Unpin + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + 'a,
+    L: Future<Output = ()> + 'a,
 {
     let RelayPlan {
         greeting,
@@ -193,255 +193,265 @@ where
         logins,
         mut prelogin,
     } = plan;
-    let mut up = Dir {
-        at_line_start: true,
-        ..Dir::default()
-    };
-    let mut down = Dir::default();
-    start(
-        &greeting,
-        greeting_len,
-        swallow_greeting,
-        &mut filters,
-        &mut up,
-        &mut down,
-        logins,
-    );
-    if !replay.is_empty() {
-        let mut out = Vec::new();
-        let mut own = Vec::new();
-        match filters.client(replay, &mut out, &mut own) {
-            Chunk::Unchanged => up.pending.extend_from_slice(replay),
-            Chunk::Rewritten => up.pending.append(&mut out),
+    // Not an async fn: its arguments would keep their slots in the future beside the
+    // fields taken out of them, for the whole session (an idle session's memory).
+    async move {
+        let mut up = Dir {
+            at_line_start: true,
+            ..Dir::default()
+        };
+        let mut down = Dir::default();
+        start(
+            &greeting,
+            greeting_len,
+            swallow_greeting,
+            &mut filters,
+            &mut up,
+            &mut down,
+            logins,
+        );
+        if !replay.is_empty() {
+            let mut out = Vec::new();
+            let mut own = Vec::new();
+            match filters.client(replay, &mut out, &mut own) {
+                Chunk::Unchanged => up.pending.extend_from_slice(replay),
+                Chunk::Rewritten => up.pending.append(&mut out),
+            }
+            if !own.is_empty() {
+                down.pending.extend_from_slice(&own);
+                down.own_pending = true;
+            }
+            up.bytes = replay.len() as u64;
         }
-        if !own.is_empty() {
-            down.pending.extend_from_slice(&own);
-            down.own_pending = true;
-        }
-        up.bytes = replay.len() as u64;
-    }
-    // The greeting handed over by the pool is relayed backend data: it counts. Its buffer
-    // (the pool reads with at least 1 KiB of room) is freed now, not held by the relay's
-    // future for the whole session: an idle session keeps nothing it no longer needs.
-    down.bytes = greeting.len() as u64;
-    drop(greeting);
-    counters.down.inc_by(down.bytes);
-    let mut last_activity = Instant::now();
-    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
-    // Bytes already added to the metrics; the rest is added when the relay ends, so that the
-    // last poll's bytes are counted even when it is also the one that finishes the session.
-    let mut counted = (up.bytes, down.bytes);
-    let mut leave = std::pin::pin!(leave);
-    let mut leaving = false;
-    let mut goodbye_queued = false;
-    let mut guard_closing = None;
-    // The pre-login deadline passed: `leaving` was set with its goodbye.
-    let mut prelogin_expired = false;
+        // The greeting handed over by the pool is relayed backend data: it counts. Its buffer
+        // (the pool reads with at least 1 KiB of room) is freed now, not held by the relay's
+        // future for the whole session: an idle session keeps nothing it no longer needs.
+        down.bytes = greeting.len() as u64;
+        drop(greeting);
+        counters.down.inc_by(down.bytes);
+        let mut last_activity = Instant::now();
+        let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+        // Bytes already added to the metrics; the rest is added when the relay ends, so that the
+        // last poll's bytes are counted even when it is also the one that finishes the session.
+        let mut counted = (up.bytes, down.bytes);
+        let mut leave = std::pin::pin!(leave);
+        let mut leaving = false;
+        let mut goodbye_queued = false;
+        let mut guard_closing = None;
+        // The pre-login deadline passed: `leaving` was set with its goodbye.
+        let mut prelogin_expired = false;
 
-    let end = poll_fn(|cx| {
-        // The client is read only while the guard takes bytes and postern's own replies
-        // have been written (they count against the same bound as relayed bytes).
-        let up_may_read = filters.wants_client() && !down.own_pending && guard_closing.is_none();
-        let up_queued = up.pending.len();
-        up.eof_held = filters
-            .guard
-            .as_ref()
-            .is_some_and(|g| g.holds_client_bytes());
-        if !up.done {
-            match poll_up(
-                cx,
-                client,
-                backend,
-                &mut up,
-                up_may_read,
-                &mut down,
-                &mut filters,
-            ) {
-                Poll::Ready(Ok(())) => up.done = true,
-                Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => {
-                    up.done = true
-                }
-                Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
-                Poll::Ready(Err(Failure::Write(e))) => {
-                    return Poll::Ready(RelayEnd::BackendError(e))
-                }
-                Poll::Pending => {}
-            }
-        }
-        if !leaving && !goodbye_queued && leave.as_mut().poll(cx).is_ready() {
-            leaving = true;
-        }
-        // The goodbye goes out at a safe point: nothing half-written toward the client. A
-        // read below may create one, so check again after it.
-        for _ in 0..2 {
-            if leaving && down.done {
-                return Poll::Ready(left(prelogin_expired));
-            }
-            let safe = match filters.imap.as_deref().map(ImapState::goodbye) {
-                Some(Goodbye::Now) => down.pending.is_empty(),
-                Some(Goodbye::Wait) => false,
-                // A compressed (or unparseable) IMAP stream: no readable goodbye is possible,
-                // so the session just closes at its turn.
-                Some(Goodbye::Close) if leaving => return Poll::Ready(left(prelogin_expired)),
-                Some(Goodbye::Close) => false,
-                None => {
-                    down.pending.is_empty() && down.at_line_start && !filters.backend_in_literal()
-                }
-            };
-            if leaving && !goodbye_queued && safe {
-                if goodbye.is_empty() {
-                    return Poll::Ready(left(prelogin_expired));
-                }
-                down.pending.extend_from_slice(goodbye);
-                down.eof = true; // stop reading the backend; shut the client down after the goodbye
-                goodbye_queued = true;
-            }
-            if !down.done {
-                match poll_down(
+        let end = poll_fn(|cx| {
+            // The client is read only while the guard takes bytes and postern's own replies
+            // have been written (they count against the same bound as relayed bytes).
+            let up_may_read =
+                filters.wants_client() && !down.own_pending && guard_closing.is_none();
+            let up_queued = up.pending.len();
+            up.eof_held = filters
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.holds_client_bytes());
+            if !up.done {
+                match poll_up(
                     cx,
-                    backend,
                     client,
-                    &mut down,
+                    backend,
                     &mut up,
+                    up_may_read,
+                    &mut down,
                     &mut filters,
-                    logins,
                 ) {
-                    Poll::Ready(Ok(())) => down.done = true,
-                    // A backend that resets after its goodbye, or after either side's EOF,
-                    // has still closed: Dovecot's submission service resets after its `221`
-                    // to QUIT. Everything read before the reset was relayed; pass the close
-                    // on. The client is shut down on the next round, which must come even
-                    // when this was the last pass here. Any other reset cut a response: a
-                    // backend error, passed on to the client as a reset.
-                    Poll::Ready(Err(Failure::Read(e)))
-                        if e.kind() == io::ErrorKind::ConnectionReset
-                            && (up.eof || down.eof || filters.backend_said_goodbye()) =>
-                    {
-                        down.eof = true;
-                        cx.waker().wake_by_ref();
+                    Poll::Ready(Ok(())) => up.done = true,
+                    Poll::Ready(Err(Failure::Read(e))) if ends_quietly(&e, &up, &down) => {
+                        up.done = true
                     }
                     Poll::Ready(Err(Failure::Read(e))) => {
-                        return Poll::Ready(RelayEnd::BackendError(e))
-                    }
-                    Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => {
-                        down.done = true
+                        return Poll::Ready(RelayEnd::ClientError(e))
                     }
                     Poll::Ready(Err(Failure::Write(e))) => {
-                        return Poll::Ready(RelayEnd::ClientError(e))
+                        return Poll::Ready(RelayEnd::BackendError(e))
                     }
                     Poll::Pending => {}
                 }
             }
-        }
-        if goodbye_queued && down.done {
-            return Poll::Ready(left(prelogin_expired));
-        }
-        // The guard ended the session: its goodbye is in `down.pending`; stop reading the
-        // backend, write it, then shut the client down.
-        if guard_closing.is_none() {
-            if let Some(why) = filters
+            if !leaving && !goodbye_queued && leave.as_mut().poll(cx).is_ready() {
+                leaving = true;
+            }
+            // The goodbye goes out at a safe point: nothing half-written toward the client. A
+            // read below may create one, so check again after it.
+            for _ in 0..2 {
+                if leaving && down.done {
+                    return Poll::Ready(left(prelogin_expired));
+                }
+                let safe = match filters.imap.as_deref().map(ImapState::goodbye) {
+                    Some(Goodbye::Now) => down.pending.is_empty(),
+                    Some(Goodbye::Wait) => false,
+                    // A compressed (or unparseable) IMAP stream: no readable goodbye is possible,
+                    // so the session just closes at its turn.
+                    Some(Goodbye::Close) if leaving => return Poll::Ready(left(prelogin_expired)),
+                    Some(Goodbye::Close) => false,
+                    None => {
+                        down.pending.is_empty()
+                            && down.at_line_start
+                            && !filters.backend_in_literal()
+                    }
+                };
+                if leaving && !goodbye_queued && safe {
+                    if goodbye.is_empty() {
+                        return Poll::Ready(left(prelogin_expired));
+                    }
+                    down.pending.extend_from_slice(goodbye);
+                    down.eof = true; // stop reading the backend; shut the client down after the goodbye
+                    goodbye_queued = true;
+                }
+                if !down.done {
+                    match poll_down(
+                        cx,
+                        backend,
+                        client,
+                        &mut down,
+                        &mut up,
+                        &mut filters,
+                        logins,
+                    ) {
+                        Poll::Ready(Ok(())) => down.done = true,
+                        // A backend that resets after its goodbye, or after either side's EOF,
+                        // has still closed: Dovecot's submission service resets after its `221`
+                        // to QUIT. Everything read before the reset was relayed; pass the close
+                        // on. The client is shut down on the next round, which must come even
+                        // when this was the last pass here. Any other reset cut a response: a
+                        // backend error, passed on to the client as a reset.
+                        Poll::Ready(Err(Failure::Read(e)))
+                            if e.kind() == io::ErrorKind::ConnectionReset
+                                && (up.eof || down.eof || filters.backend_said_goodbye()) =>
+                        {
+                            down.eof = true;
+                            cx.waker().wake_by_ref();
+                        }
+                        Poll::Ready(Err(Failure::Read(e))) => {
+                            return Poll::Ready(RelayEnd::BackendError(e))
+                        }
+                        Poll::Ready(Err(Failure::Write(e))) if ends_quietly(&e, &up, &down) => {
+                            down.done = true
+                        }
+                        Poll::Ready(Err(Failure::Write(e))) => {
+                            return Poll::Ready(RelayEnd::ClientError(e))
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if goodbye_queued && down.done {
+                return Poll::Ready(left(prelogin_expired));
+            }
+            // The guard ended the session: its goodbye is in `down.pending`; stop reading the
+            // backend, write it, then shut the client down.
+            if guard_closing.is_none() {
+                if let Some(why) = filters
+                    .guard
+                    .as_ref()
+                    .and_then(|g| g.closing().filter(|_| g.finished()))
+                {
+                    guard_closing = Some(why);
+                    down.eof = true;
+                    cx.waker().wake_by_ref();
+                }
+            }
+            if let (Some(why), true) = (guard_closing, down.done) {
+                return Poll::Ready(RelayEnd::GuardClosed(why));
+            }
+            // postern's replies were written: the guard goes on with the client bytes it
+            // parked behind them (their bytes to the backend join `up.pending`, its new replies
+            // wait in `down.pending` like the first ones).
+            if !down.own_pending && guard_closing.is_none() && filters.own_replies_unwritten() {
+                let mut own = Vec::new();
+                filters.own_replies_written(&mut up.pending, &mut own);
+                if !own.is_empty() {
+                    down.pending.extend_from_slice(&own);
+                    down.own_pending = true;
+                    cx.waker().wake_by_ref();
+                }
+            }
+            // Bytes the guard held for the backend's answer were released into `up.pending`, or
+            // the client may be read again: poll the up direction once more.
+            let up_may_read_now =
+                filters.wants_client() && !down.own_pending && guard_closing.is_none();
+            if !up.done
+                && (up.pending.len() > up_queued
+                    || (up_may_read_now && (!up_may_read || up.paused)))
+            {
+                cx.waker().wake_by_ref();
+            }
+            if up.done && down.done {
+                return Poll::Ready(RelayEnd::Closed);
+            }
+            if (up.bytes, down.bytes) != counted {
+                counters.up.inc_by(up.bytes - counted.0);
+                counters.down.inc_by(down.bytes - counted.1);
+                counted = (up.bytes, down.bytes);
+                last_activity = Instant::now();
+            }
+            // A confirmed login (or a PREAUTH greeting) ends the pre-login phase: the session
+            // leaves the budget and its deadline is off.
+            if prelogin.is_some() && filters.guard.as_ref().is_some_and(|g| g.logged_in()) {
+                prelogin = None;
+                if let Some(sink) = logins {
+                    sink.logged_in();
+                }
+            }
+            let limit = if up.done || down.done {
+                idle_timeout.min(LINGER)
+            } else {
+                idle_timeout
+            };
+            // One timer for both deadlines: a session holds no second one for hours of IDLE.
+            let mut deadline = last_activity + limit;
+            if let Some(p) = &prelogin {
+                let at = if prelogin_expired {
+                    p.deadline + PRELOGIN_GRACE
+                } else {
+                    p.deadline
+                };
+                deadline = deadline.min(at);
+            }
+            if idle.deadline() != deadline {
+                idle.as_mut().reset(deadline);
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                match &prelogin {
+                    Some(p) if Instant::now() >= p.deadline => {
+                        if prelogin_expired {
+                            // No safe point for the goodbye within the grace: close without it.
+                            return Poll::Ready(RelayEnd::PreloginTimeout);
+                        }
+                        prelogin_expired = true;
+                        if !leaving {
+                            leaving = true;
+                            goodbye = p.goodbye;
+                        }
+                        // The goodbye is queued at the next safe point, checked on the next poll.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    _ => return Poll::Ready(RelayEnd::IdleTimeout),
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        counters.up.inc_by(up.bytes - counted.0);
+        counters.down.inc_by(down.bytes - counted.1);
+        Relayed {
+            end,
+            totals: Totals {
+                up: up.bytes,
+                down: down.bytes,
+            },
+            user: filters
                 .guard
                 .as_ref()
-                .and_then(|g| g.closing().filter(|_| g.finished()))
-            {
-                guard_closing = Some(why);
-                down.eof = true;
-                cx.waker().wake_by_ref();
-            }
+                .and_then(|g| g.user().map(str::to_owned)),
         }
-        if let (Some(why), true) = (guard_closing, down.done) {
-            return Poll::Ready(RelayEnd::GuardClosed(why));
-        }
-        // postern's replies were written: the guard goes on with the client bytes it
-        // parked behind them (their bytes to the backend join `up.pending`, its new replies
-        // wait in `down.pending` like the first ones).
-        if !down.own_pending && guard_closing.is_none() && filters.own_replies_unwritten() {
-            let mut own = Vec::new();
-            filters.own_replies_written(&mut up.pending, &mut own);
-            if !own.is_empty() {
-                down.pending.extend_from_slice(&own);
-                down.own_pending = true;
-                cx.waker().wake_by_ref();
-            }
-        }
-        // Bytes the guard held for the backend's answer were released into `up.pending`, or
-        // the client may be read again: poll the up direction once more.
-        let up_may_read_now =
-            filters.wants_client() && !down.own_pending && guard_closing.is_none();
-        if !up.done
-            && (up.pending.len() > up_queued || (up_may_read_now && (!up_may_read || up.paused)))
-        {
-            cx.waker().wake_by_ref();
-        }
-        if up.done && down.done {
-            return Poll::Ready(RelayEnd::Closed);
-        }
-        if (up.bytes, down.bytes) != counted {
-            counters.up.inc_by(up.bytes - counted.0);
-            counters.down.inc_by(down.bytes - counted.1);
-            counted = (up.bytes, down.bytes);
-            last_activity = Instant::now();
-        }
-        // A confirmed login (or a PREAUTH greeting) ends the pre-login phase: the session
-        // leaves the budget and its deadline is off.
-        if prelogin.is_some() && filters.guard.as_ref().is_some_and(|g| g.logged_in()) {
-            prelogin = None;
-            if let Some(sink) = logins {
-                sink.logged_in();
-            }
-        }
-        let limit = if up.done || down.done {
-            idle_timeout.min(LINGER)
-        } else {
-            idle_timeout
-        };
-        // One timer for both deadlines: a session holds no second one for hours of IDLE.
-        let mut deadline = last_activity + limit;
-        if let Some(p) = &prelogin {
-            let at = if prelogin_expired {
-                p.deadline + PRELOGIN_GRACE
-            } else {
-                p.deadline
-            };
-            deadline = deadline.min(at);
-        }
-        if idle.deadline() != deadline {
-            idle.as_mut().reset(deadline);
-        }
-        if idle.as_mut().poll(cx).is_ready() {
-            match &prelogin {
-                Some(p) if Instant::now() >= p.deadline => {
-                    if prelogin_expired {
-                        // No safe point for the goodbye within the grace: close without it.
-                        return Poll::Ready(RelayEnd::PreloginTimeout);
-                    }
-                    prelogin_expired = true;
-                    if !leaving {
-                        leaving = true;
-                        goodbye = p.goodbye;
-                    }
-                    // The goodbye is queued at the next safe point, checked on the next poll.
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                _ => return Poll::Ready(RelayEnd::IdleTimeout),
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-    counters.up.inc_by(up.bytes - counted.0);
-    counters.down.inc_by(down.bytes - counted.1);
-    Relayed {
-        end,
-        totals: Totals {
-            up: up.bytes,
-            down: down.bytes,
-        },
-        user: filters
-            .guard
-            .as_ref()
-            .and_then(|g| g.user().map(str::to_owned)),
     }
 }
 
