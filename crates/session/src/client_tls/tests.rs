@@ -22,6 +22,11 @@ struct Pki {
 }
 
 fn pki() -> Pki {
+    pki_with(&[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// The client speaks only `versions`.
+fn pki_with(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["mail.example".into()]).unwrap();
     let der = CertificateDer::from(cert.cert.der().to_vec());
@@ -32,7 +37,7 @@ fn pki() -> Pki {
         .unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(der).unwrap();
-    let client = ClientConfig::builder()
+    let client = ClientConfig::builder_with_protocol_versions(versions)
         .with_root_certificates(roots)
         .with_no_client_auth();
     Pki {
@@ -300,4 +305,42 @@ async fn a_client_that_does_not_read_holds_at_most_one_write() {
     .await
     .unwrap();
     assert!(pending > 0 && pending <= CIPHER_LEN, "held {pending}");
+}
+
+#[tokio::test]
+async fn tls12_clients_get_the_same_stream() {
+    let pki = pki_with(&[&rustls::version::TLS12]);
+    let (mut server, client) = pair(&pki, 1500, b"a1 NOOP\r\n").await;
+    assert_eq!(server.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(server.server_name(), Some("mail.example"));
+    let mut first = [0u8; 9];
+    timeout(DEADLINE, server.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first, b"a1 NOOP\r\n");
+    let data = pattern(300_000);
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let write = async {
+        server.write_all(&data).await.unwrap();
+        server.shutdown().await.unwrap();
+        server
+    };
+    let read = async {
+        let mut back = Vec::new();
+        cr.read_to_end(&mut back).await.unwrap();
+        cw.shutdown().await.unwrap();
+        back
+    };
+    let (mut server, back) = timeout(DEADLINE, async { tokio::join!(write, read) })
+        .await
+        .unwrap();
+    assert!(back == data);
+    let mut rest = Vec::new();
+    timeout(DEADLINE, server.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(server.held_bytes(), 0, "{server:?}");
 }
