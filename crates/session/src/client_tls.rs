@@ -46,6 +46,9 @@ const MAX_READ: usize = 64 * 1024;
 /// Room for one read (or one write's records) plus an unfinished record.
 const CIPHER_LEN: usize = MAX_READ + MAX_RECORD + 1024;
 
+/// The handshake's first buffer: a ClientHello, even with post-quantum key shares, fits.
+const HANDSHAKE_BUFFER: usize = 4096;
+
 /// The handshake may buffer at most this much ciphertext (a ClientHello with post-quantum
 /// key shares is a few KiB; no client certificates are asked for).
 const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
@@ -257,8 +260,10 @@ where
 {
     let mut io = io;
     let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    // The handshake's own buffer lives only as long as this (boxed, short) future.
-    let mut buf = vec![0u8; MAX_RECORD];
+    // The handshake's own buffer lives only as long as this (boxed, short) future, but a
+    // reconnect storm has thousands of handshakes in flight at once: start at what a
+    // ClientHello needs (as rustls' buffered API does) and grow only for a larger one.
+    let mut buf = vec![0u8; HANDSHAKE_BUFFER];
     let mut used = 0;
     let mut tx = Vec::new();
     let mut plain = Vec::new();
