@@ -28,7 +28,10 @@ use std::task::{ready, Context, Poll};
 
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::unbuffered::{
+    AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
+    ReadEarlyData, ReadTraffic,
+};
 use rustls::{ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -148,34 +151,20 @@ fn pump(
         let discard = status.discard;
         let reached = match status.state {
             Err(e) => Err(e),
-            Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                let mut failed = None;
-                while let Some(record) = traffic.next_record() {
-                    match record {
-                        Ok(record) => deliver(record.payload, out.as_deref_mut(), plain),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                failed.map_or(Ok(None), Err)
-            }
-            Ok(ConnectionState::ReadEarlyData(mut early)) => {
-                // postern's configurations accept no early data (max_early_data_size 0);
-                // should a client send any anyway, it is read like the rest of the stream.
-                let mut failed = None;
-                while let Some(record) = early.next_record() {
-                    match record {
-                        Ok(record) => deliver(record.payload, out.as_deref_mut(), plain),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                failed.map_or(Ok(None), Err)
-            }
+            Ok(ConnectionState::ReadTraffic(mut traffic)) => read_records(
+                &mut traffic,
+                ReadTraffic::next_record,
+                out.as_deref_mut(),
+                plain,
+            ),
+            // postern's configurations accept no early data (max_early_data_size 0); should a
+            // client send any anyway, it is read like the rest of the stream.
+            Ok(ConnectionState::ReadEarlyData(mut early)) => read_records(
+                &mut early,
+                ReadEarlyData::next_record,
+                out.as_deref_mut(),
+                plain,
+            ),
             Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                 encode_into(tx, |dst| encode.encode(dst));
                 Ok(None)
@@ -199,6 +188,19 @@ fn pump(
             return Ok(reached);
         }
     }
+}
+
+/// Delivers every record `next` yields from `state` (application or early data alike).
+fn read_records<S>(
+    state: &mut S,
+    next: for<'s> fn(&'s mut S) -> Option<Result<AppDataRecord<'s>, rustls::Error>>,
+    mut out: Option<&mut ReadBuf<'_>>,
+    plain: &mut Vec<u8>,
+) -> Result<Option<Reached>, rustls::Error> {
+    while let Some(record) = next(state) {
+        deliver(record?.payload, out.as_deref_mut(), plain);
+    }
+    Ok(None)
 }
 
 fn deliver(payload: &[u8], out: Option<&mut ReadBuf<'_>>, plain: &mut Vec<u8>) {
